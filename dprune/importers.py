@@ -1,0 +1,132 @@
+"""Import trajectories recorded by other tools into a :class:`~dprune.store.TrajectoryStore`.
+
+Two sources:
+
+* arrays: ``logits [E, N, C]`` with optional ``counts [E, N]`` and ``labels [N]``, from one
+  ``.npz`` or from ``.npy`` files (``logits.npy``, ``counts.npy``, ``labels.npy`` in a
+  folder; ``.npy`` files are memory-mapped, so they may be larger than RAM);
+* TDDS / DUAL dynamics folders: per epoch ``{e}_Output.npy`` ([n_e, C] logits in the
+  shuffled order the loader produced) and ``{e}_Index.npy`` ([n_e] dataset indices), as
+  written by the TDDS (CVPR 2024) and DUAL training scripts.  Repeated indices are averaged,
+  missing ones are unobserved.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .store import TrajectoryStore, validate_labels
+
+
+def _progress(total, desc, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="epoch", disable=not enabled)
+
+
+def _load_array(path: Path, mmap: bool = True) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+
+
+def read_array_source(src: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(logits [E, N, C], counts [E, N] or None, labels [N] or None)`` from an npz, npy or folder."""
+    src = Path(src)
+    if src.is_dir():
+        files = {name: src / f"{name}.npy" for name in ("logits", "counts", "labels")}
+        if not files["logits"].exists():
+            raise ValueError(f"{src} has no logits.npy")
+        return tuple(_load_array(p) if p.exists() else None for p in files.values())  # type: ignore[return-value]
+    if src.suffix == ".npy":
+        return _load_array(src), None, None
+    if src.suffix == ".npz":
+        try:
+            z = np.load(src, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"cannot read {src}: {e}") from None
+        if "logits" not in z.files:
+            raise ValueError(f"{src} has no 'logits' array (found: {', '.join(z.files) or 'nothing'})")
+        return z["logits"], (z["counts"] if "counts" in z.files else None), (z["labels"] if "labels" in z.files else None)
+    if not src.exists():
+        raise ValueError(f"not found: {src}")
+    raise ValueError(f"{src}: expected a .npz, a .npy or a folder of .npy files")
+
+
+def import_arrays(src, out_dir, *, labels=None, n_classes: int | None = None, dtype: str = "float16",
+                  sample_ids=None, chunk_size: int = 65536, progress: bool = False, overwrite: bool = False) -> TrajectoryStore:
+    """Create a store in ``out_dir`` from an array source (see :func:`read_array_source`)."""
+    logits, counts, file_labels = read_array_source(Path(src))
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [E, N, C], got shape {logits.shape}")
+    E, N, C = logits.shape
+    if labels is None:
+        labels = file_labels
+    if labels is None:
+        raise ValueError("no labels: pass --labels or include a 'labels' array [N]")
+    if n_classes is not None and n_classes != C:
+        raise ValueError(f"n_classes {n_classes} does not match the logits' C = {C}")
+    labels = validate_labels(labels, C, N)
+    if counts is not None and counts.shape != (E, N):
+        raise ValueError(f"counts must be [E, N] = [{E}, {N}], got shape {counts.shape}")
+    store = TrajectoryStore.create(out_dir, labels, C, sample_ids=sample_ids, dtype=dtype, epochs_planned=E,
+                                   labels_source=str(src), overwrite=overwrite)
+    bar = _progress(E, "importing", progress)
+    for e in range(E):
+        store.begin_epoch(e)
+        for start in range(0, N, chunk_size):
+            stop = min(N, start + chunk_size)
+            c = np.ones(stop - start, np.int32) if counts is None else np.asarray(counts[e, start:stop])
+            store.put(e, start, np.asarray(logits[e, start:stop]), c)
+        store.complete_epoch(e)
+        bar.update(1)
+    bar.close()
+    return store
+
+
+_EPOCH_FILE = re.compile(r"^(\d+)_Output\.npy$")
+
+
+def import_tdds(src, out_dir, *, labels, n_samples: int | None = None, dtype: str = "float16",
+                sample_ids=None, progress: bool = False, overwrite: bool = False) -> TrajectoryStore:
+    """Create a store from a TDDS/DUAL dynamics folder (``{e}_Output.npy`` + ``{e}_Index.npy``).
+
+    ``labels`` [N] is required (those tools do not save them); N defaults to ``len(labels)``.
+    Epochs must be numbered 0..E-1 without gaps.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise ValueError(f"not a folder: {src}")
+    epochs = sorted(int(m.group(1)) for p in src.iterdir() if (m := _EPOCH_FILE.match(p.name)))
+    if not epochs:
+        raise ValueError(f"{src} holds no '{{e}}_Output.npy' files")
+    if epochs != list(range(len(epochs))):
+        raise ValueError(f"{src}: epochs must be numbered 0..{len(epochs) - 1} without gaps, found {epochs}")
+    first = _load_array(src / "0_Output.npy")
+    if first.ndim != 2:
+        raise ValueError(f"{src / '0_Output.npy'} must be [n, C], got shape {first.shape}")
+    C = first.shape[1]
+    labels = np.asarray(labels)
+    N = n_samples if n_samples is not None else len(labels)
+    labels = validate_labels(labels, C, N)
+    store = TrajectoryStore.create(out_dir, labels, C, sample_ids=sample_ids, dtype=dtype, epochs_planned=len(epochs),
+                                   labels_source="given", overwrite=overwrite)
+    bar = _progress(len(epochs), "importing", progress)
+    for e in epochs:
+        out = _load_array(src / f"{e}_Output.npy")
+        idx_path = src / f"{e}_Index.npy"
+        if not idx_path.exists():
+            raise ValueError(f"{idx_path} is missing (every {e}_Output.npy needs its {e}_Index.npy)")
+        idx = _load_array(idx_path, mmap=False).reshape(-1)
+        if out.shape != (len(idx), C):
+            raise ValueError(f"epoch {e}: {out.shape[0]} outputs of width {out.shape[1]} but {len(idx)} indices (C = {C})")
+        store.begin_epoch(e)
+        for s in range(0, len(idx), 65536):
+            store.write(e, idx[s : s + 65536], np.asarray(out[s : s + 65536]))
+        store.complete_epoch(e)
+        bar.update(1)
+    bar.close()
+    return store

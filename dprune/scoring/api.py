@@ -1,0 +1,221 @@
+"""Public scoring entry points: validation, chunked streaming, and the ``scores.npz`` file."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from ..fileio import atomic_savez, read_npz
+from .scorers import SCORERS, mislabel_flags, outlier_flags
+from .backends import resolve_backend
+from .stats import TrajectoryStats, compute_stats
+
+METHODS = tuple(SCORERS)
+FLAGS = ("soft_argmax", "p_label", "p_max", "margin", "mislabel", "outlier", "nonfinite", "n_observed")
+DEFAULT_PARAMS: dict[str, dict] = {
+    "el2n": {"epoch": None},
+    "tdds": {"window": 10, "decay": 0.9},
+    "dyn_unc": {"window": 10},
+    "random": {"seed": 0},
+    "mislabel": {"min_confidence": 0.5},
+    "outlier": {"entropy_threshold": 0.9, "margin_threshold": 0.1},
+}
+SCORES_FORMAT = 1
+
+
+def check_methods(methods: Iterable[str] | str | None) -> list[str]:
+    """Validate scorer names; ``None`` or ``"all"`` means every scorer."""
+    if methods is None or methods == "all":
+        return list(METHODS)
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in SCORERS]
+    if unknown or not methods:
+        raise ValueError(f"unknown scoring method {', '.join(unknown) or '(none)'}; valid: {', '.join(METHODS)}")
+    return methods
+
+
+def _merge_params(params: Mapping[str, Mapping] | None) -> dict[str, dict]:
+    merged = copy.deepcopy(DEFAULT_PARAMS)
+    for name, opts in (params or {}).items():
+        if name not in merged:
+            raise ValueError(f"no parameters for {name!r}; parametrised: {', '.join(merged)}")
+        unknown = set(opts) - set(merged[name])
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {name}; valid: {sorted(merged[name])}")
+        merged[name].update(opts)
+    return merged
+
+
+def _validate_arrays(logits_ENC, counts_EN, labels_N):
+    z = torch.as_tensor(logits_ENC)
+    if z.ndim != 3:
+        raise ValueError(f"logits must be [E, N, C], got shape {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {z.dtype}")
+    E, N, C = z.shape
+    if E < 1 or N < 1 or C < 1:
+        raise ValueError(f"logits must have E, N, C >= 1, got shape {tuple(z.shape)}")
+    c = torch.ones(E, N, dtype=torch.int32) if counts_EN is None else torch.as_tensor(counts_EN)
+    if tuple(c.shape) != (E, N):
+        raise ValueError(f"counts must be [E, N] = [{E}, {N}], got shape {tuple(c.shape)}")
+    if c.is_floating_point() or (c < 0).any():
+        raise ValueError("counts must be non-negative integers")
+    y = torch.as_tensor(labels_N)
+    if tuple(y.shape) != (N,):
+        raise ValueError(f"labels must be [N] = [{N}], got shape {tuple(y.shape)}")
+    if y.is_floating_point() or (N and (y.min() < 0 or y.max() >= C)):
+        raise ValueError(f"labels must be integers in [0, {C}), got min {y.min().item()}, max {y.max().item()}")
+    return z, c.to(torch.int32), y.long()
+
+
+def _scores_from_stats(
+    st: TrajectoryStats, methods: list[str], params: dict, n_classes: int, offset: int, n_total: int
+) -> dict[str, np.ndarray]:
+    out = {}
+    for m in methods:
+        kw = dict(params.get(m, {}))
+        if m == "random":
+            kw.update(offset=offset, n_total=n_total)
+        out[m] = SCORERS[m](st, **kw).cpu().numpy().astype(np.float32)
+    valid = (st.n_obs > 0) & ~st.nonfinite
+    nan = torch.tensor(float("nan"), device=st.p_max.device)
+    soft_argmax = torch.where(valid, st.soft_argmax, torch.full_like(st.soft_argmax, -1))
+    p_max = torch.where(valid, st.p_max, nan)
+    margin = torch.where(valid, st.p_max - st.p_second, nan)
+    entropy = torch.where(valid, st.entropy, nan)
+    out["soft_argmax"] = soft_argmax.cpu().numpy().astype(np.int64)
+    out["p_label"] = torch.where(valid, st.p_label, nan).cpu().numpy().astype(np.float32)
+    out["p_max"] = p_max.cpu().numpy().astype(np.float32)
+    out["margin"] = margin.cpu().numpy().astype(np.float32)
+    out["entropy_raw"] = entropy.cpu().numpy().astype(np.float32)
+    out["nonfinite"] = st.nonfinite.cpu().numpy()
+    out["n_observed"] = st.n_obs.cpu().numpy().astype(np.int32)
+    return out
+
+
+def _finish_flags(out: dict[str, np.ndarray], labels_N: np.ndarray, params: dict, n_classes: int) -> dict[str, np.ndarray]:
+    out["mislabel"] = np.asarray(mislabel_flags(out["soft_argmax"], out["p_max"], labels_N, **params["mislabel"]))
+    ent = out.pop("entropy_raw")
+    with np.errstate(invalid="ignore"):
+        out["outlier"] = np.asarray(outlier_flags(ent, out["margin"], n_classes, **params["outlier"])) & ~np.isnan(ent)
+    return out
+
+
+def score_arrays(
+    logits_ENC,
+    counts_EN,
+    labels_N,
+    *,
+    methods: Iterable[str] | str | None = None,
+    params: Mapping[str, Mapping] | None = None,
+) -> dict[str, np.ndarray]:
+    """Score an in-memory trajectory.
+
+    Parameters
+    ----------
+    logits_ENC : array or tensor [E, N, C], float
+        Logits per epoch and sample (the mean of that epoch's observations).
+    counts_EN : array [E, N] of non-negative ints, or None
+        Observations per epoch and sample; 0 = not observed.  ``None`` = every sample once.
+    labels_N : array [N] of ints in [0, C)
+        The given labels.
+    methods : list of str, comma-separated str, "all" or None
+        Scorers to compute (default: all of :data:`METHODS`).
+    params : dict, optional
+        Per-scorer/flag keyword overrides, e.g. ``{"tdds": {"window": 5}}``; see
+        :data:`DEFAULT_PARAMS`.
+
+    Returns
+    -------
+    dict of numpy arrays [N]: one float32 per scorer, plus :data:`FLAGS`.
+    """
+    methods = check_methods(methods)
+    params = _merge_params(params)
+    z, c, y = _validate_arrays(logits_ENC, counts_EN, labels_N)
+    st = compute_stats(z, c, y)
+    out = _scores_from_stats(st, methods, params, z.shape[2], 0, z.shape[1])
+    return _finish_flags(out, y.numpy(), params, z.shape[2])
+
+
+def default_chunk_size(n_epochs: int, n_classes: int, budget_bytes: int = 64 << 20) -> int:
+    """Samples per chunk so that one chunk's fp32 working set stays near ``budget_bytes``."""
+    return max(1, budget_bytes // max(1, n_epochs * n_classes * 4))
+
+
+def score_store(
+    store,
+    *,
+    methods: Iterable[str] | str | None = None,
+    params: Mapping[str, Mapping] | None = None,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    progress: bool = False,
+) -> tuple[dict[str, np.ndarray], str]:
+    """Score a :class:`~dprune.store.TrajectoryStore` chunk by chunk (bounded memory).
+
+    Uses every completed epoch.  Returns ``(scores, backend that ran)``; ``scores`` is the
+    same dict as :func:`score_arrays` returns.  ``backend`` is one of
+    :data:`dprune.scoring.backends.BACKENDS`.
+    """
+    backend_name, stats_fn = resolve_backend(backend)
+    methods = check_methods(methods)
+    params = _merge_params(params)
+    E, N, C = store.epochs_completed, store.n_samples, store.n_classes
+    if E == 0:
+        raise ValueError(f"{store.run_dir} has no complete epoch to score")
+    chunk_size = chunk_size or default_chunk_size(E, C)
+    parts: dict[str, list[np.ndarray]] = {}
+    bar = _progress(N, "scoring", progress)
+    for start, stop, logits, counts in store.iter_chunks(chunk_size):
+        st = stats_fn(torch.from_numpy(logits), torch.from_numpy(counts), torch.from_numpy(store.labels[start:stop]))
+        for k, v in _scores_from_stats(st, methods, params, C, start, N).items():
+            parts.setdefault(k, []).append(v)
+        bar.update(stop - start)
+    bar.close()
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    return _finish_flags(out, store.labels, params, C), backend_name
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="samples", disable=not enabled, mininterval=0.5)
+
+
+def save_scores(path, scores: Mapping[str, np.ndarray], *, fingerprint: dict, epochs: int, methods, params) -> None:
+    """Write ``scores.npz`` atomically, with a ``__meta__`` JSON entry binding it to its store."""
+    meta = {
+        "format_version": SCORES_FORMAT,
+        "fingerprint": fingerprint,
+        "epochs_used": int(epochs),
+        "methods": list(methods),
+        "params": _merge_params(params),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    arrays = {k: np.asarray(v) for k, v in scores.items()}
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    atomic_savez(Path(path), arrays)
+
+
+def load_scores(path, *, fingerprint: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Read ``scores.npz``; with ``fingerprint``, refuse scores of a different dataset."""
+    arrays = read_npz(Path(path), "scores file")
+    if "__meta__" not in arrays:
+        raise ValueError(f"{path} is not a dprune scores file (no __meta__ entry)")
+    try:
+        meta = json.loads(str(arrays.pop("__meta__")))
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: corrupt __meta__ entry") from None
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path} was computed for a different dataset (fingerprint mismatch)")
+    missing = [f for f in FLAGS if f not in arrays]
+    if missing:
+        raise ValueError(f"{path} is incomplete: missing {', '.join(missing)}")
+    return arrays, meta

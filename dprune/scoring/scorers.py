@@ -1,0 +1,212 @@
+"""Importance scorers and flags, as pure functions of :class:`TrajectoryStats`.
+
+Convention for every scorer: a float tensor [N], **higher = more important = kept first**;
+NaN for a sample that was never observed, whose logits were not finite, or that has too few
+observed epochs for the scorer (those are reported, never silently pruned).  Where a paper
+defines "hard = low score" the sign is flipped and the docstring says so.
+
+Temporal scorers (``forgetting``, ``tdds``, ``dyn_unc``) walk each sample's *observed* epochs
+in order, skipping epochs where the sample was not seen (P x K sampling, subsets).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .stats import TrajectoryStats
+
+
+def _invalid(s: TrajectoryStats) -> torch.Tensor:
+    return (s.n_obs == 0) | s.nonfinite
+
+
+def _masked(s: TrajectoryStats, x: torch.Tensor) -> torch.Tensor:
+    return torch.where(_invalid(s), torch.full_like(x, float("nan")), x)
+
+
+def _compact(values_EN: torch.Tensor, valid_EN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-align each sample's valid values: ([N, E] values, [N] count), padding with NaN."""
+    order = torch.argsort((~valid_EN).to(torch.int8), dim=0, stable=True)
+    packed = values_EN.gather(0, order).T.contiguous()
+    n = valid_EN.sum(0)
+    pad = torch.arange(values_EN.shape[0], device=values_EN.device)[None, :] >= n[:, None]
+    return packed.masked_fill(pad, float("nan")), n
+
+
+def entropy(s: TrajectoryStats) -> torch.Tensor:
+    """The paper's score: H(p) with p = softmax((1/|O|) sum_{e in O} z_e), natural log.
+
+    O = observed epochs of the sample.  Source: "Data Pruning Can Do More" (arXiv
+    2412.10091), soft labels averaged over an early logit trajectory.  High entropy =
+    hard = kept.
+    """
+    return _masked(s, s.entropy)
+
+
+def entropy_prob(s: TrajectoryStats) -> torch.Tensor:
+    """H((1/|O|) sum_{e in O} softmax(z_e)): the variant that averages probabilities."""
+    return _masked(s, s.entropy_prob)
+
+
+def forgetting(s: TrajectoryStats) -> torch.Tensor:
+    """Forgetting events (Toneva et al., ICLR 2019): correct -> incorrect transitions.
+
+    Counted between consecutive observed epochs (correct = argmax z_e == label).  A sample
+    never classified correctly gets E, the trajectory's number of epochs, which exceeds any
+    achievable count (at most E / 2); Toneva et al. treat those as infinitely forgotten.
+    More forgotten = more important (no sign flip).
+    """
+    E = s.correct.shape[0]
+    packed, _ = _compact(s.correct, ~torch.isnan(s.correct))
+    prev, cur = packed[:, :-1], packed[:, 1:]
+    events = ((prev == 1) & (cur == 0)).sum(1).float()
+    never = (torch.nan_to_num(packed, nan=0.0).sum(1) == 0)
+    return _masked(s, torch.where(never, torch.full_like(events, float(E)), events))
+
+
+def el2n(s: TrajectoryStats, *, epoch: int | None = None) -> torch.Tensor:
+    """EL2N (Paul et al., NeurIPS 2021): ||softmax(z_e) - onehot(y)||_2 at one epoch.
+
+    ``epoch`` (default: the trajectory's last epoch) is the epoch to read; a sample not observed
+    then uses its latest observed epoch before it, and gets NaN if there is none.  Paul et al.
+    average over several early-trained models; from one trajectory this is one model's EL2N.
+    Higher = harder = kept (no sign flip).
+    """
+    E = s.el2n.shape[0]
+    if epoch is None:
+        epoch = E - 1
+    if not -E <= epoch < E:
+        raise ValueError(f"el2n epoch {epoch} is outside the trajectory's {E} epochs")
+    upto = s.el2n[: (epoch % E) + 1]
+    valid = ~torch.isnan(upto)
+    last = torch.where(valid, torch.arange(upto.shape[0], device=upto.device)[:, None], -1).max(0).values
+    val = upto.gather(0, last.clamp(min=0)[None])[0]
+    return _masked(s, torch.where(last >= 0, val, torch.full_like(val, float("nan"))))
+
+
+def aum(s: TrajectoryStats) -> torch.Tensor:
+    """Area under the margin (Pleiss et al., NeurIPS 2020), **sign flipped**.
+
+    AUM = mean over observed epochs of z_e[y] - max_{k != y} z_e[k].  Low AUM marks hard or
+    mislabelled samples, so the score is -AUM (higher = more important).
+    """
+    return _masked(s, -torch.nanmean(s.logit_margin, dim=0))
+
+
+def loss_mean(s: TrajectoryStats) -> torch.Tensor:
+    """Mean cross-entropy over observed epochs, -(1/|O|) sum_e log softmax(z_e)[y].
+
+    The moving-average loss used as a difficulty score; higher loss = kept.
+    """
+    return _masked(s, -torch.nanmean(s.logp_label, dim=0))
+
+
+def tdds(s: TrajectoryStats, *, window: int = 10, decay: float = 0.9) -> torch.Tensor:
+    """Temporal Dual-Depth Scoring (Zhang et al., CVPR 2024), as in the authors' code.
+
+    With d_t = sum_c |p_t,c (log p_t,c - log p_{t-1},c)| between consecutive observed epochs
+    (T observed epochs give T - 1 values) and J = min(window, T): for each window
+    k = 0..T-J over d_{k+1..k+J-1}, the spread ||d - mean(d)||_2; the score is
+    sum_k decay * (1 - decay)^(T-J-k) * spread_k (later windows weigh more).  The authors
+    add 1e-8 inside the logs; this uses exact log-softmax.  Higher = kept.  NaN with fewer
+    than 2 observed epochs.
+    """
+    if window < 2:
+        raise ValueError(f"tdds window must be >= 2, got {window}")
+    if not 0 < decay < 1:
+        raise ValueError(f"tdds decay must be in (0, 1), got {decay}")
+    d, n_d = _compact(s.tdds_div, ~torch.isnan(s.tdds_div))
+    out = torch.full(n_d.shape, float("nan"), device=d.device)
+    for m in torch.unique(n_d).tolist():
+        if m < 1:
+            continue
+        rows = torch.nonzero(n_d == m)[:, 0]
+        dm = d[rows, :m]
+        T = m + 1
+        J = min(window, T)
+        total = torch.zeros(len(rows), device=d.device)
+        for k in range(T - J + 1):
+            seg = dm[:, k : k + J - 1]
+            spread = (seg - seg.mean(1, keepdim=True)).pow(2).sum(1).sqrt()
+            total += decay * (1 - decay) ** (T - J - k) * spread
+        out[rows] = total
+    return _masked(s, out)
+
+
+def dyn_unc(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
+    """Dynamic uncertainty (He et al., 2023): mean over sliding windows of std(p_e[y]).
+
+    Over the T observed epochs with J = min(window, T): (1/(T-J+1)) sum_k std(p_k..p_{k+J-1}),
+    population std.  Fluctuating label probability = uncertain = kept.  NaN with fewer than 2
+    observed epochs.
+    """
+    if window < 2:
+        raise ValueError(f"dyn_unc window must be >= 2, got {window}")
+    p, n = _compact(s.logp_label.exp(), ~torch.isnan(s.logp_label))
+    out = torch.full(n.shape, float("nan"), device=p.device)
+    for T in torch.unique(n).tolist():
+        if T < 2:
+            continue
+        rows = torch.nonzero(n == T)[:, 0]
+        pt = p[rows, :T]
+        J = min(window, T)
+        stds = torch.stack([pt[:, k : k + J].std(1, unbiased=False) for k in range(T - J + 1)], 1)
+        out[rows] = stds.mean(1)
+    return _masked(s, out)
+
+
+def random(s: TrajectoryStats, *, seed: int = 0, offset: int = 0, n_total: int | None = None) -> torch.Tensor:
+    """Uniform [0, 1) scores from ``numpy.random.default_rng(seed)``, the random-pruning baseline.
+
+    Drawn for all ``n_total`` samples at once and sliced at ``offset``, so a chunked pass gives
+    the same scores as a whole one.
+    """
+    n = s.n_obs.shape[0]
+    n_total = n if n_total is None else n_total
+    u = np.random.default_rng(seed).random(n_total)[offset : offset + n]
+    return _masked(s, torch.as_tensor(u, dtype=torch.float32, device=s.n_obs.device))
+
+
+SCORERS = {
+    "entropy": entropy,
+    "entropy_prob": entropy_prob,
+    "forgetting": forgetting,
+    "el2n": el2n,
+    "aum": aum,
+    "tdds": tdds,
+    "dyn_unc": dyn_unc,
+    "loss_mean": loss_mean,
+    "random": random,
+}
+
+
+# ---------------------------------------------------------------------------------- flags
+def mislabel_flags(soft_argmax_N, p_max_N, labels_N, *, min_confidence: float = 0.5):
+    """Soft label disagrees with the given label, and is confident about it.
+
+    Flagged when ``soft_argmax != label`` and ``p_max >= min_confidence``.  With
+    ``min_confidence=0`` this is the paper's plain rule (argmax deviates from the label).
+    Works on numpy arrays or torch tensors; unobserved samples (argmax -1) are never flagged.
+    """
+    if not 0 <= min_confidence <= 1:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    return (soft_argmax_N >= 0) & (soft_argmax_N != labels_N) & (p_max_N >= min_confidence)
+
+
+def outlier_flags(entropy_N, margin_N, n_classes: int, *, entropy_threshold: float = 0.9, margin_threshold: float = 0.1):
+    """A flat soft label: ``entropy / log(C) >= entropy_threshold`` and ``margin <= margin_threshold``.
+
+    ``margin`` is top-1 minus top-2 probability of the soft label.  Such samples gave the
+    model no consistent signal over the trajectory (ambiguous, corrupt or off-distribution
+    images).  Never flagged when C = 1 or when the entropy is NaN.
+    """
+    if not 0 <= entropy_threshold <= 1:
+        raise ValueError(f"entropy_threshold must be in [0, 1], got {entropy_threshold}")
+    if not 0 <= margin_threshold <= 1:
+        raise ValueError(f"margin_threshold must be in [0, 1], got {margin_threshold}")
+    if n_classes < 2:
+        return entropy_N != entropy_N  # all False, same type as the input
+    h_norm = entropy_N / math.log(n_classes)
+    return (h_norm >= entropy_threshold) & (margin_N <= margin_threshold)

@@ -1,0 +1,141 @@
+"""Scorers and flags against the independent float64 numpy reference (tests/numpy_reference.py)."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dprune.scoring import METHODS, score_arrays, score_store
+from dprune.store import TrajectoryStore
+from numpy_reference import reference_scores
+from strategies import random_trajectory
+
+FLOAT_KEYS = METHODS + ("p_label", "p_max", "margin")
+EXACT_KEYS = ("soft_argmax", "nonfinite", "n_observed")
+
+
+def assert_matches(got, want, keys=FLOAT_KEYS, rtol=2e-4, atol=2e-5):
+    for k in keys:
+        g, w = np.asarray(got[k], np.float64), np.asarray(want[k], np.float64)
+        nan_g, nan_w = np.isnan(g), np.isnan(w)
+        assert (nan_g == nan_w).all(), f"{k}: NaN at {np.flatnonzero(nan_g != nan_w)} (got {g}, want {w})"
+        ok = np.isclose(g, w, rtol=rtol, atol=atol) | nan_g
+        assert ok.all(), f"{k}: differs at {np.flatnonzero(~ok)}: got {g[~ok]}, want {w[~ok]}"
+    for k in EXACT_KEYS:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+
+
+shapes = st.tuples(st.integers(0, 2**31 - 1), st.integers(1, 6), st.integers(1, 9), st.integers(1, 9))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.booleans())
+def test_scorers_match_numpy_reference(shape, nonfinite):
+    seed, E, N, C = shape
+    z, c, y = random_trajectory(seed, E, N, C, nonfinite=nonfinite)
+    got = score_arrays(z, c, y)
+    want = reference_scores(z, c, y)
+    assert_matches(got, want)
+    # Flags can flip on float rounding exactly at a threshold; compare away from it.
+    near = np.abs(np.nan_to_num(want["p_max"]) - 0.5) < 1e-4
+    np.testing.assert_array_equal(got["mislabel"][~near], want["mislabel"][~near])
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.integers(2, 5), st.floats(0.05, 0.95), st.integers(-3, 2))
+def test_parameters_reach_the_scorers(shape, window, decay, el2n_epoch):
+    seed, E, N, C = shape
+    z, c, y = random_trajectory(seed, E, N, C)
+    el2n_epoch = el2n_epoch % E
+    params = {"tdds": {"window": window, "decay": decay}, "dyn_unc": {"window": window},
+              "el2n": {"epoch": el2n_epoch}, "random": {"seed": seed % 1000}}
+    got = score_arrays(z, c, y, params=params)
+    want = reference_scores(z, c, y, window=window, decay=decay, el2n_epoch=el2n_epoch, seed=seed % 1000)
+    assert_matches(got, want, keys=("tdds", "dyn_unc", "el2n", "random"))
+
+
+def test_entropy_is_the_papers_formula_on_a_hand_example():
+    # Two epochs of logits [0, 0] and [2, 0]: mean [1, 0] -> p = [e/(e+1), 1/(e+1)].
+    z = np.array([[[0.0, 0.0]], [[2.0, 0.0]]], np.float32)
+    p = np.array([np.e, 1.0]) / (np.e + 1)
+    got = score_arrays(z, None, [0], methods=["entropy", "entropy_prob"])
+    assert got["entropy"][0] == pytest.approx(-(p * np.log(p)).sum(), rel=1e-6)
+    # Averaging probabilities instead gives a different (higher) entropy here.
+    assert got["entropy_prob"][0] > got["entropy"][0]
+
+
+def test_unobserved_epochs_are_excluded_not_averaged_as_zero():
+    z = np.array([[[5.0, 0.0]], [[0.0, 0.0]]], np.float32)
+    with_gap = score_arrays(z, np.array([[1], [0]]), [0], methods=["entropy"])
+    only_first = score_arrays(z[:1], None, [0], methods=["entropy"])
+    assert with_gap["entropy"][0] == pytest.approx(only_first["entropy"][0])
+
+
+def test_nonfinite_sample_is_flagged_and_unscored():
+    z, c, y = random_trajectory(1, 3, 5, 4)
+    c[:] = 1
+    z[1, 2, 0] = np.nan
+    z[0, 3, 1] = np.inf
+    out = score_arrays(z, c, y)
+    assert out["nonfinite"].tolist() == [False, False, True, True, False]
+    for m in METHODS:
+        assert np.isnan(out[m][[2, 3]]).all() and not np.isnan(out[m][[0, 1, 4]]).any(), m
+    assert not out["mislabel"][[2, 3]].any() and (out["soft_argmax"][[2, 3]] == -1).all()
+
+
+def test_nonfinite_in_an_unobserved_epoch_is_ignored():
+    z, c, y = random_trajectory(2, 3, 2, 3)
+    c[:] = 1
+    z[1, 0, :] = np.nan
+    c[1, 0] = 0
+    out = score_arrays(z, c, y)
+    assert not out["nonfinite"][0] and not np.isnan(out["entropy"][0])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(logits=np.zeros((2, 3))), r"\[E, N, C\], got shape \(2, 3\)"),
+    (dict(counts=np.ones((2, 4))), r"counts must be \[E, N\] = \[2, 3\], got shape \(2, 4\)"),
+    (dict(labels=np.array([0, 1])), r"labels must be \[N\] = \[3\], got shape \(2,\)"),
+    (dict(labels=np.array([0, 1, 4])), r"labels must be integers in \[0, 4\)"),
+    (dict(labels=np.array([0, -1, 2])), r"labels must be integers in \[0, 4\)"),
+    (dict(counts=-np.ones((2, 3), int)), "non-negative"),
+    (dict(methods=["entropy", "bogus"]), "unknown scoring method bogus; valid: entropy, entropy_prob, forgetting"),
+    (dict(params={"tdds": {"windw": 3}}), r"unknown parameter\(s\) \['windw'\] for tdds"),
+    (dict(params={"tdds": {"window": 1}}), "tdds window must be >= 2"),
+])
+def test_bad_input_raises_value_error_naming_the_problem(bad, match):
+    args = dict(logits=np.zeros((2, 3, 4), np.float32), counts=np.ones((2, 3), int), labels=np.array([0, 1, 2]))
+    kw = {k: bad.pop(k) for k in ("methods", "params") if k in bad}
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        score_arrays(args["logits"], args["counts"], args["labels"], **kw)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 5), st.integers(1, 40), st.integers(1, 13), st.integers(1, 17))
+def test_chunked_store_scoring_equals_whole_array_scoring(seed, E, N, C, chunk):
+    import tempfile
+
+    z, c, y = random_trajectory(seed, E, N, C)
+    with tempfile.TemporaryDirectory() as d:
+        store = TrajectoryStore.create(d, y, C, dtype="float32")
+        for e in range(E):
+            store.begin_epoch(e)
+            store.put(e, 0, z[e], c[e])
+            store.complete_epoch(e)
+        chunked, backend = score_store(TrajectoryStore.open(d), chunk_size=chunk)
+    assert backend in ("torch", "triton")
+    whole = score_arrays(z, c, y)
+    assert_matches(chunked, whole, rtol=1e-5, atol=1e-6)
+    for k in ("mislabel", "outlier"):
+        np.testing.assert_array_equal(chunked[k], whole[k])
+
+
+def test_scores_accept_fp16_and_bf16_inputs():
+    z, c, y = random_trajectory(3, 4, 6, 5)
+    ref = score_arrays(z, c, y)
+    for dt in (torch.float16, torch.bfloat16):
+        got = score_arrays(torch.from_numpy(z).to(dt), c, y)
+        rounded = reference_scores(torch.from_numpy(z).to(dt).float().numpy(), c, y)
+        assert_matches(got, rounded, keys=("entropy", "aum", "loss_mean"), rtol=1e-3, atol=1e-4)
+        assert np.isfinite(got["entropy"]).sum() == np.isfinite(ref["entropy"]).sum()
