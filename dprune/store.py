@@ -373,6 +373,20 @@ class TrajectoryStore:
         self.meta = meta
         self._check_epoch_files(epoch)
 
+    def rollback(self, epochs_completed: int) -> None:
+        """Forget completed epochs past ``epochs_completed`` (atomically).
+
+        For a trainer resuming from a checkpoint older than the store: the epoch recorded
+        after that checkpoint came from model state that is lost, so it is recorded again.
+        """
+        self._require_writable()
+        if not 0 <= epochs_completed <= self.epochs_completed:
+            raise StoreError(f"cannot roll back to {epochs_completed} epochs: {self.epochs_completed} are complete")
+        self._close_epoch()
+        meta = dict(self.meta, epochs_completed=int(epochs_completed))
+        atomic_write_json(self.run_dir / META, meta)
+        self.meta = meta
+
     def set_epochs_planned(self, epochs: int) -> None:
         self._require_writable()
         meta = dict(self.meta, epochs_planned=int(epochs))

@@ -1,0 +1,88 @@
+"""Training configuration: one dataclass, validated up front."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+BACKENDS = ("ddp", "deepspeed")
+RECORD_MODES = ("train", "pass", "off")
+STORE_KINDS = ("full", "summary")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+NOISE_KINDS = ("none", "symmetric", "class")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; see ``dprune train --help`` for the same in words."""
+
+    out: str = field(metadata={"help": 'Run directory: trajectory store, checkpoints, metrics.'})
+    dataset: str = field(default="digits", metadata={"help": 'Dataset name (dprune.data.DATASET_NAMES).'})
+    data_root: Optional[str] = field(default=None, metadata={"help": 'Folder of the dataset (not needed for digits).'})
+    model: str = field(default="small_cnn", metadata={"help": 'small_cnn, resnet18 or resnet50.'})
+    weights: Optional[str] = field(default=None, metadata={"help": 'Local weights file for the model (never downloaded).'})
+    image_size: int = field(default=224, metadata={"help": 'Side of photographs (ImageFolder, CUB) after resizing.'})
+    epochs: int = field(default=12, metadata={"help": 'Epochs to train (and record).'})
+    batch_size: int = field(default=64, metadata={"help": 'Per-rank batch size.'})
+    lr: float = field(default=0.05, metadata={"help": 'Peak learning rate of SGD with momentum and a cosine schedule.'})
+    momentum: float = field(default=0.9, metadata={"help": 'SGD (Nesterov) momentum.'})
+    weight_decay: float = field(default=5e-4, metadata={"help": 'L2 weight decay.'})
+    warmup_epochs: int = field(default=0, metadata={"help": 'Linear warm-up epochs before the cosine decay.'})
+    augment: bool = field(default=False, metadata={"help": "Use the dataset's training augmentation."})
+    seed: int = field(default=0, metadata={"help": 'Seeds data order, initialisation and label noise (each rank offsets its own RNG).'})
+    backend: str = field(default="ddp", metadata={"help": 'ddp (plain torch, also for one process) or deepspeed.'})
+    deepspeed_config: Optional[str] = field(default=None, metadata={"help": 'DeepSpeed JSON config; default: ZeRO stage `zero_stage`, bf16 where supported.'})
+    zero_stage: int = field(default=1, metadata={"help": 'DeepSpeed ZeRO stage (0, 1 or 2) when no deepspeed_config is given.'})
+    amp: str = field(default="auto", metadata={"help": 'Mixed precision: auto = bf16 (or fp16 + loss scaling) on CUDA, off on CPU.'})
+    record: str = field(default="train", metadata={"help": 'train: record the training forward pass (the paper); pass: an extra deterministic pass over the whole training set after each epoch; off: no recording.'})
+    store: str = field(default="full", metadata={"help": "full: every epoch's logits (E x N x C on disk); summary: O(N x C) running statistics."})
+    store_dtype: str = field(default="float16", metadata={"help": 'Precision of the stored logits: float16 or float32.'})
+    manifest: Optional[str] = field(default=None, metadata={"help": "Train only on the manifest's kept samples, with its corrected labels."})
+    label_noise: float = field(default=0.0, metadata={"help": 'Fraction of training labels to corrupt (for experiments).'})
+    noise_kind: str = field(default="none", metadata={"help": 'none, symmetric (uniform to another class) or class (class c -> c+1).'})
+    noise_seed: int = field(default=0, metadata={"help": 'Seed of the injected label noise.'})
+    num_workers: int = field(default=0, metadata={"help": 'DataLoader worker processes per rank.'})
+    device: str = field(default="auto", metadata={"help": 'auto (cuda:LOCAL_RANK if available, else cpu), cpu or cuda.'})
+    frozen: bool = field(default=False, metadata={"help": "No training: only the recording pass over a fixed model (--weights), e.g. to record a trained checkpoint. Needs record=pass."})
+    max_steps_per_epoch: Optional[int] = field(default=None, metadata={"help": 'Stop each epoch early (for smoke tests).'})
+    progress: bool = field(default=True, metadata={"help": 'Show progress bars and per-epoch lines (rank 0).'})
+
+    def __post_init__(self):
+        def check(ok, msg):
+            if not ok:
+                raise ValueError(msg)
+
+        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+              f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check(self.record in RECORD_MODES, f"record must be one of {RECORD_MODES}, got {self.record!r}")
+        check(self.store in STORE_KINDS, f"store must be one of {STORE_KINDS}, got {self.store!r}")
+        check(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        check(self.zero_stage in (0, 1, 2), f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        check(self.noise_kind in NOISE_KINDS, f"noise_kind must be one of {NOISE_KINDS}, got {self.noise_kind!r}")
+        check(0 <= self.label_noise < 1, f"label_noise must be in [0, 1), got {self.label_noise}")
+        check((self.label_noise > 0) == (self.noise_kind != "none"),
+              f"label_noise={self.label_noise} needs noise_kind symmetric or class (got {self.noise_kind!r}), and vice versa")
+        check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        check(self.store_dtype in ("float16", "float32"), f"store_dtype must be float16 or float32, got {self.store_dtype!r}")
+        check(self.deepspeed_config is None or self.backend == "deepspeed",
+              "deepspeed_config is given but backend is not deepspeed")
+        check(not self.frozen or self.record == "pass", f"frozen needs record='pass', got {self.record!r}")
+        check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+              f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        data = json.loads(Path(path).read_text())
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)} in {path}")
+        return cls(**data)

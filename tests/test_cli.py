@@ -1,0 +1,128 @@
+"""The dprune command line: import -> score -> prune -> inspect, and its errors."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dprune.cli import main
+from dprune.scoring import load_scores
+from dprune.store import TrajectoryStore
+from dprune.synthetic import synthetic_trajectory
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def traj(tmp_path):
+    t = synthetic_trajectory(300, 6, 5, noise_rate=0.1, seed=3)
+    np.savez(tmp_path / "t.npz", **t)
+    return tmp_path / "t.npz", t
+
+
+def test_help_lists_the_commands():
+    out = run("--help").output
+    for cmd in ("import", "score", "prune", "inspect"):
+        assert cmd in out
+    assert "--ratio" in run("prune", "--help").output
+
+
+def test_import_score_prune_inspect(tmp_path, traj):
+    src, t = traj
+    run("import", src, "-o", tmp_path / "run")
+    out = run("score", tmp_path / "run").output
+    assert "torch backend" in out and "entropy" in out
+    store = TrajectoryStore.open(tmp_path / "run")
+    scores, meta = load_scores(tmp_path / "run" / "scores.npz", fingerprint=store.fingerprint)
+    assert meta["epochs_used"] == 5 and scores["entropy"].shape == (300,)
+    out = run("prune", tmp_path / "run", "--ratio", 0.25, "--policy", "class", "--relabel", "--remove-outliers", 0.02,
+              "-o", tmp_path / "m.json", "--export-list", tmp_path / "kept.tsv").output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["n_pruned"] == 75 and m["n_outliers"] == 6 and m["policy"] == "class"
+    assert len((tmp_path / "kept.tsv").read_text().splitlines()) == m["n_kept"]
+    info = json.loads(run("inspect", tmp_path / "run", "--json").output)
+    assert info["epochs_completed"] == 5 and info["never_observed"] == 0 and "scores" in info
+
+
+def test_prune_reuses_current_scores_and_rescores_stale_ones(tmp_path, traj):
+    src, _ = traj
+    run("import", src, "-o", tmp_path / "run")
+    run("score", tmp_path / "run", "-m", "aum")
+    scores_file = tmp_path / "run" / "scores.npz"
+    before = scores_file.stat().st_mtime_ns
+    run("prune", tmp_path / "run", "-r", 0.1, "-m", "aum", "-o", tmp_path / "a.json", "-q")
+    assert scores_file.stat().st_mtime_ns == before
+    run("prune", tmp_path / "run", "-r", 0.1, "-m", "tdds", "--param", "tdds.window=3", "-o", tmp_path / "b.json", "-q")
+    _, meta = load_scores(scores_file)
+    assert meta["params"]["tdds"]["window"] == 3 and "tdds" in meta["methods"]
+
+
+def test_tdds_folder_import_equals_array_import(tmp_path):
+    rng = np.random.default_rng(0)
+    E, N, C = 3, 40, 5
+    z = rng.normal(size=(E, N, C)).astype(np.float32)
+    labels = rng.integers(0, C, N)
+    (tmp_path / "dyn").mkdir()
+    for e in range(E):
+        perm = rng.permutation(N)  # shuffled order, as a DataLoader with shuffle=True writes it
+        np.save(tmp_path / "dyn" / f"{e}_Output.npy", z[e, perm])
+        np.save(tmp_path / "dyn" / f"{e}_Index.npy", perm)
+    np.save(tmp_path / "labels.npy", labels)
+    np.savez(tmp_path / "arr.npz", logits=z, labels=labels)
+    run("import", tmp_path / "dyn", "--labels", tmp_path / "labels.npy", "-o", tmp_path / "a", "--dtype", "float32")
+    run("import", tmp_path / "arr.npz", "-o", tmp_path / "b", "--dtype", "float32")
+    za, ca = TrajectoryStore.open(tmp_path / "a").read(0, N)
+    zb, cb = TrajectoryStore.open(tmp_path / "b").read(0, N)
+    np.testing.assert_array_equal(za, zb)
+    np.testing.assert_array_equal(ca, cb)
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, traj):
+    src, t = traj
+    run("import", src, "-o", tmp_path / "run")
+    one_line_error(run("prune", tmp_path / "run", "-r", 1.0, ok=False), "prune ratio must be in [0, 1)")
+    one_line_error(run("prune", tmp_path / "run", "-r", 0.1, "-m", "magic", ok=False),
+                   "unknown scoring method magic; valid: entropy, entropy_prob")
+    one_line_error(run("score", tmp_path / "run", "--param", "tdds", ok=False), "NAME.OPTION=VALUE")
+    bad = dict(t, labels=np.full(300, 9))
+    np.savez(tmp_path / "bad.npz", **bad)
+    one_line_error(run("import", tmp_path / "bad.npz", "-o", tmp_path / "x", ok=False), "labels out of range [0, 6)")
+    np.savez(tmp_path / "short.npz", logits=t["logits"], labels=t["labels"][:10])
+    one_line_error(run("import", tmp_path / "short.npz", "-o", tmp_path / "y", ok=False), "labels have length 10, expected N = 300")
+    (tmp_path / "run" / "meta.json").write_text("{oops")
+    one_line_error(run("inspect", tmp_path / "run", ok=False), "meta.json is corrupt")
+
+
+def test_scores_file_that_is_torn_is_never_read_as_valid(tmp_path, traj):
+    src, _ = traj
+    run("import", src, "-o", tmp_path / "run")
+    run("score", tmp_path / "run", "-q")
+    f = tmp_path / "run" / "scores.npz"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="scores file is corrupt"):
+        load_scores(f)
+    info = json.loads(run("inspect", tmp_path / "run", "--json").output)
+    assert "corrupt" in info["scores"]["error"]
+    # prune notices and rescores instead of trusting the torn file
+    run("prune", tmp_path / "run", "-r", 0.2, "-o", tmp_path / "m.json", "-q")
+    assert load_scores(f)[0]["entropy"].shape == (300,)
+
+
+def test_synth_command_writes_a_loadable_trajectory(tmp_path):
+    run("synth", tmp_path / "s.npz", "--samples", 50, "--classes", 3, "--epochs", 2)
+    z = np.load(tmp_path / "s.npz")
+    assert z["logits"].shape == (2, 50, 3) and z["labels"].shape == (50,)

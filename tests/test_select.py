@@ -1,0 +1,204 @@
+"""Selection policies, relabelling, outliers and the manifest files."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dprune import fileio
+from dprune.scoring import score_arrays
+from dprune.select import export_list, load_manifest, n_to_prune, select, write_manifest
+from dprune.synthetic import synthetic_trajectory
+from strategies import random_trajectory
+
+
+def scored(seed=0, N=300, C=5, E=4, noise=0.1):
+    t = synthetic_trajectory(N, C, E, noise_rate=noise, seed=seed)
+    return score_arrays(t["logits"], t["counts"], t["labels"]), t
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 60), st.integers(2, 7), st.floats(0, 0.999), st.sampled_from(["global", "class"]))
+def test_prune_count_is_exact_and_sets_partition(seed, N, C, ratio, policy):
+    z, c, y = random_trajectory(seed, 3, N, C)
+    scores = score_arrays(z, c, y, methods=["entropy"])
+    observed = scores["n_observed"] > 0
+    try:
+        sel = select(scores, y, C, method="entropy", ratio=ratio, policy=policy, seed=seed)
+    except ValueError as e:  # only legal when class balance makes the quota impossible
+        assert policy == "class" and "without emptying a class" in str(e)
+        return
+    assert len(sel.pruned) == n_to_prune(ratio, int(observed.sum()))
+    everything = np.sort(np.r_[sel.kept, sel.pruned, sel.outlier_index])
+    np.testing.assert_array_equal(everything, np.arange(N))
+    assert set(sel.unobserved) <= set(sel.kept)
+    assert observed[sel.pruned].all()
+    if policy == "class":
+        for cls in np.unique(y[observed]):
+            assert (y[sel.kept] == cls).any(), f"class {cls} emptied"
+
+
+def test_global_policy_prunes_the_lowest_scores():
+    scores, t = scored()
+    sel = select(scores, t["labels"], 5, method="entropy", ratio=0.3)
+    assert scores["entropy"][sel.pruned].max() <= scores["entropy"][sel.kept].min()
+
+
+def test_class_policy_prunes_each_class_in_proportion():
+    scores, t = scored(N=1000, C=4)
+    y = t["labels"]
+    sel = select(scores, y, 4, method="entropy", ratio=0.4, policy="class")
+    n_c = np.bincount(y, minlength=4)
+    pruned_c = np.bincount(y[sel.pruned], minlength=4)
+    assert pruned_c.sum() == 400
+    assert (np.abs(pruned_c - 0.4 * n_c) <= 1).all()
+    for cls in range(4):  # within a class, still the lowest scores
+        k, p = sel.kept[y[sel.kept] == cls], sel.pruned[y[sel.pruned] == cls]
+        assert scores["entropy"][p].max() <= scores["entropy"][k].min()
+
+
+def test_class_policy_never_empties_a_class():
+    y = np.array([0] * 9 + [1])  # class 1 has a single sample with the lowest score
+    scores = {"entropy": np.r_[np.arange(9) + 1.0, 0.0], "n_observed": np.ones(10, int), "nonfinite": np.zeros(10, bool)}
+    sel = select(scores, y, 2, method="entropy", ratio=0.5, policy="class")
+    assert 9 in sel.kept and len(sel.pruned) == 5
+    glob = select(scores, y, 2, method="entropy", ratio=0.5, policy="global")
+    assert 9 in glob.pruned and glob.emptied_classes == [1]
+
+
+def test_ties_are_broken_by_the_seed_not_the_index():
+    N = 200
+    scores = {"forgetting": np.zeros(N), "n_observed": np.ones(N, int), "nonfinite": np.zeros(N, bool)}
+    a = select(scores, np.zeros(N, int), 1, method="forgetting", ratio=0.5, seed=1)
+    b = select(scores, np.zeros(N, int), 1, method="forgetting", ratio=0.5, seed=2)
+    assert set(a.pruned) != set(b.pruned)
+    assert 0.3 < np.mean(a.pruned < N // 2) < 0.7
+
+
+def test_unobserved_kept_unscored_kept_nonfinite_pruned_first():
+    N = 10
+    s = np.arange(N, dtype=float)
+    s[3] = np.nan
+    n_obs = np.ones(N, int)
+    n_obs[0] = 0
+    nonfinite = np.zeros(N, bool)
+    nonfinite[9] = True  # highest raw position, but broken: must go first
+    s[9] = np.nan
+    scores = {"dyn_unc": s, "n_observed": n_obs, "nonfinite": nonfinite}
+    sel = select(scores, np.zeros(N, int), 1, method="dyn_unc", ratio=0.25)
+    assert len(sel.pruned) == n_to_prune(0.25, 9) == 2
+    assert sel.pruned.tolist() == [1, 9] and sel.nonfinite_pruned.tolist() == [9]
+    assert sel.unobserved.tolist() == [0] and sel.unscored.tolist() == [3]
+    assert {0, 3} <= set(sel.kept)
+
+
+def test_relabelling_uses_the_confidence_rule_and_keeps_the_sample():
+    scores, t = scored(N=500, noise=0.2)
+    y, true = t["labels"], t["true_labels"]
+    sel = select(scores, y, 5, method="entropy", ratio=0.5, relabel=True, relabel_min_confidence=0.6)
+    assert len(sel.relabel_index) > 0
+    assert (scores["p_max"][sel.relabel_index] >= 0.6).all()
+    assert (sel.relabel_label == scores["soft_argmax"][sel.relabel_index]).all()
+    assert (sel.relabel_label != y[sel.relabel_index]).all()
+    assert set(sel.relabel_index) <= set(sel.kept)
+    # On this synthetic data the trajectory learns the true class first: most fixes are right.
+    assert np.mean(sel.relabel_label == true[sel.relabel_index]) > 0.9
+    np.testing.assert_array_equal(sel.labels_final[sel.relabel_index], sel.relabel_label)
+
+
+def test_outliers_by_fraction_and_by_threshold():
+    scores, t = scored(N=400)
+    y = t["labels"]
+    sel = select(scores, y, 5, method="entropy", ratio=0.2, outlier_fraction=0.05)
+    assert len(sel.outlier_index) == 20 and len(sel.pruned) == 80
+    assert not set(sel.outlier_index) & set(sel.kept)
+    flattest = np.argsort(-scores["entropy"])[:20]
+    assert set(flattest) == set(sel.outlier_index)
+    assert all("flat soft label" in r for r in sel.outlier_reason)
+    thr = select(scores, y, 5, method="entropy", ratio=0.2, outlier_entropy_threshold=0.8, outlier_margin_threshold=0.2)
+    h = scores["entropy"] / np.log(5)
+    want = np.flatnonzero((h >= 0.8) & (scores["margin"] <= 0.2))
+    np.testing.assert_array_equal(thr.outlier_index, want)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(ratio=1.0), r"prune ratio must be in \[0, 1\), got 1.0"),
+    (dict(ratio=-0.1), r"prune ratio must be in \[0, 1\)"),
+    (dict(ratio=0.1, policy="random"), "unknown policy 'random'; valid: global, class"),
+    (dict(ratio=0.1, method="nope"), "scores hold no 'nope' array"),
+    (dict(ratio=0.1, outlier_fraction=0.1, outlier_entropy_threshold=0.9), "either"),
+])
+def test_bad_selection_options(kw, match):
+    scores, t = scored(N=50)
+    kw.setdefault("method", "entropy")
+    with pytest.raises(ValueError, match=match):
+        select(scores, t["labels"], 5, **kw)
+
+
+def test_manifest_round_trip_and_export(tmp_path):
+    scores, t = scored(N=200, noise=0.2)
+    y = t["labels"]
+    sel = select(scores, y, 5, method="entropy", ratio=0.3, relabel=True, outlier_fraction=0.02)
+    fp = {"n_samples": 200, "sha256": "ab" * 32}
+    m = write_manifest(tmp_path / "m.json", sel, source_run="run", fingerprint=fp, n_classes=5, scorer_params={})
+    assert m["n_pruned"] == 60 and m["ratio_achieved"] == pytest.approx(0.3)
+    loaded = load_manifest(tmp_path / "m.json", fingerprint=fp)
+    np.testing.assert_array_equal(loaded.kept, sel.kept)
+    np.testing.assert_array_equal(loaded.labels, sel.labels_final)
+    arrays = np.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(arrays["kept"], sel.kept)
+    ids = [f"x/{i}.png" for i in range(200)]
+    assert export_list(loaded, ids, tmp_path / "kept.tsv") == len(sel.kept)
+    first = (tmp_path / "kept.tsv").read_text().splitlines()[0].split("\t")
+    i = int(first[0])
+    assert first[1] == ids[i] and int(first[2]) == sel.labels_final[i]
+
+
+def test_manifest_for_another_dataset_is_refused(tmp_path):
+    scores, t = scored(N=50)
+    sel = select(scores, t["labels"], 5, method="entropy", ratio=0.1)
+    write_manifest(tmp_path / "m.json", sel, source_run="r", fingerprint={"n_samples": 50, "sha256": "a" * 64},
+                   n_classes=5, scorer_params={})
+    with pytest.raises(ValueError, match="made for a different dataset"):
+        load_manifest(tmp_path / "m.json", fingerprint={"n_samples": 50, "sha256": "b" * 64})
+
+
+def test_corrupt_or_mismatched_manifest_files_are_refused(tmp_path):
+    scores, t = scored(N=50)
+    sel = select(scores, t["labels"], 5, method="entropy", ratio=0.1)
+    path = tmp_path / "m.json"
+    write_manifest(path, sel, source_run="r", fingerprint={"n_samples": 50, "sha256": "a" * 64}, n_classes=5, scorer_params={})
+    good = path.read_text()
+    path.write_text(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="manifest is corrupt"):
+        load_manifest(path)
+    path.write_text(good)
+    np.savez(tmp_path / "m.npz", kept=np.arange(3), labels=np.zeros(50, int))  # a stale npz
+    with pytest.raises(ValueError, match="does not belong to this manifest"):
+        load_manifest(path)
+
+
+def test_a_killed_manifest_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    scores, t = scored(N=50)
+    fp = {"n_samples": 50, "sha256": "a" * 64}
+    path = tmp_path / "m.json"
+    first = select(scores, t["labels"], 5, method="entropy", ratio=0.1)
+    write_manifest(path, first, source_run="r", fingerprint=fp, n_classes=5, scorer_params={})
+    before = path.read_bytes()
+
+    def dies_half_way(f, _data=None):
+        f.write(b'{"format_version": 1, "kind": "dprune-manif')
+        raise KeyboardInterrupt("killed")
+
+    real = fileio._atomic_write
+    monkeypatch.setattr(fileio, "_atomic_write", lambda p, w: real(p, dies_half_way) if p.suffix == ".json" else real(p, w))
+    second = select(scores, t["labels"], 5, method="entropy", ratio=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(path, second, source_run="r", fingerprint=fp, n_classes=5, scorer_params={})
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".m.json.*"))  # no temp file left behind
+    # The npz was replaced by the interrupted write, so the old JSON no longer vouches for it.
+    with pytest.raises(ValueError, match="does not belong"):
+        load_manifest(path)
+    assert json.loads(before)["n_pruned"] == 5
