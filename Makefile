@@ -18,7 +18,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/dprune run --dataset digits --out $(DEMO_DIR)
+	$(BIN)/dprune run --dataset digits --label-noise 0.1 --out $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

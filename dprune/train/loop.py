@@ -135,7 +135,17 @@ class Trainer:
                                                                    lr_scheduler=scheduler, config=ds_config)
             self.engine, self.module = engine, engine.module
             self.model = engine
-            self.input_dtype = torch.bfloat16 if engine.bfloat16_enabled() else (torch.float16 if engine.fp16_enabled() else None)
+            # Inputs follow the parameters: DeepSpeed casts the module for bf16/fp16 on GPUs,
+            # but not every accelerator does.
+            param_dtype = next(engine.module.parameters()).dtype
+            self.input_dtype = param_dtype if param_dtype in (torch.bfloat16, torch.float16) else None
+            if self.input_dtype is not None:
+                # DeepSpeed casts parameters but not BatchNorm's running statistics, and the CPU
+                # batch_norm kernel refuses the mix.
+                for mod in engine.module.modules():
+                    if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
+                        mod.running_mean.data = mod.running_mean.data.to(self.input_dtype)
+                        mod.running_var.data = mod.running_var.data.to(self.input_dtype)
         else:
             self.engine = None
             self.module = model
