@@ -302,23 +302,16 @@ def synth_cmd(out, samples, classes, epochs, noise, seed):
     click.echo(f"wrote {out}: logits {t['logits'].shape}, {int((t['labels'] != t['true_labels']).sum())} wrong labels")
 
 
-def _register_optional_commands() -> None:
-    """Commands that live in their own modules (ReID evaluation, training)."""
-    import importlib
+def _register_commands() -> None:
+    """Commands that live beside their subsystems: training, the pipeline, ReID evaluation."""
+    from .evaluate.reid_cli import eval_reid
+    from .train.cli import run_cmd, train_cmd
 
-    for module, attr in (("dprune.evaluate.reid_cli", "eval_reid"), ("dprune.train.cli", "train_cmd"),
-                         ("dprune.train.cli", "run_cmd")):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        if hasattr(mod, attr):
-            main.add_command(getattr(mod, attr))
+    for cmd in (train_cmd, run_cmd, eval_reid):
+        main.add_command(cmd)
 
 
-_register_optional_commands()
+_register_commands()
 
 if __name__ == "__main__":
     sys.exit(main())
