@@ -70,7 +70,7 @@ def finish(proc, timeout=600):
 def test_single_process_run_records_every_epoch_and_resumes(tmp_path):
     cfg = TrainConfig(out=str(tmp_path / "r"), epochs=2, batch_size=128, progress=False)
     metrics = Trainer(cfg).fit()
-    assert len(metrics) == 2 and metrics[-1]["test_acc"] > 0.5
+    assert len(metrics) == 2 and metrics[-1]["test_metric"] > 0.5 and metrics[-1]["metric_name"] == "top-1"
     store = TrajectoryStore.open(tmp_path / "r" / "trajectory")
     assert store.epochs_completed == 2
     np.testing.assert_array_equal(store.counts(), expected_counts(N_DIGITS_TRAIN, 1, 2))

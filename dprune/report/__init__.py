@@ -46,16 +46,16 @@ def plot_score_histogram(scores_N: np.ndarray, pruned_N: np.ndarray, outlier_N: 
 
 
 def plot_accuracy_curves(curves: dict[str, list[dict]], path) -> Path:
-    """Test accuracy per epoch, one line per run (metrics as written to metrics.json)."""
+    """Test metric per epoch, one line per run (metrics as written to metrics.json)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, metrics in curves.items():
-        ax.plot([m["epoch"] + 1 for m in metrics], [m["test_acc"] for m in metrics], marker="o", ms=3, label=name)
+        ax.plot([m["epoch"] + 1 for m in metrics], [m["test_metric"] for m in metrics], marker="o", ms=3, label=name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(f"test {next(iter(curves.values()))[0]['metric_name']}" if curves else "test metric")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("accuracy vs epochs")
+    ax.set_title("test metric vs epochs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

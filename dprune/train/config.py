@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+TASKS = ("classification", "reid")
 BACKENDS = ("ddp", "deepspeed")
 RECORD_MODES = ("train", "pass", "off")
 STORE_KINDS = ("full", "summary")
@@ -18,18 +19,24 @@ class TrainConfig:
     """Everything a training run needs; see ``dprune train --help`` for the same in words."""
 
     out: str = field(metadata={"help": 'Run directory: trajectory store, checkpoints, metrics.'})
-    dataset: str = field(default="digits", metadata={"help": 'Dataset name (dprune.data.DATASET_NAMES).'})
+    task: str = field(default="classification", metadata={"help": "classification (top-1 accuracy) or reid (BoT recipe: BNNeck, ID + triplet loss, P x K sampling, mAP/CMC)."})
+    dataset: str = field(default="digits", metadata={"help": 'Dataset name: digits, fashion-mnist, mnist, cifar10, cifar100, cub200, imagefolder; for --task reid: market1501, msmt17, veri776.'})
     data_root: Optional[str] = field(default=None, metadata={"help": 'Folder of the dataset (not needed for digits).'})
     model: str = field(default="small_cnn", metadata={"help": 'small_cnn, resnet18 or resnet50.'})
     weights: Optional[str] = field(default=None, metadata={"help": 'Local weights file for the model (never downloaded).'})
     image_size: int = field(default=224, metadata={"help": 'Side of photographs (ImageFolder, CUB) after resizing.'})
     epochs: int = field(default=12, metadata={"help": 'Epochs to train (and record).'})
     batch_size: int = field(default=64, metadata={"help": 'Per-rank batch size.'})
-    lr: float = field(default=0.05, metadata={"help": 'Peak learning rate of SGD with momentum and a cosine schedule.'})
+    lr: Optional[float] = field(default=None, metadata={"help": 'Peak learning rate; default 0.05 (classification: SGD, cosine schedule) or 3.5e-4 (reid: Adam, warm-up + steps).'})
     momentum: float = field(default=0.9, metadata={"help": 'SGD (Nesterov) momentum.'})
     weight_decay: float = field(default=5e-4, metadata={"help": 'L2 weight decay.'})
     warmup_epochs: int = field(default=0, metadata={"help": 'Linear warm-up epochs before the cosine decay.'})
     augment: bool = field(default=False, metadata={"help": "Use the dataset's training augmentation."})
+    pk_k: int = field(default=4, metadata={"help": "reid: images per identity in a batch (K); P = batch_size // K identities."})
+    reid_height: int = field(default=256, metadata={"help": "reid: input height."})
+    reid_width: int = field(default=128, metadata={"help": "reid: input width."})
+    triplet_margin: float = field(default=0.3, metadata={"help": "reid: margin of the batch-hard triplet loss."})
+    label_smoothing: Optional[float] = field(default=None, metadata={"help": "Label smoothing of the ID/classification loss; default 0.1 for reid, 0 otherwise."})
     seed: int = field(default=0, metadata={"help": 'Seeds data order, initialisation and label noise (each rank offsets its own RNG).'})
     backend: str = field(default="ddp", metadata={"help": 'ddp (plain torch, also for one process) or deepspeed.'})
     deepspeed_config: Optional[str] = field(default=None, metadata={"help": 'DeepSpeed JSON config; default: ZeRO stage `zero_stage`, bf16 where supported.'})
@@ -53,9 +60,19 @@ class TrainConfig:
             if not ok:
                 raise ValueError(msg)
 
+        check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr is None:
+            self.lr = 3.5e-4 if self.task == "reid" else 0.05
+        if self.label_smoothing is None:
+            self.label_smoothing = 0.1 if self.task == "reid" else 0.0
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.task == "reid":
+            check(self.pk_k >= 2 and self.batch_size // self.pk_k >= 2,
+                  f"reid batches need K >= 2 images of P >= 2 identities: batch_size {self.batch_size}, pk_k {self.pk_k}")
+            check(self.data_root is not None, "reid needs --data-root (the dataset folder)")
         check(0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
               f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")

@@ -60,6 +60,17 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
     return f
 
 
+class _CastInput(torch.nn.Module):
+    """Feeds a bf16/fp16 module (DeepSpeed) the dtype it expects."""
+
+    def __init__(self, module: torch.nn.Module, dtype):
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, x):
+        return self.module(x if self.dtype is None else x.to(self.dtype))
+
+
 class Trainer:
     """One training run described by a :class:`TrainConfig`; call :meth:`fit`."""
 
@@ -79,7 +90,21 @@ class Trainer:
     # ------------------------------------------------------------------------ building
     def _build_data(self) -> None:
         cfg, w = self.cfg, self.world
-        train, test = build_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed, image_size=cfg.image_size, augment=cfg.augment)
+        if cfg.task == "reid":
+            from ..data.reid import ReIDImageDataset, build_reid_dataset
+            from .reid import reid_transforms
+
+            self.reid = build_reid_dataset(cfg.dataset, cfg.data_root)
+            size = (cfg.reid_height, cfg.reid_width)
+            train = ReIDImageDataset(self.reid.train, self.reid.root, reid_transforms(*size, train=True))
+            self.eval_transform = reid_transforms(*size, train=False)
+            self.query_set = ReIDImageDataset(self.reid.query, self.reid.root, self.eval_transform)
+            self.gallery_set = ReIDImageDataset(self.reid.gallery, self.reid.root, self.eval_transform)
+        else:
+            train, test = build_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed, image_size=cfg.image_size,
+                                        augment=cfg.augment)
+            self.eval_transform = test.transform
+            self.test_set = test
         labels = train.labels.copy()
         self.noise_flipped = None
         if cfg.label_noise > 0:
@@ -96,36 +121,53 @@ class Trainer:
             m = load_manifest(cfg.manifest, fingerprint=self.fingerprint)
             indices, self.train_labels = m.kept, m.labels
         self.train_set = train
-        self.test_set = test
         self.num_classes = train.num_classes
         self.train_ds = IndexedDataset(train, labels_override=self.train_labels, indices=indices)
-        self.sampler = DistributedSampler(self.train_ds, num_replicas=w.world_size, rank=w.rank, shuffle=True,
-                                          seed=cfg.seed, drop_last=False)
         pin = w.device.type == "cuda"
-        self.loader = DataLoader(self.train_ds, batch_size=cfg.batch_size, sampler=self.sampler,
-                                 num_workers=cfg.num_workers, pin_memory=pin, drop_last=False)
-        self.test_loader = DataLoader(IndexedDataset(test), batch_size=max(256, cfg.batch_size), shuffle=False,
-                                      num_workers=cfg.num_workers, pin_memory=pin)
+        loader_kw = dict(num_workers=cfg.num_workers, pin_memory=pin)
+        if cfg.task == "reid":
+            from .reid import PKSampler
+
+            self.sampler = PKSampler(self.train_ds.labels, cfg.batch_size // cfg.pk_k, cfg.pk_k,
+                                     world_size=w.world_size, rank=w.rank, seed=cfg.seed)
+            self.loader = DataLoader(self.train_ds, batch_sampler=self.sampler, **loader_kw)
+            self.query_loader = DataLoader(self.query_set, batch_size=128, shuffle=False, **loader_kw)
+            self.gallery_loader = DataLoader(self.gallery_set, batch_size=128, shuffle=False, **loader_kw)
+        else:
+            self.sampler = DistributedSampler(self.train_ds, num_replicas=w.world_size, rank=w.rank, shuffle=True,
+                                              seed=cfg.seed, drop_last=False)
+            self.loader = DataLoader(self.train_ds, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=False,
+                                     **loader_kw)
+            self.test_loader = DataLoader(IndexedDataset(self.test_set), batch_size=max(256, cfg.batch_size),
+                                          shuffle=False, **loader_kw)
         if cfg.record == "pass":
             # The whole training set, in a fixed order, without augmentation.
             plain = copy.copy(train)
-            plain.transform = test.transform
+            plain.transform = self.eval_transform
             pass_ds = IndexedDataset(plain, labels_override=self.train_labels, indices=indices)
             self.pass_loader = DataLoader(pass_ds, batch_size=max(256, cfg.batch_size),
                                           sampler=DistributedSampler(pass_ds, num_replicas=w.world_size, rank=w.rank,
-                                                                     shuffle=False),
-                                          num_workers=cfg.num_workers, pin_memory=pin)
+                                                                     shuffle=False), **loader_kw)
 
     def _build_model(self) -> None:
         cfg, w = self.cfg, self.world
-        sample = self.train_set[0][0]
-        model = build_model(cfg.model, self.num_classes, self.train_set.in_channels, cfg.weights,
-                            image_size=int(max(sample.shape[-2:])))
-        model.to(w.device)
         self.steps_per_epoch = len(self.loader) if cfg.max_steps_per_epoch is None else min(len(self.loader), cfg.max_steps_per_epoch)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, nesterov=True)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, self.steps_per_epoch))
+        if cfg.task == "reid":
+            from ..models.reid import BoTReID
+            from .reid import step_lr_lambda
+
+            model = BoTReID(self.num_classes, cfg.model, weights=cfg.weights).to(w.device)
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                         weight_decay=cfg.weight_decay)
+            schedule = step_lr_lambda(cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs or max(1, cfg.epochs // 12))
+        else:
+            sample = self.train_set[0][0]
+            model = build_model(cfg.model, self.num_classes, self.train_set.in_channels, cfg.weights,
+                                image_size=int(max(sample.shape[-2:]))).to(w.device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay, nesterov=True)
+            schedule = _lr_lambda(cfg, self.steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.amp_dtype = None
         if cfg.backend == "deepspeed":
             import deepspeed
@@ -246,15 +288,15 @@ class Trainer:
                 if self.recorder:
                     self.recorder.complete_epoch(epoch)
                 barrier(self.world)
-                stats.update(epoch=epoch, seconds=time.perf_counter() - t0, test_acc=self.evaluate())
+                stats.update(epoch=epoch, seconds=time.perf_counter() - t0, **self.evaluate())
                 self.metrics.append(stats)
                 self._save_checkpoint(epoch + 1)
                 if self.world.is_main:
                     atomic_write_json(self.out / "metrics.json", self.metrics)
                     train = (f"loss {stats['train_loss']:.4f} train acc {stats['train_acc']:.4f} "
                              if "train_loss" in stats else "")
-                    self._log(f"epoch {epoch + 1}/{self.cfg.epochs}: {train}test acc {stats['test_acc']:.4f} "
-                              f"({stats['seconds']:.1f}s)")
+                    self._log(f"epoch {epoch + 1}/{self.cfg.epochs}: {train}test {stats['metric_name']} "
+                              f"{stats['test_metric']:.4f} ({stats['seconds']:.1f}s)")
             return self.metrics
         finally:
             if self.store is not None:
@@ -281,8 +323,13 @@ class Trainer:
                 break
             x_B, y_B = self._to_device(x_B), y_B.to(self.world.device, non_blocking=True)
             with self._autocast():
-                logits_BC = self.model(x_B)
-                loss = F.cross_entropy(logits_BC.float(), y_B)
+                out = self.model(x_B)
+                logits_BC = out.logits if self.cfg.task == "reid" else out
+                loss = F.cross_entropy(logits_BC.float(), y_B, label_smoothing=self.cfg.label_smoothing)
+                if self.cfg.task == "reid":
+                    from .reid import batch_hard_triplet_loss
+
+                    loss = loss + batch_hard_triplet_loss(out.feat, y_B, self.cfg.triplet_margin)
             if self.cfg.record == "train":
                 self.recorder.record(epoch, idx_B.to(self.world.device), logits_BC)
             self._step(loss)
@@ -313,22 +360,38 @@ class Trainer:
         self.model.eval()
         for x_B, _, idx_B in self._bar_iter(self.pass_loader, f"recording {epoch + 1}"):
             with self._autocast():
-                logits_BC = self.module(self._to_device(x_B))
+                x_B = self._to_device(x_B)
+                logits_BC = self.module.logits(x_B) if self.cfg.task == "reid" else self.module(x_B)
             self.recorder.record(epoch, idx_B.to(self.world.device), logits_BC)
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Top-1 accuracy on the test split (computed on rank 0; other ranks get NaN)."""
+    def evaluate(self) -> dict:
+        """Test metrics on rank 0 (other ranks get {}): ``test_metric`` is the headline number.
+
+        Classification: top-1 accuracy.  ReID: mAP, CMC Rank-1/5/10, mINP on query/gallery
+        (flip-averaged features), headline (mAP + Rank-1) / 2.
+        """
         if not self.world.is_main:
-            return float("nan")
+            return {}
         self.module.eval()
+        if self.cfg.task == "reid":
+            from ..evaluate.reid import evaluate_reid, extract_features
+
+            net = _CastInput(self.module, self.input_dtype)
+            with self._autocast():
+                q = extract_features(net, self.query_loader, self.world.device)
+                g = extract_features(net, self.gallery_loader, self.world.device)
+            r = evaluate_reid(q.features, g.features, q.pids, g.pids, q.camids, g.camids, device=self.world.device)
+            return {"test_metric": r["mAP_rank1_mean"], "metric_name": "(mAP+R1)/2", "mAP": r["mAP"],
+                    "rank1": r["rank1"], "rank5": r["rank5"], "rank10": r["rank10"], "mINP": r["mINP"]}
         correct = total = 0
         for x_B, y_B, _ in self.test_loader:
             with self._autocast():
                 pred = self.module(self._to_device(x_B)).argmax(1).cpu()
             correct += int((pred == y_B).sum())
             total += len(y_B)
-        return correct / max(1, total)
+        acc = correct / max(1, total)
+        return {"test_metric": acc, "metric_name": "top-1", "test_acc": acc}
 
     # ------------------------------------------------------------------------ output
     def _bar(self, total: int, desc: str):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +26,7 @@ from .loop import Trainer
 @dataclass
 class PipelineConfig:
     out: str
+    task: str = "classification"
     dataset: str = "digits"
     data_root: Optional[str] = None
     model: str = "small_cnn"
@@ -39,17 +40,19 @@ class PipelineConfig:
     baseline: bool = True
     label_noise: float = 0.0
     batch_size: int = 64
-    lr: float = 0.05
+    lr: Optional[float] = None
     seed: int = 0
     backend: str = "ddp"
     progress: bool = True
+    train_options: dict = field(default_factory=dict)
+    """Further TrainConfig fields for every training stage (e.g. reid_height, pk_k)."""
 
 
 def _train(pc: PipelineConfig, name: str, epochs: int, **kw) -> tuple[list[dict], float]:
-    cfg = TrainConfig(out=str(Path(pc.out) / name), dataset=pc.dataset, data_root=pc.data_root, model=pc.model,
+    cfg = TrainConfig(out=str(Path(pc.out) / name), task=pc.task, dataset=pc.dataset, data_root=pc.data_root, model=pc.model,
                       epochs=epochs, batch_size=pc.batch_size, lr=pc.lr, seed=pc.seed, backend=pc.backend,
                       label_noise=pc.label_noise, noise_kind="symmetric" if pc.label_noise else "none",
-                      noise_seed=pc.seed, progress=pc.progress, **kw)
+                      noise_seed=pc.seed, progress=pc.progress, **{**pc.train_options, **kw})
     done = Path(cfg.out) / "metrics.json"
     if done.exists():
         metrics = json.loads(done.read_text())
@@ -60,9 +63,28 @@ def _train(pc: PipelineConfig, name: str, epochs: int, **kw) -> tuple[list[dict]
     return metrics, time.perf_counter() - t0
 
 
+def _summary(metrics: list[dict]) -> dict:
+    last = metrics[-1]
+    out = {"acc": last["test_metric"], "best": max(m["test_metric"] for m in metrics)}
+    out.update({k: last[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP") if k in last})
+    return out
+
+
 def _say(pc, msg):
     if pc.progress:
         print(msg, flush=True)
+
+
+def _export_reid_list(pc: PipelineConfig, manifest, path: Path) -> None:
+    """The kept training images as ``relpath pid`` lines with the dataset's own pids, so other
+    ReID toolkits can train on the pruned, corrected set."""
+    from ..data.reid import ReIDRecord, build_reid_dataset, export_list as export_reid
+
+    ds = build_reid_dataset(pc.dataset, pc.data_root)
+    original_pid = {label: pid for pid, label in ds.pid_map.items()}
+    records = [ReIDRecord(ds.train[i].relpath, original_pid[int(manifest.labels[i])], ds.train[i].camid)
+               for i in manifest.kept.tolist()]
+    export_reid(records, path)
 
 
 def run_pipeline(pc: PipelineConfig) -> str:
@@ -94,7 +116,10 @@ def run_pipeline(pc: PipelineConfig) -> str:
     manifest_path = out / "manifest.json"
     write_manifest(manifest_path, sel, source_run=str(store.run_dir), fingerprint=store.fingerprint,
                    n_classes=store.n_classes, scorer_params={})
-    export_list(load_manifest(manifest_path, fingerprint=store.fingerprint), store.sample_ids, out / "kept.tsv")
+    manifest = load_manifest(manifest_path, fingerprint=store.fingerprint)
+    export_list(manifest, store.sample_ids, out / "kept.tsv")
+    if pc.task == "reid":
+        _export_reid_list(pc, manifest, out / "train_list.txt")
 
     curves, rows = {}, []
     if pc.baseline:
@@ -103,17 +128,17 @@ def run_pipeline(pc: PipelineConfig) -> str:
         curves["full data"] = full_metrics
         rows.append({"run": "full data", "samples": store.n_samples, "epochs": pc.epochs,
                      "cost": sum(m["samples_seen"] for m in full_metrics), "seconds": full_s,
-                     "acc": full_metrics[-1]["test_acc"], "best": max(m["test_acc"] for m in full_metrics)})
+                     **_summary(full_metrics)})
     _say(pc, f"[5/5] retraining from scratch on the {len(sel.kept)} kept samples for {pc.epochs} epochs")
     pr_metrics, pr_s = _train(pc, "pruned", pc.epochs, record="off", manifest=str(manifest_path))
     curves[f"pruned {pc.ratio:.0%} ({pc.method})"] = pr_metrics
     rec_cost = sum(m["samples_seen"] for m in rec_metrics)
     rows.append({"run": f"pruned {pc.ratio:.0%} ({pc.method})", "samples": len(sel.kept), "epochs": pc.epochs,
                  "cost": sum(m["samples_seen"] for m in pr_metrics), "seconds": pr_s,
-                 "acc": pr_metrics[-1]["test_acc"], "best": max(m["test_acc"] for m in pr_metrics)})
+                 **_summary(pr_metrics)})
     rows.append({"run": f"recording ({pc.record_epochs} epochs)", "samples": store.n_samples,
                  "epochs": pc.record_epochs, "cost": rec_cost, "seconds": rec_s,
-                 "acc": rec_metrics[-1]["test_acc"], "best": max(m["test_acc"] for m in rec_metrics)})
+                 **_summary(rec_metrics)})
 
     pruned_mask = np.zeros(store.n_samples, bool)
     pruned_mask[sel.pruned] = True
@@ -123,10 +148,13 @@ def run_pipeline(pc: PipelineConfig) -> str:
                                 name=pc.method, n_classes=store.n_classes)
     acc_png = plot_accuracy_curves(curves, out / "accuracy.png")
 
+    metric_name = rec_metrics[-1]["metric_name"]
     lines = [f"# dprune run: {pc.dataset}, {pc.model}", "",
              markdown_table(rows, [("run", "run"), ("samples", "train samples"), ("epochs", "epochs"),
-                                   ("cost", "sample-epochs"), ("seconds", "wall s"), ("acc", "final test acc"),
-                                   ("best", "best test acc")]), "",
+                                   ("cost", "sample-epochs"), ("seconds", "wall s"),
+                                   ("acc", f"final {metric_name}"), ("best", f"best {metric_name}")]
+                            + ([("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"),
+                                ("mINP", "mINP")] if pc.task == "reid" else [])), "",
              f"- pruned {len(sel.pruned)} of {sel.n_observed} observed samples by `{pc.method}` ({pc.policy} policy); "
              f"removed {len(sel.outlier_index)} outliers; relabelled {len(sel.relabel_index)}; kept {len(sel.kept)}",
              f"- cost = training samples processed; pruned total incl. recording: "
@@ -143,7 +171,9 @@ def run_pipeline(pc: PipelineConfig) -> str:
                      f"{tp / max(1, flipped.sum()):.3f}); corrected labels right: "
                      f"{int((sel.relabel_label == clean[sel.relabel_index]).sum())}/{len(sel.relabel_index)}")
     lines += ["", f"![{pc.method}]({hist.name})", f"![accuracy]({acc_png.name})", "",
-              f"Files: manifest `{manifest_path}`, kept list `{out / 'kept.tsv'}`, scores `{scores_path}`."]
+              f"Files: manifest `{manifest_path}`, kept list `{out / 'kept.tsv'}`"
+              + (f", training list in the dataset's format `{out / 'train_list.txt'}`" if pc.task == "reid" else "")
+              + f", scores `{scores_path}`."]
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", text)
     atomic_write_json(out / "report.json", {"rows": rows, "manifest": str(manifest_path)})
