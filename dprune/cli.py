@@ -302,6 +302,26 @@ def synth_cmd(out, samples, classes, epochs, noise, seed):
     click.echo(f"wrote {out}: logits {t['logits'].shape}, {int((t['labels'] != t['true_labels']).sum())} wrong labels")
 
 
+@main.command("synth-reid")
+@click.argument("root", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layout", type=click.Choice(["market1501", "msmt17_v1", "msmt17_v2", "veri776"]), default="market1501",
+              show_default=True, help="Folder layout and file naming of the real dataset to imitate.")
+@click.option("--ids", type=click.IntRange(min=4), default=24, show_default=True, help="Identities (half train, half test).")
+@click.option("--images-per-id", type=click.IntRange(min=2), default=8, show_default=True)
+@click.option("--cams", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option("--noise", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Fraction of training images filed under a wrong identity (listed in _synthetic_truth.json).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth_reid_cmd(root, layout, ids, images_per_id, cams, noise, seed):
+    """Write a small synthetic ReID dataset in a real layout (with junk images, distractors and wrong labels)."""
+    from .data.reid_synth import make_synthetic_reid
+
+    info = make_synthetic_reid(root, layout, n_ids=ids, images_per_id=images_per_id, n_cams=cams, noise_rate=noise,
+                               seed=seed)
+    click.echo(f"wrote a {layout} layout under {Path(root) / info['dataset_dir']} "
+               f"({len(info['mislabelled'])} mislabelled training images; truth in {Path(root) / '_synthetic_truth.json'})")
+
+
 def _register_commands() -> None:
     """Commands that live beside their subsystems: training, the pipeline, ReID evaluation."""
     from .evaluate.reid_cli import eval_reid
