@@ -84,7 +84,10 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {args.device}; store N={args.samples}, C={args.classes}, {args.dtype}")
     print("| model | batch | step without recording (ms) | step with recording (ms) | record call (ms) | overhead (record call / step) |")
