@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import json
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -12,7 +14,7 @@ import torch
 
 from ..fileio import atomic_savez, read_npz
 from .scorers import SCORERS, mislabel_flags, outlier_flags
-from .backends import resolve_backend
+from .backends import backend_device, resolve_backend
 from .stats import TrajectoryStats, compute_stats
 
 METHODS = tuple(SCORERS)
@@ -158,11 +160,30 @@ def score_store(
     backend: str = "auto",
     progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], str]:
-    """Score a :class:`~dprune.store.TrajectoryStore` chunk by chunk (bounded memory).
+    """Score a store chunk by chunk, in memory bounded by the chunk size.
 
-    Uses every completed epoch.  Returns ``(scores, backend that ran)``; ``scores`` is the
-    same dict as :func:`score_arrays` returns.  ``backend`` is one of
-    :data:`dprune.scoring.backends.BACKENDS`.
+    Parameters
+    ----------
+    store : TrajectoryStore or SummaryStore
+        A :class:`~dprune.store.TrajectoryStore` is read once, ``chunk_size`` samples at a
+        time: a reader thread fills the next chunk's host buffer while the current chunk is
+        scored, and on a GPU the buffers are pinned and copied on a second CUDA stream, so
+        the copy of chunk i + 1 overlaps the kernel on chunk i.  A
+        :class:`~dprune.summary_store.SummaryStore` already holds the statistics accumulated
+        during training and is scored without a trajectory pass.
+    methods, params
+        As for :func:`score_arrays`.
+    chunk_size : int, optional
+        Samples per chunk (default: :func:`default_chunk_size`, larger on a GPU).
+    backend : str
+        One of :data:`dprune.scoring.backends.BACKENDS`; validated for either kind of store.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    (scores, backend) : the same dict as :func:`score_arrays`, and the name of the backend
+    that ran (``"summary"`` for a summary store).  Uses every completed epoch.
     """
     backend_name, stats_fn = resolve_backend(backend)
     methods = check_methods(methods)
@@ -170,17 +191,134 @@ def score_store(
     E, N, C = store.epochs_completed, store.n_samples, store.n_classes
     if E == 0:
         raise ValueError(f"{store.run_dir} has no complete epoch to score")
-    chunk_size = chunk_size or default_chunk_size(E, C)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if hasattr(store, "iter_stats"):
+        stream = store.iter_stats(chunk_size or default_chunk_size(E, C))
+        backend_name = "summary"
+    else:
+        device = backend_device(backend_name)
+        budget = _GPU_CHUNK_BYTES if device.type == "cuda" else _CPU_CHUNK_BYTES
+        stream = _stream_stats(store, stats_fn, device, chunk_size or default_chunk_size(E, C, budget))
     parts: dict[str, list[np.ndarray]] = {}
     bar = _progress(N, "scoring", progress)
-    for start, stop, logits, counts in store.iter_chunks(chunk_size):
-        st = stats_fn(torch.from_numpy(logits), torch.from_numpy(counts), torch.from_numpy(store.labels[start:stop]))
+    for start, stop, st in stream:
         for k, v in _scores_from_stats(st, methods, params, C, start, N).items():
             parts.setdefault(k, []).append(v)
         bar.update(stop - start)
     bar.close()
     out = {k: np.concatenate(v) for k, v in parts.items()}
     return _finish_flags(out, store.labels, params, C), backend_name
+
+
+# fp32-equivalent bytes per chunk.  The CPU path works in cache-sized sub-chunks whatever the
+# chunk; a GPU needs large chunks so that the per-chunk scorers (small kernels) and the
+# device-to-host copy of the scores are amortised.
+_CPU_CHUNK_BYTES = 64 << 20
+_GPU_CHUNK_BYTES = 512 << 20
+
+
+def _stream_stats(store, stats_fn, device: torch.device, chunk_size: int):
+    """Yield ``(start, stop, TrajectoryStats)`` over a full store, reading ahead in a thread."""
+    on_gpu = device.type == "cuda"
+    # A GPU holds one buffer being read, one being copied and one whose copy is queued.
+    with _ChunkReader(store, chunk_size, n_buffers=3 if on_gpu else 2, pin=on_gpu) as reader:
+        if not on_gpu:
+            for start, stop, logits, counts, release in reader:
+                st = stats_fn(torch.from_numpy(logits), torch.from_numpy(counts),
+                              torch.from_numpy(store.labels[start:stop]))
+                release()
+                yield start, stop, st
+            return
+        copy_stream = torch.cuda.Stream(device)
+        pending = None
+        for start, stop, logits, counts, release in reader:
+            with torch.cuda.stream(copy_stream):
+                chunk = tuple(torch.from_numpy(a).to(device, non_blocking=True)
+                              for a in (logits, counts, store.labels[start:stop]))
+                copied = torch.cuda.Event()
+                copied.record(copy_stream)
+            release(copied)  # the reader refills this host buffer once the copy is done
+            if pending is not None:
+                yield _stats_on_gpu(stats_fn, *pending)
+            pending = (start, stop, chunk, copied)
+        if pending is not None:
+            yield _stats_on_gpu(stats_fn, *pending)
+
+
+def _stats_on_gpu(stats_fn, start: int, stop: int, chunk: tuple, copied) -> tuple:
+    compute = torch.cuda.current_stream(chunk[0].device)
+    compute.wait_event(copied)
+    for t in chunk:
+        t.record_stream(compute)  # allocated on the copy stream, used on this one
+    return start, stop, stats_fn(*chunk)
+
+
+class _ChunkReader:
+    """Read a store's sample chunks into a ring of host buffers from a background thread.
+
+    Iterating yields ``(start, stop, logits [E, n, C], counts [E, n], release)``; the
+    logits view a ring buffer that is reused once ``release(event=None)`` is called (after
+    ``event``, a CUDA event, has completed).  Memory: ``n_buffers`` chunks.
+    """
+
+    _DONE = object()
+
+    def __init__(self, store, chunk_size: int, *, n_buffers: int, pin: bool):
+        self._store = store
+        self._chunk = chunk_size
+        E, N, C = store.epochs_completed, store.n_samples, store.n_classes
+        n = min(chunk_size, N)
+        dtype = torch.from_numpy(np.empty(0, store.dtype)).dtype
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(n_buffers):
+            self._free.put((torch.empty(E * n * C, dtype=dtype, pin_memory=pin).numpy(), None))
+        self._ready: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dprune-chunk-reader", daemon=True)
+
+    def __enter__(self) -> "_ChunkReader":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            N = self._store.n_samples
+            for start in range(0, N, self._chunk):
+                stop = min(start + self._chunk, N)
+                buf = self._take_free()
+                if buf is None:
+                    return
+                logits, counts = self._store.read(start, stop, out=buf)
+                self._ready.put((start, stop, logits, counts, buf))
+            self._ready.put(self._DONE)
+        except BaseException as e:  # re-raised in the consuming thread
+            self._ready.put(e)
+
+    def _take_free(self):
+        while not self._stop.is_set():
+            try:
+                buf, event = self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if event is not None:
+                event.synchronize()
+            return buf
+        return None
+
+    def __iter__(self):
+        while True:
+            item = self._ready.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            start, stop, logits, counts, buf = item
+            yield start, stop, logits, counts, (lambda event=None, buf=buf: self._free.put((buf, event)))
 
 
 def _progress(total: int, desc: str, enabled: bool):

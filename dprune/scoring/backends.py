@@ -1,23 +1,60 @@
 """Which implementation computes :class:`~dprune.scoring.stats.TrajectoryStats` for a chunk.
 
-``torch``: the vectorised reference in :mod:`dprune.scoring.stats` (CPU or GPU).
-No silent fallback: asking for a backend that cannot run raises ``ValueError``.
+``torch``: :func:`dprune.scoring.stats_cpu.compute_stats_cpu`, the reference
+(:mod:`dprune.scoring.stats`) reorganised for the CPU's caches; runs on the CPU.
+``triton``: the fused kernel :func:`dprune.kernels.fused_stats.fused_stats`; runs on a CUDA GPU,
+or on the CPU in Triton's (slow) interpreter when ``TRITON_INTERPRET=1`` was set in the
+environment before ``dprune.kernels`` was first imported.
+``auto``: ``triton`` when a CUDA GPU is available, else ``torch``.
+
+No silent fallback: asking for a backend that cannot run raises ``ValueError``.  Triton is
+imported only when the ``triton`` backend is resolved, so importing :mod:`dprune` never
+decorates the kernels before a test or a user has set ``TRITON_INTERPRET``.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
 
-from .stats import TrajectoryStats, compute_stats
+from .stats import TrajectoryStats
+from .stats_cpu import compute_stats_cpu
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "triton")
 
 StatsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], TrajectoryStats]
 
 
 def resolve_backend(backend: str = "auto") -> tuple[str, StatsFn]:
-    """Return ``(name of the backend that will run, its stats function)``."""
+    """Return ``(name of the backend that will run, its stats function)``.
+
+    Raises ``ValueError`` for an unknown name, or for ``triton`` without a CUDA GPU and
+    without Triton's interpreter.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    return "torch", compute_stats
+    if backend == "auto":
+        backend = "triton" if torch.cuda.is_available() else "torch"
+    if backend == "torch":
+        return "torch", compute_stats_cpu
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            "backend 'triton' needs a CUDA GPU; on a CPU, set TRITON_INTERPRET=1 in the environment "
+            "before importing dprune.kernels to run Triton's interpreter (slow), or use backend 'torch'"
+        )
+    from dprune.kernels.fused_stats import fused_stats, interpreter_active
+
+    if not torch.cuda.is_available() and not interpreter_active():
+        raise ValueError(
+            "backend 'triton' on a CPU: dprune.kernels was imported before TRITON_INTERPRET=1 was set, "
+            "so its kernels were compiled for a GPU; set the variable before the first import"
+        )
+    return "triton", fused_stats
+
+
+def backend_device(name: str) -> torch.device:
+    """Device a resolved backend computes on: the GPU for ``triton`` when there is one, else the CPU."""
+    if name == "triton" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

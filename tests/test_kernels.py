@@ -1,0 +1,287 @@
+"""The fused Triton kernel, the scatter-add kernel and the CPU stats path against their torch references.
+
+Without a GPU the kernels run in Triton's interpreter, which is chosen when a kernel is
+decorated: the variable is set here before anything imports triton or ``dprune.kernels``
+(``tests/conftest.py`` sets it too, for runs of the whole suite).  ``TRITON_INTERPRET=0``
+in the environment runs them on a GPU instead.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import tempfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dprune.kernels.accumulate import scatter_add_rows  # noqa: E402
+from dprune.kernels.fused_stats import MAX_SINGLE_BLOCK_C, fused_stats, interpreter_active, launch_config  # noqa: E402
+from dprune.scoring import score_store  # noqa: E402
+from dprune.scoring import stats_cpu  # noqa: E402
+from dprune.scoring.backends import BACKENDS, resolve_backend  # noqa: E402
+from dprune.scoring.stats import TrajectoryStats, compute_stats  # noqa: E402
+from dprune.store import TrajectoryStore  # noqa: E402
+
+DEVICE = "cpu" if interpreter_active() else "cuda"
+# Both sides compute in float32 from the same inputs; they differ only in the order of sums
+# (online softmax over class blocks, entropy as log s - t / s).  Largest differences seen:
+# 4e-4 absolute on TDDS values near 100 (4e-6 relative), 8e-6 on log-probabilities near -20.
+RTOL, ATOL = 1e-4, 5e-5
+NAN, INF = float("nan"), float("inf")
+
+
+def trajectory(seed, E, N, C, *, dtype=torch.float32, p_unobserved=0.3, nonfinite=False, scale=4.0):
+    """Random logits with unobserved epochs (holding garbage), a never-observed sample, and
+    optionally NaN / +-Inf entries and whole NaN / -Inf rows on observed epochs."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(E, N, C, generator=g) * scale
+    counts = torch.randint(1, 4, (E, N), generator=g, dtype=torch.int32)
+    counts[torch.rand(E, N, generator=g) < p_unobserved] = 0
+    if N > 1:
+        counts[:, N // 2] = 0
+    z[counts == 0] = NAN  # stale values in unobserved rows must not leak into any statistic
+    labels = torch.randint(0, C, (N,), generator=g)
+    if nonfinite:
+        for i in range(N):
+            e, c = i % E, (7 * i) % C
+            kind = i % 6
+            if kind == 0:
+                continue
+            counts[e, i] = max(1, int(counts[e, i]))
+            z[e, i] = torch.randn(C, generator=g) * scale
+            if kind == 1:
+                z[e, i, c] = NAN
+            elif kind == 2:
+                z[e, i, c] = INF
+            elif kind == 3:
+                z[e, i, c] = -INF
+            elif kind == 4:
+                z[e, i] = -INF
+            else:
+                z[e, i] = NAN
+    return z.to(dtype), counts, labels
+
+
+def soft_argmax_ties(z, counts) -> torch.Tensor:
+    """[N, C] True where a class ties for the largest soft-label probability.
+
+    The reference takes the soft argmax from ``topk``, which picks any one of tied maxima
+    (bf16 logits over 4099 classes tie often); the kernel picks the first.
+    """
+    obs = (counts > 0)[..., None]
+    z_mean = torch.where(obs, z.float(), 0.0).sum(0) / obs.sum(0).clamp(min=1)
+    p = torch.log_softmax(z_mean, -1).exp()
+    return p == p.max(-1, keepdim=True).values
+
+
+def assert_stats_equal(got: TrajectoryStats, want: TrajectoryStats, context: str, ties=None) -> None:
+    """Same fields, dtypes, NaN placement and values (within RTOL/ATOL); print what differs.
+
+    ``ties`` [N, C] (from :func:`soft_argmax_ties`) lets the soft argmax be any tied maximum.
+    """
+    # Where the soft label is undefined (NaN/Inf in the mean logits) the reference's soft
+    # argmax is whatever topk returns for an all-NaN row; it is masked out of every score.
+    undefined = torch.isnan(want.p_max.cpu()) & (want.n_obs.cpu() > 0)
+    if ties is not None:
+        idx = got.soft_argmax.cpu()
+        undefined |= (idx >= 0) & ties.gather(1, idx.clamp(min=0)[:, None])[:, 0]
+    problems = []
+    for field in TrajectoryStats._fields:
+        g, w = getattr(got, field).cpu(), getattr(want, field).cpu()
+        if g.dtype != w.dtype or g.shape != w.shape:
+            problems.append(f"{field}: {g.dtype} {tuple(g.shape)} != {w.dtype} {tuple(w.shape)}")
+            continue
+        if g.is_floating_point():
+            ok = torch.isclose(g, w, rtol=RTOL, atol=ATOL, equal_nan=True)
+        else:
+            ok = g == w
+            if field == "soft_argmax":
+                ok |= undefined
+        if not ok.all():
+            bad = ok.logical_not().nonzero().tolist()[:6]
+            problems.append(f"{field} differs at {bad}: got {[g[tuple(i)].item() for i in bad]}, "
+                            f"want {[w[tuple(i)].item() for i in bad]}")
+    assert not problems, f"{context}:\n  " + "\n  ".join(problems)
+
+
+def run_fused(z, counts, labels, **kw):
+    with np.errstate(all="ignore"):  # Inf - Inf in the interpreter's numpy, as in torch
+        return fused_stats(z.to(DEVICE), counts.to(DEVICE), labels.to(DEVICE), **kw)
+
+
+# ------------------------------------------------------------------------------ fused kernel
+SHAPES = [  # E, N, C, block_c (None: the launcher's choice)
+    (3, 9, 1, None),
+    (4, 13, 7, None),
+    (3, 6, 751, None),
+    (3, 6, 751, 128),  # several class blocks on a shape that would fit one
+    (2, 5, 1041, 256),
+    (2, 3, 4099, None),  # more than MAX_SINGLE_BLOCK_C: the two-pass layout
+    (1, 7, 7, None),
+    (4, 1, 7, None),
+    (1, 1, 1041, 512),
+]
+
+
+@pytest.mark.parametrize("E, N, C, block_c", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_fused_stats_matches_reference(E, N, C, block_c, dtype):
+    z, c, y = trajectory(E * 1000 + N * 10 + C, E, N, C, dtype=dtype)
+    assert_stats_equal(run_fused(z, c, y, block_c=block_c), compute_stats(z, c, y), f"E={E} N={N} C={C} {dtype}",
+                       ties=soft_argmax_ties(z, c))
+
+
+@pytest.mark.parametrize("E, N, C, block_c", [(3, 12, 1, None), (3, 12, 7, None), (3, 12, 7, 2), (2, 12, 33, 8), (3, 12, 2, None)])
+def test_fused_stats_nan_and_inf_rows(E, N, C, block_c):
+    z, c, y = trajectory(C + E, E, N, C, nonfinite=True)
+    want = compute_stats(z, c, y)
+    assert want.nonfinite.sum() >= 4
+    assert_stats_equal(run_fused(z, c, y, block_c=block_c), want, f"nonfinite E={E} N={N} C={C}")
+
+
+def test_fused_stats_unobserved_samples_and_epochs():
+    z, c, y = trajectory(5, 4, 10, 9, p_unobserved=0.6)
+    c[:, 0] = 0
+    c[1:, 1] = 0  # seen once: no TDDS divergence
+    got = run_fused(z, c, y)
+    assert got.n_obs[0] == 0 and got.soft_argmax[0] == -1 and torch.isnan(got.entropy[0])
+    assert torch.isnan(got.tdds_div[:, 1]).all()
+    assert_stats_equal(got, compute_stats(z, c, y), "unobserved")
+
+
+def test_fused_stats_all_unobserved_chunk():
+    z, c, y = trajectory(6, 3, 4, 5)
+    c.zero_()
+    assert_stats_equal(run_fused(z, c, y), compute_stats(z, c, y), "nothing observed")
+
+
+def test_launch_config_layouts():
+    assert launch_config(100, MAX_SINGLE_BLOCK_C, interpreter=False).single_block
+    cfg = launch_config(100, MAX_SINGLE_BLOCK_C + 1, interpreter=False)
+    assert not cfg.single_block and cfg.block_c < MAX_SINGLE_BLOCK_C + 1
+    assert launch_config(3, 7, interpreter=True).block_n == 4  # never more rows than samples
+    cfg = launch_config(10**6, 100_000, interpreter=False)
+    assert not cfg.single_block and cfg.block_n >= 1
+    with pytest.raises(ValueError, match="power of two"):
+        launch_config(10, 10, interpreter=True, block_c=100)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(z=torch.zeros(2, 3)), r"\[E, N, C\]"),
+    (dict(c=torch.zeros(2, 4, dtype=torch.int32)), r"counts \[E, N\] = \[2, 3\]"),
+    (dict(y=torch.zeros(4, dtype=torch.long)), r"labels \[N\] = \[3\]"),
+    (dict(z=torch.zeros(2, 3, 5, dtype=torch.float64)), "float16, bfloat16 or float32"),
+    (dict(c=torch.zeros(2, 3)), "integers"),
+])
+def test_fused_stats_rejects_bad_inputs(bad, match):
+    args = dict(z=torch.zeros(2, 3, 5), c=torch.ones(2, 3, dtype=torch.int32), y=torch.zeros(3, dtype=torch.long))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        fused_stats(args["z"], args["c"], args["y"])
+
+
+# ------------------------------------------------------------------------------ scatter-add
+@pytest.mark.parametrize("B, C, N", [(9, 1, 4), (64, 751, 20), (17, 5000, 6), (0, 3, 2)])
+def test_scatter_add_matches_index_add(B, C, N):
+    g = torch.Generator().manual_seed(B + C)
+    acc = torch.randn(N, C, generator=g)
+    counts = torch.randint(0, 3, (N,), generator=g, dtype=torch.int32)
+    idx = torch.randint(0, N, (B,), generator=g)  # repeats on purpose
+    z = torch.randn(B, C, generator=g).to(torch.float16)
+    want_acc = acc.clone().index_add_(0, idx, z.float())
+    want_counts = counts.clone().index_add_(0, idx, torch.ones(B, dtype=torch.int32))
+    acc, counts = acc.to(DEVICE), counts.to(DEVICE)
+    scatter_add_rows(acc, counts, idx.to(DEVICE), z.to(DEVICE))
+    torch.testing.assert_close(acc.cpu(), want_acc, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(counts.cpu(), want_counts)
+
+
+def test_scatter_add_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"logits \[B, C\] = \[2, 3\]"):
+        scatter_add_rows(torch.zeros(4, 3), torch.zeros(4, dtype=torch.int32), torch.zeros(2, dtype=torch.long), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="float32 accumulator"):
+        scatter_add_rows(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.int32),
+                         torch.zeros(2, dtype=torch.long), torch.zeros(2, 3))
+
+
+# ------------------------------------------------------------------------------ CPU path
+@pytest.mark.parametrize("E, N, C", [(1, 5, 1), (3, 40, 7), (4, 30, 751), (5, 9, 1041), (2, 3, 4099), (6, 1, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cpu_stats_match_reference(E, N, C, dtype, monkeypatch):
+    # A small budget makes several sub-chunks, including a short last one.
+    monkeypatch.setattr(stats_cpu, "SUB_CHUNK_BYTES", max(1, E * C * 4 * 7))
+    z, c, y = trajectory(N * C + E, E, N, C, dtype=dtype)
+    assert_stats_equal(stats_cpu.compute_stats_cpu(z, c, y), compute_stats(z, c, y), f"cpu E={E} N={N} C={C}",
+                       ties=soft_argmax_ties(z, c))
+
+
+@pytest.mark.parametrize("C", [1, 2, 7, 33])
+def test_cpu_stats_nan_and_inf_rows(C, monkeypatch):
+    monkeypatch.setattr(stats_cpu, "SUB_CHUNK_BYTES", 3 * C * 4 * 5)
+    z, c, y = trajectory(C, 3, 24, C, nonfinite=True)
+    assert_stats_equal(stats_cpu.compute_stats_cpu(z, c, y), compute_stats(z, c, y), f"cpu nonfinite C={C}")
+
+
+def test_cpu_stats_every_epoch_observed_and_ties():
+    # All observed takes the sliced TDDS path; duplicated logits make argmax ties.
+    z, c, y = trajectory(8, 4, 12, 6, p_unobserved=0.0)
+    c[:, 6] = 1
+    z[:, :, 3] = z[:, :, 1]
+    y[:4] = 1
+    assert_stats_equal(stats_cpu.compute_stats_cpu(z, c, y), compute_stats(z, c, y), "ties")
+
+
+# ------------------------------------------------------------------------------ backends
+def test_resolve_backend_names_what_runs():
+    assert resolve_backend("torch")[0] == "torch"
+    assert resolve_backend("auto")[0] == ("triton" if torch.cuda.is_available() else "torch")
+    assert resolve_backend("triton")[0] == "triton"
+    with pytest.raises(ValueError, match="valid: " + ", ".join(BACKENDS)):
+        resolve_backend("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only refusal")
+def test_triton_backend_without_gpu_or_interpreter_is_refused(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        resolve_backend("triton")
+
+
+def _store(tmp, z, c, y):
+    store = TrajectoryStore.create(tmp, y.numpy(), z.shape[2], dtype="float32")
+    for e in range(z.shape[0]):
+        store.begin_epoch(e)
+        store.put(e, 0, z[e].numpy(), c[e].numpy())
+        store.complete_epoch(e)
+    return TrajectoryStore.open(tmp)
+
+
+def test_score_store_backends_agree():
+    z, c, y = trajectory(11, 4, 37, 9, nonfinite=True)
+    with tempfile.TemporaryDirectory() as d:
+        store = _store(d, z, c, y)
+        with np.errstate(all="ignore"):
+            fused, ran_fused = score_store(store, backend="triton", chunk_size=10)
+        cpu, ran_cpu = score_store(store, backend="torch", chunk_size=7)
+    assert (ran_fused, ran_cpu) == ("triton", "torch")
+    for k in cpu:
+        np.testing.assert_allclose(np.asarray(fused[k], float), np.asarray(cpu[k], float), rtol=RTOL, atol=ATOL,
+                                   err_msg=k)
+
+
+def test_score_store_reader_stops_on_error(monkeypatch):
+    import threading
+
+    z, c, y = trajectory(12, 2, 30, 4)
+    with tempfile.TemporaryDirectory() as d:
+        store = _store(d, z, c, y)
+
+        def failing(*args):
+            raise RuntimeError("stats failed")
+
+        monkeypatch.setattr("dprune.scoring.api.resolve_backend", lambda name: ("torch", failing))
+        before = threading.active_count()
+        with pytest.raises(RuntimeError, match="stats failed"):
+            score_store(store, chunk_size=4)
+        assert threading.active_count() == before
