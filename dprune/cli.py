@@ -57,8 +57,11 @@ def _parse_params(items: tuple[str, ...]) -> dict:
     return out
 
 
-def _open_store(run_dir) -> TrajectoryStore:
-    return TrajectoryStore.open(run_dir, "r")
+def _open_store(run_dir):
+    """The full or summary store in ``run_dir``, read-only."""
+    from .summary_store import open_store
+
+    return open_store(run_dir, "r")
 
 
 # ---------------------------------------------------------------------------------- import

@@ -231,3 +231,33 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_epochs_and_counts
     assert np.isfinite(store.read(0, store.n_samples)[0]).all()
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [0, 1, 2]
+
+
+def test_summary_store_recording_scores_like_the_full_store(tmp_path):
+    from dprune.summary_store import open_store
+
+    full = TrainConfig(out=str(tmp_path / "full"), epochs=2, batch_size=256, progress=False, store_dtype="float32")
+    summ = TrainConfig(out=str(tmp_path / "summ"), epochs=2, batch_size=256, progress=False, store_dtype="float32",
+                       store="summary")
+    Trainer(full).fit()
+    Trainer(summ).fit()
+    a, _ = score_store(open_store(tmp_path / "full" / "trajectory"))
+    b, backend = score_store(open_store(tmp_path / "summ" / "trajectory"))
+    assert backend == "summary"
+    for k in ("entropy", "aum", "forgetting", "tdds", "soft_argmax"):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_manifest_retraining_can_record_and_resume(tmp_path):
+    Trainer(TrainConfig(out=str(tmp_path / "rec"), epochs=1, batch_size=256, progress=False)).fit()
+    store = TrajectoryStore.open(tmp_path / "rec" / "trajectory")
+    scores, _ = score_store(store, methods=["entropy"])
+    sel = select(scores, store.labels, 10, method="entropy", ratio=0.5, relabel=True, relabel_min_confidence=0.0)
+    write_manifest(tmp_path / "m.json", sel, source_run="rec", fingerprint=store.fingerprint, n_classes=10, scorer_params={})
+    cfg = dict(out=str(tmp_path / "re"), batch_size=256, manifest=str(tmp_path / "m.json"), progress=False)
+    Trainer(TrainConfig(epochs=1, **cfg)).fit()
+    Trainer(TrainConfig(epochs=2, **cfg)).fit()  # resumes into the same store
+    re = TrajectoryStore.open(tmp_path / "re" / "trajectory")
+    assert re.epochs_completed == 2
+    observed = np.flatnonzero(re.counts().sum(0) > 0)
+    np.testing.assert_array_equal(observed, sel.kept)

@@ -33,7 +33,7 @@ from ..data import IndexedDataset, build_dataset, class_dependent_noise, symmetr
 from ..fileio import atomic_savez, atomic_write_json
 from ..models import build_model
 from ..select import load_manifest
-from ..store import StoreError, TrajectoryStore, fingerprint
+from ..store import StoreError, fingerprint
 from .config import TrainConfig
 from .distributed import World, barrier, close_world, init_world
 from .recorder import Recorder
@@ -218,17 +218,20 @@ class Trainer:
         return ds
 
     def _open_store(self):
+        """Resume the run's store (full or summary, per ``cfg.store``) or create it."""
+        from ..summary_store import open_or_create_store
+
         cfg = self.cfg
         run_dir = self.out / "trajectory"
-        if (run_dir / "meta.json").exists():
-            store = TrajectoryStore.open(run_dir, "a")
-            if store.fingerprint != self.fingerprint:
-                raise StoreError(f"{run_dir} holds a trajectory of another dataset or label set; use a new --out")
-            return store
-        return TrajectoryStore.create(run_dir, self.train_labels, self.num_classes, sample_ids=self.train_set.sample_ids,
-                                      dtype=cfg.store_dtype, epochs_planned=cfg.epochs,
-                                      labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
-                                      world_size=self.world.world_size)
+        store = open_or_create_store(cfg.store, run_dir, self.train_labels, self.num_classes,
+                                     sample_ids=self.train_set.sample_ids, dtype=cfg.store_dtype,
+                                     epochs_planned=cfg.epochs,
+                                     labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
+                                     world_size=self.world.world_size)
+        # The store holds the labels this run trains with (a manifest's corrected ones included).
+        if store.fingerprint != fingerprint(self.train_labels, self.train_set.sample_ids):
+            raise StoreError(f"{run_dir} holds a trajectory of another dataset or label set; use a new --out")
+        return store
 
     # ------------------------------------------------------------------------ checkpoints
     def _load_checkpoint(self) -> int:
