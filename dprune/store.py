@@ -102,6 +102,103 @@ def _npy_data_offset(path: Path) -> tuple[int, tuple, np.dtype]:
         return f.tell(), shape, dtype
 
 
+def prepare_run_dir(run_dir, labels, n_classes: int, sample_ids, dtype: str, overwrite: bool, *, stale=()):
+    """Validate a new store's identity and write ``labels.npy`` and ``sample_ids.txt``.
+
+    Shared by the full and the summary store.  Returns ``(run_dir, labels_N, sample_ids)``.
+    ``stale``: glob patterns of a previous store's data files to delete when overwriting.
+    """
+    run_dir = Path(run_dir)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if int(n_classes) < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    labels_N = validate_labels(labels, n_classes)
+    if len(labels_N) == 0:
+        raise ValueError("a store needs at least one sample (labels is empty)")
+    if sample_ids is None:
+        sample_ids = [str(i) for i in range(len(labels_N))]
+    sample_ids = [str(s) for s in sample_ids]
+    if len(sample_ids) != len(labels_N):
+        raise ValueError(f"sample_ids has length {len(sample_ids)}, labels has length {len(labels_N)}")
+    bad = next((s for s in sample_ids if "\n" in s or "\r" in s), None)
+    if bad is not None:
+        raise ValueError(f"sample ids cannot contain line breaks: {bad!r}")
+    if (run_dir / META).exists() and not overwrite:
+        raise StoreError(f"{run_dir} already holds a trajectory store (pass overwrite to replace it)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for pattern in stale:
+            for p in run_dir.glob(pattern):
+                p.unlink()
+    np.save(run_dir / LABELS, labels_N)
+    atomic_write_text(run_dir / SAMPLE_IDS, "".join(s + "\n" for s in sample_ids))
+    return run_dir, labels_N, sample_ids
+
+
+def new_meta(kind: str, labels_N, sample_ids, n_classes: int, dtype: str, *, epochs_planned: int,
+             labels_source: str, world_size: int, command: str | None) -> dict:
+    """The ``meta.json`` of a new, empty store of ``kind`` ("full" or "summary")."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "n_samples": int(len(labels_N)),
+        "n_classes": int(n_classes),
+        "dtype": dtype,
+        "epochs_planned": int(epochs_planned),
+        "epochs_completed": 0,
+        "fingerprint": fingerprint(labels_N, sample_ids),
+        "labels_source": labels_source,
+        "world_size": int(world_size),
+        "command": command if command is not None else shlex.join(sys.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def read_run_dir(run_dir, mode: str, kind: str) -> tuple[dict, np.ndarray, list[str]]:
+    """Read and check a store's ``meta.json``, labels and ids: ``(meta, labels_N, sample_ids)``.
+
+    Every problem (missing or corrupt files, wrong kind or format, labels or ids that do not
+    match the recorded fingerprint) raises :class:`StoreError`.
+    """
+    if mode not in ("r", "a"):
+        raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StoreError(f"run directory not found: {run_dir}")
+    try:
+        meta = read_json(run_dir / META, "store metadata meta.json")
+    except ValueError as e:
+        raise StoreError(str(e)) from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{run_dir / META} is corrupt: expected a JSON object")
+    if meta.get("kind", "full") != kind:
+        raise StoreError(f"{run_dir} holds a {meta.get('kind', 'full')} store, not a {kind} store")
+    required = ("format_version", "n_samples", "n_classes", "dtype", "epochs_completed", "fingerprint")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise StoreError(f"{run_dir / META} is corrupt: missing {', '.join(missing)}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise StoreError(f"{run_dir}: store format {meta['format_version']} is not supported (expected {FORMAT_VERSION})")
+    if meta["dtype"] not in DTYPES:
+        raise StoreError(f"{run_dir / META}: unknown dtype {meta['dtype']!r}")
+    n = int(meta["n_samples"])
+    try:
+        labels_N = np.load(run_dir / LABELS, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise StoreError(f"{run_dir / LABELS} is missing or corrupt: {e}") from None
+    labels_N = validate_labels(labels_N, int(meta["n_classes"]), n)
+    try:
+        sample_ids = (run_dir / SAMPLE_IDS).read_text(encoding="utf-8").split("\n")[:-1]
+    except (OSError, UnicodeDecodeError) as e:
+        raise StoreError(f"{run_dir / SAMPLE_IDS} is missing or corrupt: {e}") from None
+    if len(sample_ids) != n:
+        raise StoreError(f"{run_dir / SAMPLE_IDS} has {len(sample_ids)} ids, expected {n}")
+    if fingerprint(labels_N, sample_ids) != meta["fingerprint"]:
+        raise StoreError(f"{run_dir}: labels.npy / sample_ids.txt do not match the fingerprint in meta.json")
+    return meta, labels_N, sample_ids
+
+
 @dataclass(frozen=True)
 class _EpochFiles:
     logits: Path
@@ -144,43 +241,10 @@ class TrajectoryStore:
         overwrite: bool = False,
     ) -> "TrajectoryStore":
         """Create an empty store for N = len(labels) samples and ``n_classes`` classes."""
-        run_dir = Path(run_dir)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if int(n_classes) < 1:
-            raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-        labels_N = validate_labels(labels, n_classes)
-        if len(labels_N) == 0:
-            raise ValueError("a store needs at least one sample (labels is empty)")
-        if sample_ids is None:
-            sample_ids = [str(i) for i in range(len(labels_N))]
-        sample_ids = [str(s) for s in sample_ids]
-        if len(sample_ids) != len(labels_N):
-            raise ValueError(f"sample_ids has length {len(sample_ids)}, labels has length {len(labels_N)}")
-        bad = next((s for s in sample_ids if "\n" in s or "\r" in s), None)
-        if bad is not None:
-            raise ValueError(f"sample ids cannot contain line breaks: {bad!r}")
-        if (run_dir / META).exists() and not overwrite:
-            raise StoreError(f"{run_dir} already holds a trajectory store (pass overwrite to replace it)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for p in run_dir.glob("epoch_*.npy"):
-                p.unlink()
-        np.save(run_dir / LABELS, labels_N)
-        atomic_write_text(run_dir / SAMPLE_IDS, "".join(s + "\n" for s in sample_ids))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "n_samples": int(len(labels_N)),
-            "n_classes": int(n_classes),
-            "dtype": dtype,
-            "epochs_planned": int(epochs_planned),
-            "epochs_completed": 0,
-            "fingerprint": fingerprint(labels_N, sample_ids),
-            "labels_source": labels_source,
-            "world_size": int(world_size),
-            "command": command if command is not None else shlex.join(sys.argv),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        run_dir, labels_N, sample_ids = prepare_run_dir(run_dir, labels, n_classes, sample_ids, dtype, overwrite,
+                                                        stale=("epoch_*.npy",))
+        meta = new_meta("full", labels_N, sample_ids, n_classes, dtype, epochs_planned=epochs_planned,
+                        labels_source=labels_source, world_size=world_size, command=command)
         atomic_write_json(run_dir / META, meta)
         return cls(run_dir, meta, labels_N, sample_ids, writable=True)
 
@@ -191,39 +255,7 @@ class TrajectoryStore:
         Checks that ``meta.json`` is readable and complete, that labels and ids match the
         recorded fingerprint, and that every completed epoch's files exist at full size.
         """
-        if mode not in ("r", "a"):
-            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise StoreError(f"run directory not found: {run_dir}")
-        try:
-            meta = read_json(run_dir / META, "store metadata meta.json")
-        except ValueError as e:
-            raise StoreError(str(e)) from None
-        if not isinstance(meta, dict):
-            raise StoreError(f"{run_dir / META} is corrupt: expected a JSON object")
-        required = ("format_version", "n_samples", "n_classes", "dtype", "epochs_completed", "fingerprint")
-        missing = [k for k in required if k not in meta]
-        if missing:
-            raise StoreError(f"{run_dir / META} is corrupt: missing {', '.join(missing)}")
-        if meta["format_version"] != FORMAT_VERSION:
-            raise StoreError(f"{run_dir}: store format {meta['format_version']} is not supported (expected {FORMAT_VERSION})")
-        if meta["dtype"] not in DTYPES:
-            raise StoreError(f"{run_dir / META}: unknown dtype {meta['dtype']!r}")
-        n = int(meta["n_samples"])
-        try:
-            labels_N = np.load(run_dir / LABELS, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise StoreError(f"{run_dir / LABELS} is missing or corrupt: {e}") from None
-        labels_N = validate_labels(labels_N, int(meta["n_classes"]), n)
-        try:
-            sample_ids = (run_dir / SAMPLE_IDS).read_text(encoding="utf-8").split("\n")[:-1]
-        except (OSError, UnicodeDecodeError) as e:
-            raise StoreError(f"{run_dir / SAMPLE_IDS} is missing or corrupt: {e}") from None
-        if len(sample_ids) != n:
-            raise StoreError(f"{run_dir / SAMPLE_IDS} has {len(sample_ids)} ids, expected {n}")
-        if fingerprint(labels_N, sample_ids) != meta["fingerprint"]:
-            raise StoreError(f"{run_dir}: labels.npy / sample_ids.txt do not match the fingerprint in meta.json")
+        meta, labels_N, sample_ids = read_run_dir(run_dir, mode, "full")
         store = cls(run_dir, meta, labels_N, sample_ids, writable=(mode == "a"))
         for e in range(store.epochs_completed):
             store._check_epoch_files(e)

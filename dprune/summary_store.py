@@ -41,19 +41,16 @@ memory-mapped accumulator.
 from __future__ import annotations
 
 import os
-import shlex
-import sys
-import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .fileio import atomic_write_json, atomic_write_text, read_json
+from .fileio import atomic_write_json, read_json
 from .scoring.stats import PER_EPOCH_FIELDS, TrajectoryStats
 from .scoring.stats_cpu import compute_stats_cpu, run_split
-from .store import DTYPES, FORMAT_VERSION, LABELS, META, SAMPLE_IDS, StoreError, TrajectoryStore, fingerprint, validate_labels
+from .store import DTYPES, META, StoreError, TrajectoryStore, new_meta, prepare_run_dir, read_run_dir
 
 KIND = "summary"
 STORE_KINDS = ("full", "summary")
@@ -100,46 +97,11 @@ class SummaryStore:
         Arguments as for :meth:`dprune.store.TrajectoryStore.create`; ``dtype`` is the
         precision epoch means are rounded to (as the full store stores them).
         """
-        run_dir = Path(run_dir)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if int(n_classes) < 1:
-            raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-        labels_N = validate_labels(labels, n_classes)
-        if len(labels_N) == 0:
-            raise ValueError("a store needs at least one sample (labels is empty)")
-        if sample_ids is None:
-            sample_ids = [str(i) for i in range(len(labels_N))]
-        sample_ids = [str(s) for s in sample_ids]
-        if len(sample_ids) != len(labels_N):
-            raise ValueError(f"sample_ids has length {len(sample_ids)}, labels has length {len(labels_N)}")
-        bad = next((s for s in sample_ids if "\n" in s or "\r" in s), None)
-        if bad is not None:
-            raise ValueError(f"sample ids cannot contain line breaks: {bad!r}")
-        if (run_dir / META).exists() and not overwrite:
-            raise StoreError(f"{run_dir} already holds a trajectory store (pass overwrite to replace it)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for pattern in ("epoch_*.npy", "state*.npy", "accum.*.npy"):
-                for p in run_dir.glob(pattern):
-                    p.unlink()
-        np.save(run_dir / LABELS, labels_N)
-        atomic_write_text(run_dir / SAMPLE_IDS, "".join(s + "\n" for s in sample_ids))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": KIND,
-            "n_samples": int(len(labels_N)),
-            "n_classes": int(n_classes),
-            "dtype": dtype,
-            "epochs_planned": int(epochs_planned),
-            "epochs_completed": 0,
-            "previous_state_valid": False,
-            "fingerprint": fingerprint(labels_N, sample_ids),
-            "labels_source": labels_source,
-            "world_size": int(world_size),
-            "command": command if command is not None else shlex.join(sys.argv),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        run_dir, labels_N, sample_ids = prepare_run_dir(run_dir, labels, n_classes, sample_ids, dtype, overwrite,
+                                                        stale=("epoch_*.npy", "state*.npy", "accum.*.npy"))
+        meta = new_meta(KIND, labels_N, sample_ids, n_classes, dtype, epochs_planned=epochs_planned,
+                        labels_source=labels_source, world_size=world_size, command=command)
+        meta["previous_state_valid"] = False
         store = cls(run_dir, meta, labels_N, sample_ids, writable=True)
         store._write_empty_state(slot=0)
         atomic_write_json(run_dir / META, meta)
@@ -152,38 +114,7 @@ class SummaryStore:
         Checks ``meta.json``, the fingerprint of labels and ids, and that the current state
         and every completed epoch's files exist with the right shapes.
         """
-        if mode not in ("r", "a"):
-            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise StoreError(f"run directory not found: {run_dir}")
-        meta = read_json(run_dir / META, "store metadata meta.json")
-        if not isinstance(meta, dict):
-            raise StoreError(f"{run_dir / META} is corrupt: expected a JSON object")
-        if meta.get("kind", "full") != KIND:
-            raise StoreError(f"{run_dir} holds a {meta.get('kind', 'full')} store, not a summary store")
-        required = ("format_version", "n_samples", "n_classes", "dtype", "epochs_completed", "fingerprint")
-        missing = [k for k in required if k not in meta]
-        if missing:
-            raise StoreError(f"{run_dir / META} is corrupt: missing {', '.join(missing)}")
-        if meta["format_version"] != FORMAT_VERSION:
-            raise StoreError(f"{run_dir}: store format {meta['format_version']} is not supported (expected {FORMAT_VERSION})")
-        if meta["dtype"] not in DTYPES:
-            raise StoreError(f"{run_dir / META}: unknown dtype {meta['dtype']!r}")
-        n = int(meta["n_samples"])
-        try:
-            labels_N = np.load(run_dir / LABELS, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise StoreError(f"{run_dir / LABELS} is missing or corrupt: {e}") from None
-        labels_N = validate_labels(labels_N, int(meta["n_classes"]), n)
-        try:
-            sample_ids = (run_dir / SAMPLE_IDS).read_text(encoding="utf-8").split("\n")[:-1]
-        except (OSError, UnicodeDecodeError) as e:
-            raise StoreError(f"{run_dir / SAMPLE_IDS} is missing or corrupt: {e}") from None
-        if len(sample_ids) != n:
-            raise StoreError(f"{run_dir / SAMPLE_IDS} has {len(sample_ids)} ids, expected {n}")
-        if fingerprint(labels_N, sample_ids) != meta["fingerprint"]:
-            raise StoreError(f"{run_dir}: labels.npy / sample_ids.txt do not match the fingerprint in meta.json")
+        meta, labels_N, sample_ids = read_run_dir(run_dir, mode, KIND)
         store = cls(run_dir, meta, labels_N, sample_ids, writable=(mode == "a"))
         store._check_state(store.epochs_completed % 2)
         for e in range(store.epochs_completed):
