@@ -199,13 +199,39 @@ def read_run_dir(run_dir, mode: str, kind: str) -> tuple[dict, np.ndarray, list[
     return meta, labels_N, sample_ids
 
 
+class RunDirStore:
+    """What every store kind reads from its ``meta.json``: sizes, dtype, progress, identity."""
+
+    meta: dict
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.meta["n_samples"])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.meta["n_classes"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(DTYPES[self.meta["dtype"]])
+
+    @property
+    def epochs_completed(self) -> int:
+        return int(self.meta["epochs_completed"])
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self.meta["fingerprint"])
+
+
 @dataclass(frozen=True)
 class _EpochFiles:
     logits: Path
     counts: Path
 
 
-class TrajectoryStore:
+class TrajectoryStore(RunDirStore):
     """Memory-mapped per-(epoch, sample) logits with counts; see the module docstring.
 
     Create with :meth:`create`, reopen with :meth:`open`.  Writing is done by one process
@@ -260,27 +286,6 @@ class TrajectoryStore:
         for e in range(store.epochs_completed):
             store._check_epoch_files(e)
         return store
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def n_samples(self) -> int:
-        return int(self.meta["n_samples"])
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.meta["n_classes"])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(DTYPES[self.meta["dtype"]])
-
-    @property
-    def epochs_completed(self) -> int:
-        return int(self.meta["epochs_completed"])
-
-    @property
-    def fingerprint(self) -> dict:
-        return dict(self.meta["fingerprint"])
 
     def nbytes(self) -> int:
         """Bytes of logits held by the completed epochs."""

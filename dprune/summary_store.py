@@ -50,7 +50,7 @@ import torch
 from .fileio import atomic_write_json, read_json
 from .scoring.stats import PER_EPOCH_FIELDS, TrajectoryStats
 from .scoring.stats_cpu import compute_stats_cpu, run_split
-from .store import DTYPES, META, StoreError, TrajectoryStore, new_meta, prepare_run_dir, read_run_dir
+from .store import META, RunDirStore, StoreError, TrajectoryStore, new_meta, prepare_run_dir, read_run_dir
 
 KIND = "summary"
 STORE_KINDS = ("full", "summary")
@@ -59,7 +59,7 @@ _FOLD_BYTES = 16 << 20
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-class SummaryStore:
+class SummaryStore(RunDirStore):
     """Online per-sample statistics of a logit trajectory; see the module docstring.
 
     Create with :meth:`create`, reopen with :meth:`open`; score with
@@ -125,26 +125,6 @@ class SummaryStore:
     @property
     def kind(self) -> str:
         return KIND
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.meta["n_samples"])
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.meta["n_classes"])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(DTYPES[self.meta["dtype"]])
-
-    @property
-    def epochs_completed(self) -> int:
-        return int(self.meta["epochs_completed"])
-
-    @property
-    def fingerprint(self) -> dict:
-        return dict(self.meta["fingerprint"])
 
     def nbytes(self) -> int:
         """Bytes of statistics on disk: the current state and the completed epochs' files."""
