@@ -165,7 +165,7 @@ def score_cmd(run_dir, methods, params, backend, chunk_size, quiet):
 def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict, need_entropy: bool, quiet: bool):
     """Reuse RUN_DIR/scores.npz when it is current (same data, epochs and parameters), else rescore."""
     from .scoring import load_scores
-    from .scoring.api import _merge_params
+    from .scoring import merge_params
 
     path = run_dir / "scores.npz"
     if path.exists():
@@ -175,7 +175,7 @@ def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict
             scores, meta = {}, {}
         wanted = [method] + (["entropy"] if need_entropy else [])
         if (all(m in scores for m in wanted) and meta.get("epochs_used") == store.epochs_completed
-                and meta.get("params") == _merge_params(params)):
+                and meta.get("params") == merge_params(params)):
             return scores
     methods = list(dict.fromkeys([method, "entropy"] if need_entropy else [method]))
     return compute_and_save_scores(run_dir, methods, params, quiet=quiet)[1]

@@ -13,6 +13,7 @@ from .api import (
     FLAGS,
     METHODS,
     check_methods,
+    merge_params,
     load_scores,
     save_scores,
     score_arrays,
@@ -21,6 +22,6 @@ from .api import (
 
 __all__ = [
     "SCORERS", "METHODS", "FLAGS", "DEFAULT_PARAMS", "TrajectoryStats", "compute_stats",
-    "check_methods", "score_arrays", "score_store", "save_scores", "load_scores",
+    "check_methods", "merge_params", "score_arrays", "score_store", "save_scores", "load_scores",
     "mislabel_flags", "outlier_flags",
 ]

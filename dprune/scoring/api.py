@@ -43,7 +43,8 @@ def check_methods(methods: Iterable[str] | str | None) -> list[str]:
     return methods
 
 
-def _merge_params(params: Mapping[str, Mapping] | None) -> dict[str, dict]:
+def merge_params(params: Mapping[str, Mapping] | None) -> dict[str, dict]:
+    """:data:`DEFAULT_PARAMS` with ``params`` applied; unknown names or options raise ``ValueError``."""
     merged = copy.deepcopy(DEFAULT_PARAMS)
     for name, opts in (params or {}).items():
         if name not in merged:
@@ -139,7 +140,7 @@ def score_arrays(
     dict of numpy arrays [N]: one float32 per scorer, plus :data:`FLAGS`.
     """
     methods = check_methods(methods)
-    params = _merge_params(params)
+    params = merge_params(params)
     z, c, y = _validate_arrays(logits_ENC, counts_EN, labels_N)
     st = compute_stats(z, c, y)
     out = _scores_from_stats(st, methods, params, z.shape[2], 0, z.shape[1])
@@ -187,7 +188,7 @@ def score_store(
     """
     backend_name, stats_fn = resolve_backend(backend)
     methods = check_methods(methods)
-    params = _merge_params(params)
+    params = merge_params(params)
     E, N, C = store.epochs_completed, store.n_samples, store.n_classes
     if E == 0:
         raise ValueError(f"{store.run_dir} has no complete epoch to score")
@@ -334,7 +335,7 @@ def save_scores(path, scores: Mapping[str, np.ndarray], *, fingerprint: dict, ep
         "fingerprint": fingerprint,
         "epochs_used": int(epochs),
         "methods": list(methods),
-        "params": _merge_params(params),
+        "params": merge_params(params),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     arrays = {k: np.asarray(v) for k, v in scores.items()}
