@@ -22,6 +22,7 @@ setup(
         "torch==2.14.1",
         "torchvision==0.29.1",
         "numpy>=1.24",
+        "numba>=0.60",
         "click>=8.1",
         "tqdm>=4.60",
         "matplotlib>=3.7",

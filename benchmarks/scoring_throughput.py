@@ -4,9 +4,12 @@ For each trajectory size (fp16, E epochs x N samples x C classes, ~2% of (epoch,
 rows unobserved), a store is written to disk and every implementation computes the full
 :class:`~dprune.scoring.stats.TrajectoryStats` of it:
 
-* ``fused CPU``: ``score_store(store, backend="torch")``, what ``dprune score`` runs on a CPU:
-  sample chunks read by a reader thread, :mod:`dprune.scoring.stats_cpu` over cache-sized
-  sub-chunks with torch's threads (one per core), the scorers per chunk.
+* ``fused CPU``: ``score_store(store)`` with the ``auto`` backend, i.e. what ``dprune score``
+  runs on a CPU: sample chunks read by a reader thread, the numba kernel
+  :mod:`dprune.kernels.fused_stats_cpu` on each chunk (threads over samples, one read of the
+  logits), the scorers per chunk.
+* ``numba kernel in-memory``: the same kernel alone on the whole fp16 trajectory already in RAM
+  (no store, no reader thread, no scorers): the kernel against the streaming around it.
 * ``fused GPU in-memory``: the Triton kernel on the whole trajectory already on the GPU.
 * ``fused GPU streaming``: ``score_store(store, backend="triton")``: pinned host buffers, the
   copy of chunk i + 1 on a second stream while the kernel runs on chunk i.
@@ -141,9 +144,15 @@ def _worker(method: str, store_dir: str, repeats: int, queue) -> None:
         store = TrajectoryStore.open(store_dir)
         E, N, C = store.epochs_completed, store.n_samples, store.n_classes
         chunk = default_chunk_size(E, C, _CPU_CHUNK_BYTES)
-        if method in ("eager", "numpy", "gpu_memory"):
+        if method in ("eager", "numpy", "gpu_memory", "numba_memory"):
             logits, counts = store.read(0, N)  # loading is not timed for the in-memory rows
             labels = store.labels
+        if method in ("fused_cpu", "numba_memory"):
+            from dprune.kernels.fused_stats_cpu import fused_stats_cpu
+
+            # Load the compiled kernel from numba's cache (or compile it) before timing.
+            z1, c1 = store.read(0, 1)
+            fused_stats_cpu(torch.from_numpy(z1), torch.from_numpy(c1), torch.from_numpy(store.labels[:1]))
         if method == "gpu_memory":
             from dprune.kernels.fused_stats import fused_stats
 
@@ -151,7 +160,10 @@ def _worker(method: str, store_dir: str, repeats: int, queue) -> None:
             z, c, y = (torch.from_numpy(a).to(dev) for a in (logits, counts, labels))
             del logits
         run = {
-            "fused_cpu": lambda: score_store(store, backend="torch"),
+            # What `dprune score` runs on a CPU (auto); named where auto would pick the GPU.
+            "fused_cpu": lambda: score_store(store, backend="numba" if torch.cuda.is_available() else "auto"),
+            "numba_memory": lambda: fused_stats_cpu(torch.from_numpy(logits), torch.from_numpy(counts),
+                                                    torch.from_numpy(labels)),
             "gpu_stream": lambda: score_store(store, backend="triton"),
             "gpu_memory": lambda: (fused_stats(z, c, y), torch.cuda.synchronize()),
             "eager": lambda: compute_stats(torch.from_numpy(logits), torch.from_numpy(counts), torch.from_numpy(labels)),
@@ -195,13 +207,15 @@ def run_row(method: str, store_dir: Path, repeats: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
-ROWS = [("fused_cpu", "fused CPU (score_store, torch backend)"),
+ROWS = [("fused_cpu", "fused CPU (score_store, auto = numba backend)"),
+        ("numba_memory", "numba kernel in-memory (fused_stats_cpu)"),
         ("gpu_memory", "fused GPU in-memory (Triton)"),
         ("gpu_stream", "fused GPU streaming from host (score_store, triton)"),
         ("eager", "torch eager (compute_stats, whole array)"),
         ("numpy", "numpy (whole array)"),
         ("plain", "plain read + convert to fp32 (chunked)")]
-WHOLE_ARRAY = ("eager", "numpy", "gpu_memory")
+WHOLE_ARRAY = ("eager", "numpy", "gpu_memory", "numba_memory")
+LABELS = dict(ROWS)
 
 
 def available_bytes() -> int:
@@ -284,7 +298,7 @@ def print_table(results, args) -> None:
         by_size.setdefault(nbytes, {})[label] = gbps
     for nbytes, label, gbps, rss, note in results:
         ref = by_size[nbytes]
-        numpy_, eager, plain = (ref.get(lbl) for lbl in (ROWS[4][1], ROWS[3][1], ROWS[5][1]))
+        numpy_, eager, plain = (ref.get(LABELS[key]) for key in ("numpy", "eager", "plain"))
 
         def ratio(base, fmt):
             return fmt.format(gbps / base) if gbps and base else "-"

@@ -140,8 +140,9 @@ def _summary_lines(scores: dict, methods) -> list[str]:
               help="Scorer/flag parameter, repeatable: tdds.window=10, tdds.decay=0.9, dyn_unc.window=10, "
                    "el2n.epoch=-1, random.seed=0, mislabel.min_confidence=0.5, outlier.entropy_threshold=0.9, "
                    "outlier.margin_threshold=0.1.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "triton"]), default="auto", show_default=True,
-              help="Implementation of the scoring pass: 'auto' = Triton on a GPU, vectorised torch on a CPU.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "triton", "numba"]), default="auto", show_default=True,
+              help="Implementation of the scoring pass: 'auto' = Triton on a GPU, the numba kernel on a CPU; "
+                   "'torch' = the plain torch reference (slow).")
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Samples per streamed chunk (default: ~64 MB of fp32).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def score_cmd(run_dir, methods, params, backend, chunk_size, quiet):

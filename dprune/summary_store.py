@@ -41,6 +41,7 @@ memory-mapped accumulator.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -48,8 +49,8 @@ import numpy as np
 import torch
 
 from .fileio import atomic_write_json, read_json
+from .scoring.backends import resolve_backend
 from .scoring.stats import PER_EPOCH_FIELDS, TrajectoryStats
-from .scoring.stats_cpu import compute_stats_cpu, run_split
 from .store import META, RunDirStore, StoreError, TrajectoryStore, new_meta, prepare_run_dir, read_run_dir
 
 KIND = "summary"
@@ -296,8 +297,7 @@ class SummaryStore(RunDirStore):
         y = torch.from_numpy(self.labels[a:b])
         # The epoch's statistics are those of epoch 1 of the two-epoch trajectory
         # [previous observed epoch, this epoch]: the reference's formulas, TDDS included.
-        pair = compute_stats_cpu(torch.stack([prev, mean]), torch.stack([n_obs > 0, obs]).to(torch.int32), y,
-                                 threads=1)
+        pair = _cpu_stats()(torch.stack([prev, mean]), torch.stack([n_obs > 0, obs]).to(torch.int32), y, threads=1)
         for i, field in enumerate(PER_EPOCH_FIELDS):
             stats[i, a:b] = getattr(pair, field)[1].numpy()
         p = torch.log_softmax(mean, -1).exp()
@@ -393,7 +393,7 @@ class SummaryStore(RunDirStore):
             z_mean = torch.from_numpy(np.array(state["z_sum"][a:b])) / denom
             # The soft label's statistics as the reference computes them from the mean logits:
             # those of a one-epoch trajectory holding the mean.
-            soft = compute_stats_cpu(z_mean[None], observed[None].to(torch.int32), torch.from_numpy(self.labels[a:b]))
+            soft = _cpu_stats()(z_mean[None], observed[None].to(torch.int32), torch.from_numpy(self.labels[a:b]))
             p_avg = torch.from_numpy(np.array(state["p_sum"][a:b])) / denom
             entropy_prob = -torch.where(p_avg > 0, p_avg * p_avg.log(), 0.0).sum(-1)
             fields = {f: torch.from_numpy(np.stack([s[i, a:b] for s in per_epoch]) if E else np.empty((0, b - a), np.float32))
@@ -452,3 +452,35 @@ def open_or_create_store(kind: str, run_dir, labels, n_classes: int, **create_kw
             raise StoreError(f"{run_dir} holds a {found} store, but a {kind} store was asked for")
         return store
     return cls.create(run_dir, labels, n_classes, **create_kwargs)
+
+
+def _cpu_stats():
+    """The CPU statistics kernel (the ``numba`` backend), imported on first use so that importing
+    :mod:`dprune` does not load numba."""
+    return resolve_backend("numba")[1]
+
+
+def run_split(work, items: list, threads: int) -> None:
+    """Run ``work(share)`` on interleaved shares of ``items`` in ``threads`` single-threaded workers.
+
+    For CPU work made of many small torch ops: each worker runs its ops with one intra-op
+    thread, so no op waits at a barrier for a thread that the OS has descheduled.  torch's
+    intra-op thread count is per OS thread (OpenMP) but its default for new threads is
+    global, so the caller's count is restored afterwards.  Exceptions propagate.
+    """
+    threads = max(1, min(threads, len(items)))
+    if threads == 1:
+        work(items)
+        return
+    caller_threads = torch.get_num_threads()
+
+    def single_threaded(share: list) -> None:
+        torch.set_num_threads(1)
+        work(share)
+
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="dprune-fold") as pool:
+            for f in [pool.submit(single_threaded, items[k::threads]) for k in range(threads)]:
+                f.result()
+    finally:
+        torch.set_num_threads(caller_threads)

@@ -36,7 +36,7 @@ def test_import_score_prune_inspect(tmp_path, traj):
     src, t = traj
     run("import", src, "-o", tmp_path / "run")
     out = run("score", tmp_path / "run").output
-    assert "torch backend" in out and "entropy" in out
+    assert "numba backend" in out and "entropy" in out
     store = TrajectoryStore.open(tmp_path / "run")
     scores, meta = load_scores(tmp_path / "run" / "scores.npz", fingerprint=store.fingerprint)
     assert meta["epochs_used"] == 5 and scores["entropy"].shape == (300,)

@@ -1,4 +1,4 @@
-"""The fused Triton kernel, the scatter-add kernel and the CPU stats path against their torch references.
+"""The fused Triton kernel, the fused numba CPU kernel and the scatter-add kernel against their torch references.
 
 Without a GPU the kernels run in Triton's interpreter, which is chosen when a kernel is
 decorated: the variable is set here before anything imports triton or ``dprune.kernels``
@@ -15,18 +15,20 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from dprune.kernels import fused_stats_cpu as cpu_kernel  # noqa: E402
 from dprune.kernels.accumulate import scatter_add_rows  # noqa: E402
 from dprune.kernels.fused_stats import MAX_SINGLE_BLOCK_C, fused_stats, interpreter_active, launch_config  # noqa: E402
+from dprune.kernels.fused_stats_cpu import BLOCK_SAMPLES, fused_stats_cpu  # noqa: E402
 from dprune.scoring import score_store  # noqa: E402
-from dprune.scoring import stats_cpu  # noqa: E402
 from dprune.scoring.backends import BACKENDS, resolve_backend  # noqa: E402
 from dprune.scoring.stats import TrajectoryStats, compute_stats  # noqa: E402
 from dprune.store import TrajectoryStore  # noqa: E402
 
 DEVICE = "cpu" if interpreter_active() else "cuda"
-# Both sides compute in float32 from the same inputs; they differ only in the order of sums
-# (online softmax over class blocks, entropy as log s - t / s).  Largest differences seen:
-# 4e-4 absolute on TDDS values near 100 (4e-6 relative), 8e-6 on log-probabilities near -20.
+# Both kernels compute in float32 from the same inputs as the reference; they differ only in the
+# order of sums (Triton: online softmax over class blocks, entropy as log s - t / s; numba: vector
+# partial sums, Cephes exp/log with fused multiply-adds).  Largest differences seen: 4e-4
+# absolute on TDDS values near 100 (4e-6 relative), 8e-6 on log-probabilities near -20.
 RTOL, ATOL = 1e-4, 5e-5
 NAN, INF = float("nan"), float("inf")
 
@@ -205,37 +207,132 @@ def test_scatter_add_rejects_bad_shapes():
                          torch.zeros(2, dtype=torch.long), torch.zeros(2, 3))
 
 
-# ------------------------------------------------------------------------------ CPU path
-@pytest.mark.parametrize("E, N, C", [(1, 5, 1), (3, 40, 7), (4, 30, 751), (5, 9, 1041), (2, 3, 4099), (6, 1, 3)])
+# ------------------------------------------------------------------------------ numba CPU kernel
+CPU_SHAPES = [  # E, N, C: the Triton tests' awkward shapes, and N over several sample blocks
+    (3, 9, 1),
+    (4, 13, 7),
+    (3, 6, 751),
+    (2, 5, 1041),
+    (2, 3, 4099),
+    (1, 7, 7),
+    (4, 1, 7),
+    (1, 1, 1041),
+    (5, 3 * BLOCK_SAMPLES + 5, 33),
+]
+
+
+@pytest.mark.parametrize("E, N, C", CPU_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_cpu_stats_match_reference(E, N, C, dtype, monkeypatch):
-    # A small budget makes several sub-chunks, including a short last one.
-    monkeypatch.setattr(stats_cpu, "SUB_CHUNK_BYTES", max(1, E * C * 4 * 7))
-    z, c, y = trajectory(N * C + E, E, N, C, dtype=dtype)
-    assert_stats_equal(stats_cpu.compute_stats_cpu(z, c, y), compute_stats(z, c, y), f"cpu E={E} N={N} C={C}",
+def test_numba_stats_match_reference(E, N, C, dtype):
+    z, c, y = trajectory(E * 1000 + N * 10 + C + 1, E, N, C, dtype=dtype)
+    assert_stats_equal(fused_stats_cpu(z, c, y), compute_stats(z, c, y), f"numba E={E} N={N} C={C} {dtype}",
                        ties=soft_argmax_ties(z, c))
 
 
 @pytest.mark.parametrize("C", [1, 2, 7, 33])
-def test_cpu_stats_nan_and_inf_rows(C, monkeypatch):
-    monkeypatch.setattr(stats_cpu, "SUB_CHUNK_BYTES", 3 * C * 4 * 5)
-    z, c, y = trajectory(C, 3, 24, C, nonfinite=True)
-    assert_stats_equal(stats_cpu.compute_stats_cpu(z, c, y), compute_stats(z, c, y), f"cpu nonfinite C={C}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_numba_stats_nan_and_inf_rows(C, dtype):
+    z, c, y = trajectory(C + 3, 3, 24, C, nonfinite=True, dtype=dtype)
+    want = compute_stats(z, c, y)
+    assert want.nonfinite.sum() >= 4
+    assert_stats_equal(fused_stats_cpu(z, c, y), want, f"numba nonfinite C={C} {dtype}")
 
 
-def test_cpu_stats_every_epoch_observed_and_ties():
-    # All observed takes the sliced TDDS path; duplicated logits make argmax ties.
+def test_numba_stats_unobserved_samples_and_epochs():
+    z, c, y = trajectory(5, 4, 10, 9, p_unobserved=0.6)
+    c[:, 0] = 0
+    c[1:, 1] = 0  # seen once: no TDDS divergence
+    got = fused_stats_cpu(z, c, y)
+    assert got.n_obs[0] == 0 and got.soft_argmax[0] == -1 and torch.isnan(got.entropy[0])
+    assert torch.isnan(got.tdds_div[:, 1]).all()
+    assert_stats_equal(got, compute_stats(z, c, y), "numba unobserved")
+    c.zero_()
+    assert_stats_equal(fused_stats_cpu(z, c, y), compute_stats(z, c, y), "numba nothing observed")
+
+
+def test_numba_stats_ties_and_extreme_logits():
+    # Duplicated logits make argmax ties (the first index wins, as torch.argmax); -Inf entries
+    # give p = 0 and log p = -Inf; a 200-nat spread underflows exp to 0.
     z, c, y = trajectory(8, 4, 12, 6, p_unobserved=0.0)
-    c[:, 6] = 1
     z[:, :, 3] = z[:, :, 1]
     y[:4] = 1
-    assert_stats_equal(stats_cpu.compute_stats_cpu(z, c, y), compute_stats(z, c, y), "ties")
+    y[4:6] = 3
+    z[:, 8, 0] = float("-inf")
+    z[:, 9, 2] = -200.0
+    z[1, 10] = 0.0  # a row of ties
+    assert_stats_equal(fused_stats_cpu(z, c, y), compute_stats(z, c, y), "numba ties")
+
+
+def test_numba_single_thread_equals_threaded():
+    z, c, y = trajectory(9, 3, 4 * BLOCK_SAMPLES + 3, 40, dtype=torch.float16, nonfinite=True)
+    one, many = fused_stats_cpu(z, c, y, threads=1), fused_stats_cpu(z, c, y)
+    for field in TrajectoryStats._fields:
+        torch.testing.assert_close(getattr(one, field), getattr(many, field), rtol=0, atol=0, equal_nan=True,
+                                   msg=field)
+
+
+def test_numba_fp16_conversion_is_exact_for_every_value():
+    import numba
+
+    @numba.njit
+    def convert(bits):
+        out = np.empty(bits.size, np.float32)
+        for i in range(bits.size):
+            out[i] = cpu_kernel._half_to_f32(bits[i])
+        return out
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    got, want = convert(bits), bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert (np.isnan(got) == nan).all()
+    bad = np.flatnonzero(got[~nan].view(np.uint32) != want[~nan].view(np.uint32))  # -0.0 included
+    assert not len(bad), f"fp16 bits {bits[~nan][bad[:6]]}: got {got[~nan][bad[:6]]}, want {want[~nan][bad[:6]]}"
+
+
+def test_numba_exp_and_log_accuracy():
+    import numba
+
+    @numba.njit
+    def apply(x):
+        e, lg = np.empty_like(x), np.empty_like(x)
+        for i in range(x.size):
+            e[i] = cpu_kernel._exp(x[i])
+            lg[i] = cpu_kernel._log(x[i]) if x[i] > 0 else np.float32(0)
+        return e, lg
+
+    x = -np.linspace(0, 87, 200_001, dtype=np.float32)
+    e, _ = apply(x)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(e - want) / want) < 3e-7  # ~2 ulp
+    e, _ = apply(np.array([-np.inf, np.nan, -88.0, -1e30, 0.0], np.float32))
+    assert e[0] == 0 and np.isnan(e[1]) and e[2] == 0 and e[3] == 0 and e[4] == 1
+    p = np.geomspace(1e-30, 1, 200_001).astype(np.float32)
+    _, lg = apply(p)
+    want = np.log(p.astype(np.float64))
+    assert np.max(np.abs(lg - want) / np.maximum(np.abs(want), 1e-3)) < 3e-7
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(z=torch.zeros(2, 3)), r"\[E, N, C\]"),
+    (dict(c=torch.zeros(2, 4, dtype=torch.int32)), r"counts \[E, N\] = \[2, 3\]"),
+    (dict(y=torch.zeros(4, dtype=torch.long)), r"labels \[N\] = \[3\]"),
+    (dict(z=torch.zeros(2, 3, 5, dtype=torch.float64)), "float16, bfloat16 or float32"),
+    (dict(c=torch.zeros(2, 3)), "integers"),
+    (dict(y=torch.tensor([0, 5, 1])), r"labels must be in \[0, 5\)"),
+    (dict(y=torch.tensor([0, -1, 1])), r"labels must be in \[0, 5\)"),
+])
+def test_numba_stats_rejects_bad_inputs(bad, match):
+    args = dict(z=torch.zeros(2, 3, 5), c=torch.ones(2, 3, dtype=torch.int32), y=torch.zeros(3, dtype=torch.long))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        fused_stats_cpu(args["z"], args["c"], args["y"])
 
 
 # ------------------------------------------------------------------------------ backends
 def test_resolve_backend_names_what_runs():
-    assert resolve_backend("torch")[0] == "torch"
-    assert resolve_backend("auto")[0] == ("triton" if torch.cuda.is_available() else "torch")
+    assert resolve_backend("torch") == ("torch", compute_stats)
+    assert resolve_backend("numba") == ("numba", fused_stats_cpu)
+    assert resolve_backend("auto")[0] == ("triton" if torch.cuda.is_available() else "numba")
     assert resolve_backend("triton")[0] == "triton"
     with pytest.raises(ValueError, match="valid: " + ", ".join(BACKENDS)):
         resolve_backend("cuda")
@@ -263,11 +360,13 @@ def test_score_store_backends_agree():
         store = _store(d, z, c, y)
         with np.errstate(all="ignore"):
             fused, ran_fused = score_store(store, backend="triton", chunk_size=10)
-        cpu, ran_cpu = score_store(store, backend="torch", chunk_size=7)
-    assert (ran_fused, ran_cpu) == ("triton", "torch")
-    for k in cpu:
-        np.testing.assert_allclose(np.asarray(fused[k], float), np.asarray(cpu[k], float), rtol=RTOL, atol=ATOL,
-                                   err_msg=k)
+        cpu, ran_cpu = score_store(store, backend="numba", chunk_size=7)
+        ref, ran_ref = score_store(store, backend="torch", chunk_size=9)
+    assert (ran_fused, ran_cpu, ran_ref) == ("triton", "numba", "torch")
+    for k in ref:
+        for name, got in (("triton", fused), ("numba", cpu)):
+            np.testing.assert_allclose(np.asarray(got[k], float), np.asarray(ref[k], float), rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{name}: {k}")
 
 
 def test_score_store_reader_stops_on_error(monkeypatch):

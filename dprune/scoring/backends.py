@@ -1,15 +1,17 @@
 """Which implementation computes :class:`~dprune.scoring.stats.TrajectoryStats` for a chunk.
 
-``torch``: :func:`dprune.scoring.stats_cpu.compute_stats_cpu`, the reference
-(:mod:`dprune.scoring.stats`) reorganised for the CPU's caches; runs on the CPU.
+``numba``: the fused CPU kernel :func:`dprune.kernels.fused_stats_cpu.fused_stats_cpu`, one
+read of the logits per chunk, threads over samples; runs on the CPU.
 ``triton``: the fused kernel :func:`dprune.kernels.fused_stats.fused_stats`; runs on a CUDA GPU,
 or on the CPU in Triton's (slow) interpreter when ``TRITON_INTERPRET=1`` was set in the
 environment before ``dprune.kernels`` was first imported.
-``auto``: ``triton`` when a CUDA GPU is available, else ``torch``.
+``torch``: the reference :func:`dprune.scoring.stats.compute_stats`, plain vectorised torch on
+whatever device the chunk is on (the CPU here); the readable definition, slow.
+``auto``: ``triton`` when a CUDA GPU is available, else ``numba``.
 
-No silent fallback: asking for a backend that cannot run raises ``ValueError``.  Triton is
-imported only when the ``triton`` backend is resolved, so importing :mod:`dprune` never
-decorates the kernels before a test or a user has set ``TRITON_INTERPRET``.
+No silent fallback: asking for a backend that cannot run raises ``ValueError``.  The kernels
+are imported only when their backend is resolved, so importing :mod:`dprune` neither loads
+numba nor decorates the Triton kernels before a test or a user has set ``TRITON_INTERPRET``.
 """
 from __future__ import annotations
 
@@ -18,10 +20,9 @@ from typing import Callable
 
 import torch
 
-from .stats import TrajectoryStats
-from .stats_cpu import compute_stats_cpu
+from .stats import TrajectoryStats, compute_stats
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "numba")
 
 StatsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], TrajectoryStats]
 
@@ -35,13 +36,17 @@ def resolve_backend(backend: str = "auto") -> tuple[str, StatsFn]:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = "triton" if torch.cuda.is_available() else "torch"
+        backend = "triton" if torch.cuda.is_available() else "numba"
     if backend == "torch":
-        return "torch", compute_stats_cpu
+        return "torch", compute_stats
+    if backend == "numba":
+        from dprune.kernels.fused_stats_cpu import fused_stats_cpu
+
+        return "numba", fused_stats_cpu
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             "backend 'triton' needs a CUDA GPU; on a CPU, set TRITON_INTERPRET=1 in the environment "
-            "before importing dprune.kernels to run Triton's interpreter (slow), or use backend 'torch'"
+            "before importing dprune.kernels to run Triton's interpreter (slow), or use backend 'numba'"
         )
     from dprune.kernels.fused_stats import fused_stats, interpreter_active
 
