@@ -31,7 +31,7 @@ setup(
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.19,<0.20"],
-        "test": ["pytest>=7", "hypothesis>=6.80", "deepspeed>=0.19,<0.20"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "deepspeed>=0.19,<0.20", "cleanlab>=2.6"],
         "bench": ["cleanlab>=2.6"],
     },
     entry_points={"console_scripts": ["dprune=dprune.cli:main"]},

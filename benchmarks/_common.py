@@ -1,0 +1,281 @@
+"""Helpers shared by ``pruning_quality.py`` and ``mislabel_detection.py``.
+
+- the data: scikit-learn's ``digits`` as is, or a stratified Fashion-MNIST subset written as
+  idx files into the work folder, so every training run reads it through the library's own
+  ``build_dataset("fashion-mnist", root=SUBSET_FOLDER)``;
+- training: :class:`BenchTrainer` (the library's :class:`~dprune.train.loop.Trainer`, test set
+  evaluated once after the last epoch instead of after every epoch) and :func:`train`, which
+  skips a run whose ``metrics.json`` is already complete;
+- results files: :class:`ResultsFile`, a JSON of finished cells written atomically after each
+  cell, bound to the configuration that produced it, so a killed sweep resumes;
+- :func:`custom_manifest` (a manifest that keeps a given subset, e.g. cross-validation folds),
+  :func:`prf` (precision / recall / F1), :func:`machine`, :func:`mean_std`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dprune.data import FASHION_MNIST_ROOT, read_idx
+from dprune.fileio import atomic_write_json
+from dprune.select import Selection, write_manifest
+from dprune.train.config import TrainConfig
+from dprune.train.loop import Trainer
+
+DATASETS = ("digits", "fashion-mnist")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# ------------------------------------------------------------------------------------ data
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an (uncompressed) idx file: magic 0x08 type code, then dims."""
+    magic = (0x08 << 8) | array.ndim
+    with open(path, "wb") as f:
+        f.write(magic.to_bytes(4, "big"))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def _stratified(labels_N: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a class-stratified random subset of size ``n`` (all when None)."""
+    if n is None or n >= len(labels_N):
+        return np.arange(len(labels_N))
+    if n < 1:
+        raise ValueError(f"a subset needs at least one sample, got {n}")
+    from sklearn.model_selection import train_test_split
+
+    idx, _ = train_test_split(np.arange(len(labels_N)), train_size=n, stratify=labels_N, random_state=seed)
+    return np.sort(idx)
+
+
+def prepare_data(dataset: str, work: Path, *, n_train: int | None, n_test: int | None, subset_seed: int,
+                 source: str | None = None) -> tuple[str | None, dict]:
+    """Make the dataset the benchmark trains on; return ``(data_root, description)``.
+
+    Parameters
+    ----------
+    dataset : {"digits", "fashion-mnist"}
+    work : Path
+        Work folder; a Fashion-MNIST subset is written to ``work/data/``.
+    n_train, n_test : int or None
+        Fashion-MNIST: sizes of the class-stratified subsets of the training and test sets
+        (None = the whole split).  ``digits`` takes neither (its 1,437 / 360 split is fixed).
+    subset_seed : int
+        Seed of the subset draw.
+    source : str, optional
+        Folder of the Fashion-MNIST idx files (default: Debian's ``dataset-fashion-mnist``).
+
+    Returns
+    -------
+    data_root : str or None
+        ``TrainConfig.data_root`` for every run (None for digits).
+    description : dict
+        What was used, for the results files: sizes, source, subset file.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset == "digits":
+        if n_train is not None or n_test is not None:
+            raise ValueError("digits has a fixed 1,437 / 360 split; --n-train / --n-test are for fashion-mnist")
+        from dprune.data import build_dataset
+
+        train, test = build_dataset("digits")
+        return None, {"dataset": "digits", "n_train": len(train), "n_test": len(test),
+                      "source": "sklearn.datasets.load_digits, stratified 80/20 split (seed 0)"}
+    src = Path(source) if source else FASHION_MNIST_ROOT
+    if not src.is_dir():
+        raise FileNotFoundError(f"Fashion-MNIST not found at {src}: install it with "
+                                f"`apt-get install dataset-fashion-mnist` or pass --data-root")
+    name = f"fashion-mnist-train{n_train or 'all'}-test{n_test or 'all'}-seed{subset_seed}"
+    root = work / "data" / name
+    desc_path = root / "subset.json"
+    if not desc_path.exists():
+        images, labels = {}, {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            stem = src / f"{prefix}-images-idx3-ubyte"
+            images[split] = read_idx(stem if stem.exists() else stem.with_suffix(".gz"), expect_magic=0x803)
+            stem = src / f"{prefix}-labels-idx1-ubyte"
+            labels[split] = read_idx(stem if stem.exists() else stem.with_suffix(".gz"), expect_magic=0x801)
+        keep = {"train": _stratified(labels["train"], n_train, subset_seed),
+                "test": _stratified(labels["test"], n_test, subset_seed)}
+        tmp = root.with_name(f".{name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            _write_idx(tmp / f"{prefix}-images-idx3-ubyte", images[split][keep[split]])
+            _write_idx(tmp / f"{prefix}-labels-idx1-ubyte", labels[split][keep[split]])
+        atomic_write_json(tmp / "subset.json", {
+            "source": str(src), "subset_seed": subset_seed,
+            "train_indices": keep["train"].tolist(), "test_indices": keep["test"].tolist()})
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    sub = json.loads(desc_path.read_text())
+    return str(root), {"dataset": "fashion-mnist", "n_train": len(sub["train_indices"]),
+                       "n_test": len(sub["test_indices"]),
+                       "source": f"{sub['source']}: class-stratified subset (seed {subset_seed}) of the "
+                                 f"60,000 training and 10,000 test images, indices in {desc_path}"}
+
+
+# -------------------------------------------------------------------------------- training
+class BenchTrainer(Trainer):
+    """The library's :class:`~dprune.train.loop.Trainer`, evaluating the test set only at the end.
+
+    ``Trainer.fit`` evaluates the test set after every epoch; a benchmark only reads the final
+    accuracy, and on a CPU the evaluations would cost as much as a third of the training.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    evaluate_test : bool
+        False: never evaluate the test set (cross-validation folds predict their held-out fold
+        instead).  Skipped evaluations report ``test_metric`` NaN in ``metrics.json``.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, evaluate_test: bool = True):
+        super().__init__(cfg)
+        self.evaluate_test = evaluate_test
+
+    def evaluate(self) -> dict:
+        # fit() appends this epoch's metrics after evaluating, so len(metrics) is the epoch index.
+        if self.evaluate_test and len(self.metrics) + 1 == self.cfg.epochs:
+            return super().evaluate()
+        return {"test_metric": float("nan"), "metric_name": "top-1"}
+
+
+def finished(cfg: TrainConfig) -> list[dict] | None:
+    """The metrics of a run whose every epoch is done, else None."""
+    path = Path(cfg.out) / "metrics.json"
+    if path.exists():
+        metrics = json.loads(path.read_text())
+        if len(metrics) == cfg.epochs:
+            return metrics
+    return None
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    """Train (resuming a killed run, skipping a finished one); return per-epoch metrics."""
+    return finished(cfg) or BenchTrainer(cfg).fit()
+
+
+def sample_epochs(metrics: list[dict]) -> int:
+    """Training cost of a run: samples processed by the optimiser, summed over epochs."""
+    return int(sum(m["samples_seen"] for m in metrics))
+
+
+def final_accuracy(metrics: list[dict]) -> float:
+    return float(metrics[-1]["test_metric"])
+
+
+def custom_manifest(path: Path, *, kept: np.ndarray, labels_N: np.ndarray, removed: np.ndarray, reason: str,
+                    store) -> None:
+    """Write a manifest keeping ``kept`` with labels ``labels_N`` (no scorer involved).
+
+    ``removed`` samples are listed as removed outliers with ``reason``; the manifest is bound
+    to ``store``'s dataset fingerprint like one made by :func:`dprune.select.select`.
+    """
+    N = len(labels_N)
+    kept, removed = np.sort(np.asarray(kept, np.int64)), np.sort(np.asarray(removed, np.int64))
+    if len(np.union1d(kept, removed)) != N or np.intersect1d(kept, removed).size:
+        raise ValueError("kept and removed must partition the samples")
+    empty = np.zeros(0, np.int64)
+    sel = Selection(kept=kept, pruned=empty, relabel_index=empty, relabel_label=empty, outlier_index=removed,
+                    outlier_reason=[reason] * len(removed), unobserved=empty, unscored=empty,
+                    nonfinite_pruned=empty, labels_final=np.asarray(labels_N, np.int64), n_observed=N,
+                    emptied_classes=[], params={"method": "none", "ratio": 0.0, "policy": "global",
+                                                "reason": reason})
+    write_manifest(path, sel, source_run=str(store.run_dir), fingerprint=store.fingerprint,
+                   n_classes=store.n_classes, scorer_params={})
+
+
+# --------------------------------------------------------------------------------- results
+class ResultsFile:
+    """A JSON file of finished cells, rewritten atomically after every cell.
+
+    Parameters
+    ----------
+    path : Path
+    config : dict
+        What the cells depend on (dataset, epochs, model, ...).  A file made with another
+        configuration is refused, so a rerun never mixes results of two set-ups.
+    """
+
+    def __init__(self, path: Path, config: dict):
+        self.path = Path(path)
+        self.data = {"config": config, "cells": {}}
+        if self.path.exists():
+            old = json.loads(self.path.read_text())
+            if old.get("config") != config:
+                raise ValueError(f"{self.path} holds results of another configuration:\n  theirs {old.get('config')}\n"
+                                 f"  yours  {config}\nuse another --results-dir or delete the file")
+            self.data = old
+
+    @property
+    def cells(self) -> dict:
+        return self.data["cells"]
+
+    def put(self, key: str, value: dict) -> None:
+        self.cells[key] = value
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(self.path, self.data)
+
+    def set_info(self, **info) -> None:
+        self.data.update(info)
+        atomic_write_json(self.path, self.data)
+
+
+def check_work_config(work: Path, config: dict) -> None:
+    """Bind a work folder (trained runs, checkpoints) to its configuration."""
+    path = work / "config.json"
+    if path.exists() and json.loads(path.read_text()) != config:
+        raise ValueError(f"{work} holds runs of another configuration (see {path}); use another --work")
+    atomic_write_json(path, config)
+
+
+# ----------------------------------------------------------------------------------- misc
+def prf(flagged_N: np.ndarray, truth_N: np.ndarray) -> dict:
+    """Precision, recall, F1 of boolean flags against the truth, and the counts."""
+    flagged_N, truth_N = np.asarray(flagged_N, bool), np.asarray(truth_N, bool)
+    tp = int((flagged_N & truth_N).sum())
+    p = tp / flagged_N.sum() if flagged_N.any() else float("nan")
+    r = tp / truth_N.sum() if truth_N.any() else float("nan")
+    f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return {"flagged": int(flagged_N.sum()), "true_positives": tp, "precision": p, "recall": r, "f1": f1}
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1; NaN for one value) and count."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
+    if not len(v):
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"), len(v)
+
+
+def fmt_pm(mean: float, std: float, n: int, scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` in percent (``scale``), or ``mean`` alone for one value, '' for none."""
+    if n == 0:
+        return ""
+    if n == 1 or math.isnan(std):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def machine() -> dict:
+    """CPU model (``lscpu``), cores torch may use, threads it uses, versions."""
+    model = platform.processor() or "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        pass
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}

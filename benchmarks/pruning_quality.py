@@ -1,0 +1,329 @@
+"""Pruning quality: test accuracy after pruning by each scorer, at each ratio, over seeds.
+
+For every seed:
+
+1. **record**: train ``--record-epochs`` T epochs on the whole training set, recording every
+   sample's logits (``record="train"``, the paper's setting).  Every scorer except
+   ``forgetting_full`` reads this one trajectory.
+2. **full**: train the whole budget, ``--epochs`` E, on the whole training set, also
+   recording.  Its final test accuracy is the unpruned baseline (ratio 0), and its
+   trajectory gives ``forgetting_full``: forgetting events counted over the whole run, as
+   Toneva et al. do.  ``forgetting`` is the same count over the T-epoch trajectory.
+3. **cells**: for each scorer and ratio, ``select`` (``--policy``, class-balanced by default;
+   no relabelling, no outlier removal: this measures the ranking alone), write the manifest,
+   retrain from scratch for E epochs on the kept samples (``TrainConfig(manifest=...)``),
+   evaluate top-1 on the test set.
+
+Cost of a score, in sample-epochs (training samples processed by the optimiser): T x N for
+the scorers of the T-epoch trajectory, E x N for ``forgetting_full``, 0 for ``random``.
+``el2n`` is one model's EL2N at epoch T (the trajectory's last); Paul et al. average 10 models
+at about 10% of training, which would cost 10 x T x N.
+
+Every finished cell is written at once to ``RESULTS/pruning_quality_<dataset>.json``; a rerun
+skips finished cells, and a killed training run resumes from its checkpoint in ``--work``.
+Runs with the same configuration but other ``--scorers`` / ``--ratios`` / ``--seeds`` add to
+the same file; the markdown table and the plot are rebuilt from everything in it.
+
+Commands (results in ``benchmarks/results/``)::
+
+    # scikit-learn digits, every scorer at every ratio, 3 seeds
+    python benchmarks/pruning_quality.py --dataset digits --epochs 15 --record-epochs 3 --seeds 0 1 2
+    # Fashion-MNIST, 5,000-image stratified training subset, full test set:
+    # every scorer at 30%, then the whole ratio grid for entropy and random
+    python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
+        --seeds 0 1 --ratios 0.3
+    python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
+        --seeds 0 1 --scorers entropy random --ratios 0.1 0.2 0.3 0.4 0.5
+    # rebuild the table and plot from the JSON only
+    python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
+        --report-only
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (RESULTS_DIR, ResultsFile, check_work_config, final_accuracy, fmt_pm, machine,  # noqa: E402
+                     mean_std, prepare_data, sample_epochs, train)
+
+from dprune.scoring import METHODS, score_store  # noqa: E402
+from dprune.select import select, write_manifest  # noqa: E402
+from dprune.store import TrajectoryStore  # noqa: E402
+from dprune.train.config import TrainConfig  # noqa: E402
+
+SCORERS = (*METHODS, "forgetting_full")
+FULL_RUN_SCORERS = {"forgetting_full": "forgetting"}  # scorer name -> library method on the full run
+DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
+    p.add_argument("--data-root", help="Folder of the Fashion-MNIST idx files (default: Debian's package).")
+    p.add_argument("--n-train", type=int, help="Fashion-MNIST: stratified training subset size (default all 60,000).")
+    p.add_argument("--n-test", type=int, help="Fashion-MNIST: stratified test subset size (default all 10,000).")
+    p.add_argument("--subset-seed", type=int, default=0, help="Seed of the subset draw.")
+    p.add_argument("--model", default="small_cnn")
+    p.add_argument("--epochs", type=int, default=15, help="E: epochs of the full run and of every retraining.")
+    p.add_argument("--record-epochs", type=int, default=3, help="T: epochs of the recorded trajectory.")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--policy", choices=("class", "global"), default="class", help="Selection policy.")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS), metavar="SCORER",
+                   help=f"Scorers to run (default all: {', '.join(SCORERS)}).")
+    p.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS),
+                   help="Prune ratios in (0, 1); ratio 0 is the full run.")
+    p.add_argument("--work", type=Path, help="Folder of the training runs (default runs/bench/pruning_quality_<dataset>).")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--max-steps-per-epoch", type=int, help="Cut every epoch short (smoke tests only).")
+    p.add_argument("--report-only", action="store_true", help="Only rebuild the table and plot from the JSON.")
+    args = p.parse_args(argv)
+    bad = [r for r in args.ratios if not 0 < r < 1]
+    if bad:
+        p.error(f"ratios must lie in (0, 1), got {bad}")
+    if not 2 <= args.record_epochs <= args.epochs:
+        p.error(f"--record-epochs must be in [2, --epochs] (the temporal scorers need 2 epochs), got {args.record_epochs}")
+    args.work = args.work or Path("runs/bench") / f"pruning_quality_{args.dataset}"
+    return args
+
+
+def experiment_config(args, data: dict) -> dict:
+    """What every cell depends on (seeds, scorers and ratios are the cells themselves)."""
+    return {"dataset": data, "subset_seed": args.subset_seed if args.dataset != "digits" else None,
+            "model": args.model, "epochs": args.epochs, "record_epochs": args.record_epochs,
+            "batch_size": args.batch_size, "lr": args.lr, "policy": args.policy,
+            "max_steps_per_epoch": args.max_steps_per_epoch}
+
+
+def cell_key(seed: int, scorer: str, ratio: float) -> str:
+    return f"seed{seed}/{scorer}/{ratio:g}"
+
+
+class Sweep:
+    """The runs of one seed, trained lazily: only what an unfinished cell needs."""
+
+    def __init__(self, args, seed: int, data_root: str | None, results: ResultsFile):
+        self.args, self.seed, self.data_root, self.results = args, seed, data_root, results
+        self.dir = args.work / f"seed{seed}"
+        self._scores: dict[str, tuple] = {}
+
+    def config(self, name: str, **kw) -> TrainConfig:
+        a = self.args
+        return TrainConfig(out=str(self.dir / name), dataset=a.dataset, data_root=self.data_root, model=a.model,
+                           batch_size=a.batch_size, lr=a.lr, seed=self.seed, device="cpu", progress=False,
+                           max_steps_per_epoch=a.max_steps_per_epoch, **kw)
+
+    def source(self, which: str) -> tuple[TrajectoryStore, dict]:
+        """Train (or find) the ``record`` or ``full`` run, score it once; return (store, scores)."""
+        if which not in self._scores:
+            epochs = self.args.record_epochs if which == "record" else self.args.epochs
+            t0 = time.perf_counter()
+            metrics = train(self.config(which, epochs=epochs, record="train"))
+            wall = time.perf_counter() - t0
+            key = f"seed{self.seed}/{which}"
+            if key not in self.results.cells:
+                self.results.put(key, {"acc": final_accuracy(metrics), "cost": sample_epochs(metrics),
+                                       "epochs": epochs, "wall_s": wall})
+            store = TrajectoryStore.open(self.dir / which / "trajectory")
+            methods = list(METHODS) if which == "record" else ["forgetting"]
+            t0 = time.perf_counter()
+            scores, backend = score_store(store, methods=methods, params={"random": {"seed": self.seed}})
+            print(f"  scored {store.n_samples} samples x {store.epochs_completed} epochs ({', '.join(methods)}) "
+                  f"in {time.perf_counter() - t0:.2f} s on {backend}", flush=True)
+            self._scores[which] = (store, scores)
+        return self._scores[which]
+
+    def baseline(self) -> None:
+        if f"seed{self.seed}/full" not in self.results.cells:
+            self.source("full")
+
+    def cell(self, scorer: str, ratio: float) -> None:
+        key = cell_key(self.seed, scorer, ratio)
+        if key in self.results.cells:
+            return
+        which = "full" if scorer in FULL_RUN_SCORERS else "record"
+        store, scores = self.source(which)
+        method = FULL_RUN_SCORERS.get(scorer, scorer)
+        sel = select(scores, store.labels, store.n_classes, method=method, ratio=ratio, policy=self.args.policy,
+                     seed=self.seed)
+        name = f"{scorer}_r{ratio:g}"
+        manifest = self.dir / "manifests" / f"{name}.json"
+        write_manifest(manifest, sel, source_run=str(store.run_dir), fingerprint=store.fingerprint,
+                       n_classes=store.n_classes, scorer_params={"random": {"seed": self.seed}})
+        t0 = time.perf_counter()
+        metrics = train(self.config(f"retrain/{name}", epochs=self.args.epochs, record="off",
+                                    manifest=str(manifest)))
+        wall = time.perf_counter() - t0
+        src = self.results.cells[f"seed{self.seed}/{which}"]
+        self.results.put(key, {
+            "acc": final_accuracy(metrics), "n_kept": len(sel.kept), "n_pruned": len(sel.pruned),
+            "retrain_cost": sample_epochs(metrics), "wall_s": wall,
+            "score_source": f"{which} run ({src['epochs']} epochs)" if scorer != "random" else "none",
+            "score_cost": 0 if scorer == "random" else src["cost"]})
+        print(f"  seed {self.seed} {scorer:>15} {ratio:.0%}: top-1 {final_accuracy(metrics):.4f} "
+              f"({len(sel.kept)} kept, {wall:.0f} s)", flush=True)
+
+
+# ---------------------------------------------------------------------------------- report
+def _collect(cells: dict):
+    """{scorer: {ratio: {seed: acc}}}, {seed: baseline acc}, score cost per scorer."""
+    acc, base, cost = {}, {}, {}
+    for key, v in cells.items():
+        parts = key.split("/")
+        seed = int(parts[0][4:])
+        if parts[1] == "full":
+            base[seed] = v["acc"]
+        elif len(parts) == 3:
+            acc.setdefault(parts[1], {}).setdefault(float(parts[2]), {})[seed] = v["acc"]
+            cost[parts[1]] = (v["score_source"], v["score_cost"])
+    return acc, base, cost
+
+
+def write_report(results: ResultsFile, out_stem: Path) -> str:
+    """Write ``<stem>.md`` and ``<stem>.png`` from the results; return the markdown."""
+    cfg = results.data["config"]
+    acc, base, cost = _collect(results.cells)
+    scorers = [s for s in SCORERS if s in acc]
+    ratios = sorted({r for s in acc.values() for r in s})
+    b_mean, b_std, b_n = mean_std(base.values())
+    n_train = cfg["dataset"]["n_train"]
+    full_cost = cfg["epochs"] * n_train
+
+    def row(scorer, paired: bool):
+        out = {"scorer": f"`{scorer}`"}
+        for r in ratios:
+            per_seed = acc[scorer].get(r, {})
+            vals = [a - base[s] for s, a in per_seed.items() if s in base] if paired else list(per_seed.values())
+            out[r] = fmt_pm(*mean_std(vals))
+        return out
+
+    head = "| scorer | " + " | ".join(f"{r:.0%}" for r in ratios) + " |"
+    sep = "|---|" + "---|" * len(ratios)
+    acc_rows = [head, sep, f"| unpruned (0%) | {fmt_pm(b_mean, b_std, b_n)} |" + " |" * (len(ratios) - 1)]
+    acc_rows += ["| " + " | ".join([r_["scorer"], *(r_[r] for r in ratios)]) + " |" for r_ in (row(s, False) for s in scorers)]
+    delta_rows = [head, sep]
+    delta_rows += ["| " + " | ".join([r_["scorer"], *(r_[r] for r in ratios)]) + " |" for r_ in (row(s, True) for s in scorers)]
+    cost_rows = ["| scorer | scores from | sample-epochs to score | = epochs of the full set | share of one full training |",
+                 "|---|---|---|---|---|"]
+    for s in scorers:
+        src, c = cost[s]
+        cost_rows.append(f"| `{s}` | {src} | {c:,} | {c / n_train:.3g} | {c / full_cost:.0%} |")
+    walls = sum(v.get("wall_s", 0.0) for v in results.cells.values())
+    seeds = sorted(base)
+    m = results.data.get("machine", {})
+    d = cfg["dataset"]
+    lines = [
+        f"# Pruning quality: {d['dataset']}",
+        "",
+        f"Data: {d['n_train']:,} training / {d['n_test']:,} test images ({d['source']}). Model `{cfg['model']}`, "
+        f"SGD (Nesterov, momentum 0.9, weight decay 5e-4), cosine schedule, lr {cfg['lr']}, batch {cfg['batch_size']}, "
+        f"no augmentation. Trajectory: T = {cfg['record_epochs']} epochs (its own T-epoch schedule, logits of the "
+        f"training forward pass). Every retraining: E = {cfg['epochs']} epochs from scratch on the kept samples. "
+        f"Selection: `{cfg['policy']}` policy, no relabelling, no outlier removal. Seeds: {', '.join(map(str, seeds))} "
+        f"(seed = initialisation, data order, random scorer, tie-breaks).",
+        "",
+        f"## Test top-1 accuracy (%), mean ± std over seeds (n = {len(seeds)})",
+        "",
+        *acc_rows,
+        "",
+        "## Change vs the unpruned run (percentage points, paired by seed)",
+        "",
+        *delta_rows,
+        "",
+        "## Cost of the scores",
+        "",
+        f"Sample-epochs = training samples processed by the optimiser; one full training = E x N = {full_cost:,}. "
+        "Retraining on a pruned set costs (1 - ratio) of it on top. `el2n`: one model at epoch T (Paul et al. "
+        "average 10 models: 10x this cost).",
+        "",
+        *cost_rows,
+        "",
+        f"![accuracy vs prune ratio]({out_stem.name}.png)",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} with "
+        f"{m.get('torch_threads', '?')} thread(s), one run at a time. Training wall time of all cells: {walls / 60:.1f} min.",
+        "",
+        "Commands:",
+        "",
+        "```bash",
+        *results.data.get("commands", []),
+        "```",
+    ]
+    text = "\n".join(lines) + "\n"
+    out_stem.with_suffix(".md").write_text(text)
+    _plot(acc, base, ratios, scorers, out_stem.with_suffix(".png"), title=f"{d['dataset']} ({d['n_train']:,} train)")
+    return text
+
+
+def _plot(acc, base, ratios, scorers, path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b_mean, b_std, _ = mean_std(base.values())
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = "os^vD<>pXh*"
+    for i, s in enumerate(scorers):
+        measured = [r for r in ratios if acc[s].get(r)]
+        # A scorer run at one ratio only is a point, not a line drawn from the unpruned run.
+        xs = measured if len(measured) == 1 else [0.0] + measured
+        stats = [mean_std(acc[s][r].values())[:2] if r else (b_mean, b_std) for r in xs]
+        ys = np.array([m for m, _ in stats]) * 100
+        es = np.nan_to_num(np.array([e for _, e in stats])) * 100
+        style = dict(lw=2.2, color="k") if s == "entropy" else dict(lw=1.2, ls="--" if s == "random" else "-")
+        if len(measured) == 1:
+            style["ls"] = "none"
+        ax.errorbar(np.array(xs) * 100 + (i - len(scorers) / 2) * 0.15, ys, yerr=es, marker=markers[i % len(markers)],
+                    ms=4, capsize=2, label=s, **style)
+    ax.axhline(b_mean * 100, color="0.5", lw=0.8, ls=":", label="unpruned")
+    ax.set_xlabel("prune ratio (%)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"accuracy after pruning and retraining: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    torch.set_num_threads(1)  # 2 shared cores: small CNNs run faster single-threaded
+    args.work.mkdir(parents=True, exist_ok=True)
+    data_root, data = prepare_data(args.dataset, args.work, n_train=args.n_train, n_test=args.n_test,
+                                   subset_seed=args.subset_seed, source=args.data_root)
+    config = experiment_config(args, data)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.results_dir / f"pruning_quality_{args.dataset}"
+    results = ResultsFile(stem.with_suffix(".json"), config)
+    if not args.report_only:
+        check_work_config(args.work, config)
+        command = shlex.join(["python", "benchmarks/pruning_quality.py", *(sys.argv[1:] if argv is None else argv)])
+        commands = results.data.get("commands", [])
+        results.set_info(machine=machine(), commands=commands + [command] * (command not in commands))
+        t0 = time.perf_counter()
+        for seed in args.seeds:
+            print(f"seed {seed}", flush=True)
+            sweep = Sweep(args, seed, data_root, results)
+            sweep.baseline()
+            for scorer in args.scorers:
+                for ratio in args.ratios:
+                    sweep.cell(scorer, ratio)
+        print(f"sweep done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    text = write_report(results, stem)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Smoke test of the evidence benchmarks on digits with tiny epochs (no Fashion-MNIST needed)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pruning_quality_runs_and_resumes(tmp_path):
+    pq = load("pruning_quality")
+    argv = ["--dataset", "digits", "--epochs", "2", "--record-epochs", "2", "--seeds", "0",
+            "--scorers", "entropy", "random", "forgetting_full", "--ratios", "0.3",
+            "--max-steps-per-epoch", "4", "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")]
+    text = pq.main(argv)
+    res = json.loads((tmp_path / "res" / "pruning_quality_digits.json").read_text())
+    cells = res["cells"]
+    assert {"seed0/full", "seed0/record", "seed0/entropy/0.3", "seed0/random/0.3", "seed0/forgetting_full/0.3"} <= set(cells)
+    # 4 steps of 64 per epoch observe only part of the set; unobserved samples are never pruned.
+    entropy = cells["seed0/entropy/0.3"]
+    assert 0 < entropy["n_pruned"] < round(0.3 * 1437) and entropy["n_kept"] + entropy["n_pruned"] == 1437
+    assert cells["seed0/random/0.3"]["score_cost"] == 0
+    assert cells["seed0/forgetting_full/0.3"]["score_source"].startswith("full run")
+    assert (tmp_path / "res" / "pruning_quality_digits.png").stat().st_size > 0
+    assert "`entropy`" in text and "unpruned" in text
+
+    # A rerun skips finished cells: nothing is trained again.
+    retrain = tmp_path / "work" / "seed0" / "retrain" / "entropy_r0.3" / "metrics.json"
+    before = retrain.stat().st_mtime_ns
+    pq.main(argv)
+    assert retrain.stat().st_mtime_ns == before
+    assert json.loads((tmp_path / "res" / "pruning_quality_digits.json").read_text())["cells"] == cells
+
+    # Another configuration is refused rather than mixed in.
+    with pytest.raises(ValueError, match="another configuration"):
+        pq.main([*argv[:2], "--epochs", "3", *argv[4:]])
+
+
+def test_mislabel_detection_runs(tmp_path):
+    pytest.importorskip("cleanlab")
+    ml = load("mislabel_detection")
+    text = ml.main(["--dataset", "digits", "--epochs", "2", "--record-epochs", "2", "--noise", "symmetric:0.2",
+                    "--folds", "2", "--max-steps-per-epoch", "4",
+                    "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")])
+    cells = json.loads((tmp_path / "res" / "mislabel_digits.json").read_text())["cells"]
+    det = cells["seed0/symmetric0.2/detection"]
+    assert det["n_flipped"] == round(0.2 * 1437)
+    for name in ("dprune_argmax", "dprune_relabel", "cleanlab_cv", "cleanlab_on_dprune"):
+        assert 0 <= det["detectors"][name]["recall"] <= 1
+    assert det["detectors"]["cleanlab_cv"]["cost"] == 2 * 2 * 4 * 64  # 2 folds x 2 epochs x 4 steps x batch 64
+    for name in ("noisy", "dprune", "cleanlab"):
+        assert 0 <= cells[f"seed0/symmetric0.2/retrain_{name}"]["acc"] <= 1
+    assert "cleanlab, K-fold CV" in text
