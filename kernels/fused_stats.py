@@ -44,6 +44,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
+from .validation import check_stats_inputs
 import triton
 import triton.language as tl
 
@@ -369,18 +371,7 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
     interpreter is active.  Returns float32 / int64 / bool tensors on that device, equal to
     :func:`dprune.scoring.stats.compute_stats` up to float32 rounding.
     """
-    if logits_ENC.ndim != 3:
-        raise ValueError(f"logits must be [E, N, C], got shape {tuple(logits_ENC.shape)}")
-    E, N, C = logits_ENC.shape
-    if tuple(counts_EN.shape) != (E, N) or tuple(labels_N.shape) != (N,):
-        raise ValueError(
-            f"expected counts [E, N] = [{E}, {N}] and labels [N] = [{N}], "
-            f"got {tuple(counts_EN.shape)} and {tuple(labels_N.shape)}"
-        )
-    if logits_ENC.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"logits must be float16, bfloat16 or float32, got {logits_ENC.dtype}")
-    if counts_EN.is_floating_point() or labels_N.is_floating_point():
-        raise ValueError(f"counts and labels must be integers, got {counts_EN.dtype} and {labels_N.dtype}")
+    E, N, C = check_stats_inputs(logits_ENC, counts_EN, labels_N)
     dev = logits_ENC.device
     if counts_EN.device != dev or labels_N.device != dev:
         raise ValueError(f"tensors on different devices: {dev}, {counts_EN.device}, {labels_N.device}")

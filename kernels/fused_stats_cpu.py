@@ -61,6 +61,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+
+from .validation import check_stats_inputs
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
@@ -502,18 +504,7 @@ def fused_stats_cpu(
     :func:`dprune.scoring.stats.compute_stats` up to float32 rounding.  The first call in a
     fresh environment compiles the kernel (cached on disk afterwards).
     """
-    if logits_ENC.ndim != 3:
-        raise ValueError(f"logits must be [E, N, C], got shape {tuple(logits_ENC.shape)}")
-    E, N, C = logits_ENC.shape
-    if tuple(counts_EN.shape) != (E, N) or tuple(labels_N.shape) != (N,):
-        raise ValueError(
-            f"expected counts [E, N] = [{E}, {N}] and labels [N] = [{N}], "
-            f"got {tuple(counts_EN.shape)} and {tuple(labels_N.shape)}"
-        )
-    if logits_ENC.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"logits must be float16, bfloat16 or float32, got {logits_ENC.dtype}")
-    if counts_EN.is_floating_point() or labels_N.is_floating_point():
-        raise ValueError(f"counts and labels must be integers, got {counts_EN.dtype} and {labels_N.dtype}")
+    E, N, C = check_stats_inputs(logits_ENC, counts_EN, labels_N)
     for t in (logits_ENC, counts_EN, labels_N):
         if t.device.type != "cpu":
             raise ValueError(f"fused_stats_cpu needs CPU tensors, got {t.device}")
