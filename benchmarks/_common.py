@@ -8,8 +8,9 @@
   skips a run whose ``metrics.json`` is already complete;
 - results files: :class:`ResultsFile`, a JSON of finished cells written atomically after each
   cell, bound to the configuration that produced it, so a killed sweep resumes;
-- :func:`custom_manifest` (a manifest that keeps a given subset, e.g. cross-validation folds),
-  :func:`prf` (precision / recall / F1), :func:`machine`, :func:`mean_std`.
+- :func:`score` (``score_store`` that keeps torch's thread count), :func:`custom_manifest` (a
+  manifest that keeps a given subset, e.g. cross-validation folds), :func:`prf` (precision /
+  recall / F1), :func:`machine`, :func:`mean_std`, :func:`fmt_pm`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 
 from dprune.data import FASHION_MNIST_ROOT, read_idx
 from dprune.fileio import atomic_write_json
+from dprune.scoring import score_store
 from dprune.select import Selection, write_manifest
 from dprune.train.config import TrainConfig
 from dprune.train.loop import Trainer
@@ -165,6 +167,20 @@ def finished(cfg: TrainConfig) -> list[dict] | None:
 def train(cfg: TrainConfig) -> list[dict]:
     """Train (resuming a killed run, skipping a finished one); return per-epoch metrics."""
     return finished(cfg) or BenchTrainer(cfg).fit()
+
+
+def score(store, **kw) -> tuple[dict, str]:
+    """:func:`dprune.scoring.score_store`, keeping the caller's torch thread count.
+
+    The numba CPU backend restores numba's own thread count after its parallel pass, which
+    also sets the OpenMP count torch uses (1 -> 2 here), so training after scoring would
+    otherwise run on two threads.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return score_store(store, **kw)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def sample_epochs(metrics: list[dict]) -> int:

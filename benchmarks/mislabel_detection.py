@@ -27,10 +27,11 @@ ceiling, the clean labels.
 Every finished stage is written at once to ``RESULTS/mislabel_<dataset>.json``; a rerun skips
 it, and killed training runs resume from their checkpoints in ``--work``.
 
-Commands (results in ``benchmarks/results/``)::
+Commands (results in ``benchmarks/results/``; the ones that produced the committed results)::
 
-    python benchmarks/mislabel_detection.py --dataset digits --epochs 15 --record-epochs 3 --seeds 0 1 2
-    python benchmarks/mislabel_detection.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3
+    python benchmarks/mislabel_detection.py --dataset digits --epochs 10 --record-epochs 3 --seeds 0 1
+    python benchmarks/mislabel_detection.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
+        --batch-size 128 --seeds 0
 """
 from __future__ import annotations
 
@@ -46,10 +47,10 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS_DIR, BenchTrainer, ResultsFile, check_work_config, custom_manifest,  # noqa: E402
-                     final_accuracy, finished, fmt_pm, machine, mean_std, prepare_data, prf, sample_epochs, train)
+                     final_accuracy, finished, fmt_pm, machine, mean_std, prepare_data, prf, sample_epochs, score,
+                     train)
 
 from dprune.data import IndexedDataset  # noqa: E402
-from dprune.scoring import score_store  # noqa: E402
 from dprune.select import select, write_manifest  # noqa: E402
 from dprune.store import TrajectoryStore  # noqa: E402
 from dprune.train.config import TrainConfig  # noqa: E402
@@ -154,7 +155,7 @@ class Setting:
         if not np.array_equal(noisy, store.labels):
             raise RuntimeError(f"{store.run_dir}: the store's labels are not the injected noisy labels")
         N, C = store.n_samples, store.n_classes
-        scores, _ = score_store(store, methods=["entropy"])
+        scores, _ = score(store, methods=["entropy"])
         soft = soft_labels(store)
 
         sel = select(scores, noisy, C, method="entropy", ratio=0.0, policy="class", relabel=True,

@@ -24,19 +24,19 @@ skips finished cells, and a killed training run resumes from its checkpoint in `
 Runs with the same configuration but other ``--scorers`` / ``--ratios`` / ``--seeds`` add to
 the same file; the markdown table and the plot are rebuilt from everything in it.
 
-Commands (results in ``benchmarks/results/``)::
+Commands (results in ``benchmarks/results/``; the ones that produced the committed results)::
 
-    # scikit-learn digits, every scorer at every ratio, 3 seeds
-    python benchmarks/pruning_quality.py --dataset digits --epochs 15 --record-epochs 3 --seeds 0 1 2
-    # Fashion-MNIST, 5,000-image stratified training subset, full test set:
-    # every scorer at 30%, then the whole ratio grid for entropy and random
+    # scikit-learn digits: every scorer at every ratio, 3 seeds (~4 min on 2 idle cores)
+    python benchmarks/pruning_quality.py --dataset digits --epochs 10 --record-epochs 3 --seeds 0 1 2
+    # Fashion-MNIST, 5,000-image class-stratified training subset, the full 10,000-image test set:
+    # every scorer at 30% (~18 min), then the whole ratio grid for entropy and random (~16 min)
     python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
-        --seeds 0 1 --ratios 0.3
+        --batch-size 128 --seeds 0 1 --ratios 0.3
     python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
-        --seeds 0 1 --scorers entropy random --ratios 0.1 0.2 0.3 0.4 0.5
+        --batch-size 128 --seeds 0 1 --scorers entropy random --ratios 0.1 0.2 0.3 0.4 0.5
     # rebuild the table and plot from the JSON only
     python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
-        --report-only
+        --batch-size 128 --report-only
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS_DIR, ResultsFile, check_work_config, final_accuracy, fmt_pm, machine,  # noqa: E402
-                     mean_std, prepare_data, sample_epochs, train)
+                     mean_std, prepare_data, sample_epochs, score, train)
 
-from dprune.scoring import METHODS, score_store  # noqa: E402
+from dprune.scoring import METHODS  # noqa: E402
 from dprune.select import select, write_manifest  # noqa: E402
 from dprune.store import TrajectoryStore  # noqa: E402
 from dprune.train.config import TrainConfig  # noqa: E402
@@ -82,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"Scorers to run (default all: {', '.join(SCORERS)}).")
     p.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS),
                    help="Prune ratios in (0, 1); ratio 0 is the full run.")
-    p.add_argument("--work", type=Path, help="Folder of the training runs (default runs/bench/pruning_quality_<dataset>).")
+    p.add_argument("--work", type=Path,
+                   help="Folder of the training runs (default runs/bench/pruning_quality_<dataset>).")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--max-steps-per-epoch", type=int, help="Cut every epoch short (smoke tests only).")
     p.add_argument("--report-only", action="store_true", help="Only rebuild the table and plot from the JSON.")
@@ -91,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if bad:
         p.error(f"ratios must lie in (0, 1), got {bad}")
     if not 2 <= args.record_epochs <= args.epochs:
-        p.error(f"--record-epochs must be in [2, --epochs] (the temporal scorers need 2 epochs), got {args.record_epochs}")
+        p.error(f"--record-epochs must be in [2, --epochs] (the temporal scorers need 2 epochs), "
+                f"got {args.record_epochs}")
     args.work = args.work or Path("runs/bench") / f"pruning_quality_{args.dataset}"
     return args
 
@@ -136,7 +138,7 @@ class Sweep:
             store = TrajectoryStore.open(self.dir / which / "trajectory")
             methods = list(METHODS) if which == "record" else ["forgetting"]
             t0 = time.perf_counter()
-            scores, backend = score_store(store, methods=methods, params={"random": {"seed": self.seed}})
+            scores, backend = score(store, methods=methods, params={"random": {"seed": self.seed}})
             print(f"  scored {store.n_samples} samples x {store.epochs_completed} epochs ({', '.join(methods)}) "
                   f"in {time.perf_counter() - t0:.2f} s on {backend}", flush=True)
             self._scores[which] = (store, scores)
@@ -206,14 +208,16 @@ def write_report(results: ResultsFile, out_stem: Path) -> str:
             out[r] = fmt_pm(*mean_std(vals))
         return out
 
+    def line(cells: dict) -> str:
+        return "| " + " | ".join([cells["scorer"], *(cells[r] for r in ratios)]) + " |"
+
     head = "| scorer | " + " | ".join(f"{r:.0%}" for r in ratios) + " |"
     sep = "|---|" + "---|" * len(ratios)
     acc_rows = [head, sep, f"| unpruned (0%) | {fmt_pm(b_mean, b_std, b_n)} |" + " |" * (len(ratios) - 1)]
-    acc_rows += ["| " + " | ".join([r_["scorer"], *(r_[r] for r in ratios)]) + " |" for r_ in (row(s, False) for s in scorers)]
-    delta_rows = [head, sep]
-    delta_rows += ["| " + " | ".join([r_["scorer"], *(r_[r] for r in ratios)]) + " |" for r_ in (row(s, True) for s in scorers)]
-    cost_rows = ["| scorer | scores from | sample-epochs to score | = epochs of the full set | share of one full training |",
-                 "|---|---|---|---|---|"]
+    acc_rows += [line(row(s, False)) for s in scorers]
+    delta_rows = [head, sep, *(line(row(s, True)) for s in scorers)]
+    cost_rows = ["| scorer | scores from | sample-epochs to score | = epochs of the full set | "
+                 "share of one full training |", "|---|---|---|---|---|"]
     for s in scorers:
         src, c = cost[s]
         cost_rows.append(f"| `{s}` | {src} | {c:,} | {c / n_train:.3g} | {c / full_cost:.0%} |")
@@ -250,7 +254,8 @@ def write_report(results: ResultsFile, out_stem: Path) -> str:
         f"![accuracy vs prune ratio]({out_stem.name}.png)",
         "",
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} with "
-        f"{m.get('torch_threads', '?')} thread(s), one run at a time. Training wall time of all cells: {walls / 60:.1f} min.",
+        f"{m.get('torch_threads', '?')} thread(s), one run at a time. Training wall time of all cells: "
+        f"{walls / 60:.1f} min.",
         "",
         "Commands:",
         "",

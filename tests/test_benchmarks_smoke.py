@@ -26,7 +26,8 @@ def test_pruning_quality_runs_and_resumes(tmp_path):
     text = pq.main(argv)
     res = json.loads((tmp_path / "res" / "pruning_quality_digits.json").read_text())
     cells = res["cells"]
-    assert {"seed0/full", "seed0/record", "seed0/entropy/0.3", "seed0/random/0.3", "seed0/forgetting_full/0.3"} <= set(cells)
+    assert {"seed0/full", "seed0/record", "seed0/entropy/0.3", "seed0/random/0.3",
+            "seed0/forgetting_full/0.3"} <= set(cells)
     # 4 steps of 64 per epoch observe only part of the set; unobserved samples are never pruned.
     entropy = cells["seed0/entropy/0.3"]
     assert 0 < entropy["n_pruned"] < round(0.3 * 1437) and entropy["n_kept"] + entropy["n_pruned"] == 1437
