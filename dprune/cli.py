@@ -315,13 +315,16 @@ def synth_cmd(out, samples, classes, epochs, noise, seed):
 @click.option("--cams", type=click.IntRange(min=2), default=4, show_default=True)
 @click.option("--noise", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Fraction of training images filed under a wrong identity (listed in _synthetic_truth.json).")
+@click.option("--hardness", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="0: every image of an identity looks alike (easy); up to 1: identities look more alike and "
+                   "images vary in brightness, position and noise, some occluded.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth_reid_cmd(root, layout, ids, images_per_id, cams, noise, seed):
+def synth_reid_cmd(root, layout, ids, images_per_id, cams, noise, hardness, seed):
     """Write a small synthetic ReID dataset in a real layout (with junk images, distractors and wrong labels)."""
     from .data.reid_synth import make_synthetic_reid
 
     info = make_synthetic_reid(root, layout, n_ids=ids, images_per_id=images_per_id, n_cams=cams, noise_rate=noise,
-                               seed=seed)
+                               hardness=hardness, seed=seed)
     click.echo(f"wrote a {layout} layout under {Path(root) / info['dataset_dir']} "
                f"({len(info['mislabelled'])} mislabelled training images; truth in {Path(root) / '_synthetic_truth.json'})")
 

@@ -322,6 +322,26 @@ def test_generator_is_deterministic_and_png(tmp_path):
             == (tmp_path / "b" / "bounding_box_test" / one).read_bytes())
 
 
+def test_hardness_spreads_the_images_of_an_identity(tmp_path):
+    def spread(hardness):
+        """Mean distance of the training images to their identity's mean image, and between identity means."""
+        make_synthetic_reid(tmp_path / str(hardness), "market1501", n_ids=12, images_per_id=10, noise_rate=0.0,
+                            hardness=hardness, seed=4, image_format="png")
+        ds = read_market1501(tmp_path / str(hardness))
+        images = {}
+        for r in ds.train:
+            images.setdefault(r.pid, []).append(np.asarray(Image.open(ds.root / r.relpath), np.float64).ravel())
+        means = {pid: np.mean(x, axis=0) for pid, x in images.items()}
+        within = np.mean([np.linalg.norm(x - means[pid]) for pid, xs in images.items() for x in xs])
+        centre = np.mean(list(means.values()), axis=0)
+        between = np.mean([np.linalg.norm(m - centre) for m in means.values()])
+        return within, between
+
+    easy, hard = spread(0.0), spread(0.8)
+    assert hard[0] > 2 * easy[0]  # images of one identity differ more
+    assert hard[0] / hard[1] > 2 * easy[0] / easy[1]  # relative to how far apart identities are
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"layout": "duke"}, "valid layouts"),
     ({"n_ids": 1}, "n_ids"),
@@ -330,6 +350,8 @@ def test_generator_is_deterministic_and_png(tmp_path):
     ({"n_cams": 10}, "1-digit camera"),
     ({"size": (2, 8)}, "size"),
     ({"image_format": "bmp"}, "image_format"),
+    ({"hardness": 1.5}, "hardness"),
+    ({"hardness": -0.1}, "hardness"),
 ])
 def test_generator_rejects_bad_arguments(tmp_path, kwargs, message):
     args = {"layout": "market1501", **kwargs}

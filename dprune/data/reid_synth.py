@@ -27,14 +27,23 @@ TRUTH_FILE = "_synthetic_truth.json"
 
 
 class _Renderer:
-    """Draws ``[H, W, 3]`` uint8 images of identities seen by cameras."""
+    """Draws ``[H, W, 3]`` uint8 images of identities seen by cameras.
+
+    ``hardness`` 0 draws every image of an identity almost alike (easy: a small CNN
+    retrieves them perfectly).  Above 0, the identities' colours move towards grey (they
+    look more alike), and each image gets its own brightness, a larger shift, more pixel
+    noise and, with probability ``hardness / 2``, an occluder hiding a third to a half of
+    the body: images of one identity range from typical to hard, as in real data.
+    """
 
     def __init__(self, rng: np.random.Generator, n_identities: int, n_cams: int,
-                 size: tuple[int, int]) -> None:
+                 size: tuple[int, int], hardness: float = 0.0) -> None:
         self.rng = rng
         self.h, self.w = size
+        self.hardness = hardness
         # Band colours far from each other on average: uniform RGB over [20, 235].
-        self.colours = rng.integers(20, 236, size=(n_identities, 3, 3))
+        self.colours = rng.integers(20, 236, size=(n_identities, 3, 3)).astype(np.float64)
+        self.colours = (1.0 - 0.6 * hardness) * self.colours + 0.6 * hardness * 128.0
         self.stripes = rng.integers(0, 4, size=n_identities)  # 0 = none, else period + 1
         self.cam_tint = rng.uniform(0.85, 1.15, size=(n_cams, 3))
 
@@ -48,8 +57,17 @@ class _Renderer:
             torso = slice(bounds[1], bounds[2])
             img[torso, ::period] = 255 - img[torso, ::period]
         img *= self.cam_tint[cam]
-        img = np.roll(img, int(self.rng.integers(-1, 2)), axis=1)
-        img += self.rng.normal(0.0, 8.0, size=img.shape)
+        h = self.hardness
+        if h > 0:
+            img *= self.rng.uniform(1.0 - 0.4 * h, 1.0 + 0.4 * h)
+            if self.rng.random() < h / 2:
+                top = int(self.rng.integers(0, self.h // 2 + 1))
+                height = int(self.rng.integers(self.h // 3, self.h // 2 + 1))
+                img[top:top + height] = self.rng.integers(0, 256, size=3)
+            img = np.roll(img, int(self.rng.integers(-(self.h // 8), self.h // 8 + 1)), axis=0)
+        shift = max(1, round(h * self.w / 4))
+        img = np.roll(img, int(self.rng.integers(-shift, shift + 1)), axis=1)
+        img += self.rng.normal(0.0, 8.0 + 32.0 * h, size=img.shape)
         return np.clip(img, 0, 255).astype(np.uint8)
 
     def noise(self) -> np.ndarray:
@@ -57,7 +75,8 @@ class _Renderer:
 
 
 def _check_args(layout: str, n_ids: int, n_cams: int, images_per_id: int, noise_rate: float,
-                junk: int, distractors: int, size: tuple[int, int], image_format: str) -> None:
+                junk: int, distractors: int, size: tuple[int, int], image_format: str,
+                hardness: float) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
     for name, value, low in (("n_ids", n_ids, 2), ("n_cams", n_cams, 2),
@@ -67,6 +86,8 @@ def _check_args(layout: str, n_ids: int, n_cams: int, images_per_id: int, noise_
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if not 0.0 <= noise_rate <= 1.0:
         raise ValueError(f"noise_rate must lie in [0, 1], got {noise_rate!r}")
+    if not 0.0 <= hardness <= 1.0:
+        raise ValueError(f"hardness must lie in [0, 1], got {hardness!r}")
     if layout.startswith("msmt17") and n_cams > 99:
         raise ValueError(f"MSMT17 names hold a 2-digit camera; got n_cams={n_cams}")
     if layout == "market1501" and n_cams > 9:
@@ -90,6 +111,7 @@ def make_synthetic_reid(
     seed: int = 0,
     size: tuple[int, int] = (32, 16),
     image_format: str = "jpg",
+    hardness: float = 0.0,
 ) -> dict:
     """Write a small ReID dataset in a real layout under ``root``.
 
@@ -123,6 +145,10 @@ def make_synthetic_reid(
         Image (height, width).
     image_format : str
         ``jpg`` or ``png``.
+    hardness : float
+        In [0, 1].  0: every image of an identity looks almost alike (easy).  Larger values
+        make identities look more alike and give each image its own brightness, shift,
+        noise and, with probability ``hardness / 2``, an occluder (see ``_Renderer``).
 
     Returns
     -------
@@ -136,10 +162,10 @@ def make_synthetic_reid(
         readers' records).
     """
     _check_args(layout, n_ids, n_cams, images_per_id, noise_rate, junk, distractors,
-                tuple(size), image_format)
+                tuple(size), image_format, hardness)
     rng = np.random.default_rng(seed)
     n_train = math.ceil(n_ids / 2)
-    renderer = _Renderer(rng, n_ids + distractors, n_cams, tuple(size))
+    renderer = _Renderer(rng, n_ids + distractors, n_cams, tuple(size), hardness)
 
     if layout == "market1501":
         original = np.sort(rng.choice(np.arange(1, 1502), size=n_ids, replace=False))
@@ -209,6 +235,7 @@ def make_synthetic_reid(
         "layout": layout,
         "dataset_dir": dataset_dir,
         "seed": seed,
+        "hardness": hardness,
         "n_cams": n_cams,
         "train_ids": train_ids,
         "test_ids": test_ids,

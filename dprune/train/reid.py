@@ -15,10 +15,14 @@ REID_MEAN, REID_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def reid_transforms(height: int = 256, width: int = 128, *, train: bool):
-    """BoT's pipeline: resize, flip, pad 10 + random crop, normalise, random erasing (train)."""
+    """BoT's pipeline: resize, flip, pad + random crop, normalise, random erasing (train).
+
+    The padding is BoT's 10 pixels at 256 x 128, scaled with the height for smaller inputs.
+    """
     steps = [T.Resize((height, width), antialias=True)]
     if train:
-        steps += [T.RandomHorizontalFlip(), T.Pad(10), T.RandomCrop((height, width))]
+        pad = max(1, round(10 * height / 256))
+        steps += [T.RandomHorizontalFlip(), T.Pad(pad), T.RandomCrop((height, width))]
     steps += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(REID_MEAN, REID_STD)]
     if train:
         steps.append(T.RandomErasing(p=0.5, value=0))
