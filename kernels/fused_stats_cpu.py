@@ -530,6 +530,10 @@ def fused_stats_cpu(
     if threads == 1:
         _stats_serial(src, mode, cnt, y, *outputs)
     else:
+        # With numba's OpenMP layer, starting numba's threads (its first get_num_threads) and
+        # setting their count also set the OpenMP count torch uses (one libgomp): read torch's
+        # count first and restore it, or the caller's training changes speed.
+        torch_threads = torch.get_num_threads()
         caller_threads = numba.get_num_threads()  # per OS thread in numba: restored for this one
         if threads is not None:
             numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
@@ -540,6 +544,7 @@ def fused_stats_cpu(
                 _stats_parallel(src, mode, cnt, y, *outputs)
         finally:
             numba.set_num_threads(caller_threads)
+            torch.set_num_threads(torch_threads)
     t = torch.from_numpy
     return TrajectoryStats(
         n_obs=t(n_obs),

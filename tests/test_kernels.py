@@ -271,6 +271,24 @@ def test_numba_single_thread_equals_threaded():
                                    msg=field)
 
 
+def test_numba_kernel_keeps_the_callers_torch_thread_count():
+    # Numba's OpenMP threading layer starts once per process and, with it, sets the OpenMP
+    # thread count torch shares: run in a fresh process so this call is the one that starts it.
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "torch.set_num_threads(1)\n"
+            "assert torch.get_num_threads() == 1\n"  # as a caller that trained before scoring has
+            "from dprune.kernels.fused_stats_cpu import fused_stats_cpu\n"
+            "z = torch.randn(2, 300, 5)\n"
+            "fused_stats_cpu(z, torch.ones(2, 300, dtype=torch.int32), torch.zeros(300, dtype=torch.int64), threads=2)\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert out.stdout.split() == ["1"]
+
+
 def test_numba_fp16_conversion_is_exact_for_every_value():
     import numba
 
