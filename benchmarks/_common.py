@@ -1,19 +1,23 @@
 """Helpers shared by ``pruning_quality.py`` and ``mislabel_detection.py``.
 
-- the data: scikit-learn's ``digits`` as is, or a stratified Fashion-MNIST subset written as
+- the data: scikit-learn's ``digits`` as is, a stratified Fashion-MNIST subset written as
   idx files into the work folder, so every training run reads it through the library's own
-  ``build_dataset("fashion-mnist", root=SUBSET_FOLDER)``;
+  ``build_dataset("fashion-mnist", root=SUBSET_FOLDER)``, or ``reid-synth``: a generated
+  Market-1501 folder (:func:`dprune.data.reid_synth.make_synthetic_reid`) trained with the
+  library's ReID recipe; :func:`task_config` gives the ``TrainConfig`` fields of each, and
+  :func:`final_metrics` the numbers a benchmark reports (top-1, or mAP and Rank-1);
 - training: :class:`BenchTrainer` (the library's :class:`~dprune.train.loop.Trainer`, test set
   evaluated once after the last epoch instead of after every epoch) and :func:`train`, which
   skips a run whose ``metrics.json`` is already complete;
 - results files: :class:`ResultsFile`, a JSON of finished cells written atomically after each
   cell, bound to the configuration that produced it, so a killed sweep resumes;
-- :func:`score` (``score_store`` that keeps torch's thread count), :func:`custom_manifest` (a
+- :func:`custom_manifest` (a
   manifest that keeps a given subset, e.g. cross-validation folds), :func:`prf` (precision /
   recall / F1), :func:`machine`, :func:`mean_std`, :func:`fmt_pm`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -29,12 +33,15 @@ import torch
 
 from dprune.data import FASHION_MNIST_ROOT, read_idx
 from dprune.fileio import atomic_write_json
-from dprune.scoring import score_store
 from dprune.select import Selection, write_manifest
 from dprune.train.config import TrainConfig
 from dprune.train.loop import Trainer
 
-DATASETS = ("digits", "fashion-mnist")
+DATASETS = ("digits", "fashion-mnist", "reid-synth")
+# The generated ReID set: 100 training identities x 12 images, 100 test identities (1 query +
+# 11 gallery images each), 6 cameras, junk and distractors, clean labels; images 64 x 32.
+REID_SYNTH = {"n_ids": 200, "images_per_id": 12, "n_cams": 6, "hardness": 0.6, "junk": 20, "distractors": 50,
+              "noise_rate": 0.0, "size": (64, 32)}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -66,9 +73,9 @@ def prepare_data(dataset: str, work: Path, *, n_train: int | None, n_test: int |
 
     Parameters
     ----------
-    dataset : {"digits", "fashion-mnist"}
+    dataset : {"digits", "fashion-mnist", "reid-synth"}
     work : Path
-        Work folder; a Fashion-MNIST subset is written to ``work/data/``.
+        Work folder; a Fashion-MNIST subset or the generated ReID set is written to ``work/data/``.
     n_train, n_test : int or None
         Fashion-MNIST: sizes of the class-stratified subsets of the training and test sets
         (None = the whole split).  ``digits`` takes neither (its 1,437 / 360 split is fixed).
@@ -86,9 +93,11 @@ def prepare_data(dataset: str, work: Path, *, n_train: int | None, n_test: int |
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset != "fashion-mnist" and (n_train is not None or n_test is not None):
+        raise ValueError(f"{dataset} has a fixed split; --n-train / --n-test are for fashion-mnist")
+    if dataset == "reid-synth":
+        return _prepare_reid_synth(work, seed=subset_seed)
     if dataset == "digits":
-        if n_train is not None or n_test is not None:
-            raise ValueError("digits has a fixed 1,437 / 360 split; --n-train / --n-test are for fashion-mnist")
         from dprune.data import build_dataset
 
         train, test = build_dataset("digits")
@@ -126,6 +135,99 @@ def prepare_data(dataset: str, work: Path, *, n_train: int | None, n_test: int |
                        "n_test": len(sub["test_indices"]),
                        "source": f"{sub['source']}: class-stratified subset (seed {subset_seed}) of the "
                                  f"60,000 training and 10,000 test images, indices in {desc_path}"}
+
+
+def _prepare_reid_synth(work: Path, *, seed: int) -> tuple[str, dict]:
+    """Generate (once) the ``REID_SYNTH`` Market-1501 folder under ``work/data``."""
+    from dprune.data.reid_synth import TRUTH_FILE, make_synthetic_reid
+
+    root = work / "data" / f"reid-synth-seed{seed}"
+    if not (root / TRUTH_FILE).exists():  # the truth file is written last
+        shutil.rmtree(root, ignore_errors=True)
+        make_synthetic_reid(root, "market1501", seed=seed, **REID_SYNTH)
+    truth = json.loads((root / TRUTH_FILE).read_text())
+    c = truth["counts"]
+    h, w = REID_SYNTH["size"]
+    return str(root), {
+        "dataset": "reid-synth", "n_train": c["train"], "n_test": c["query"] + c["gallery"],
+        "split": f"{c['train']:,} training images of {len(truth['train_ids'])} identities; {c['query']:,} query / "
+                 f"{c['gallery']:,} gallery images of {len(truth['test_ids'])} other identities (+ {c['junk']} junk, "
+                 f"{c['distractors']} distractors)",
+        "source": f"dprune.data.reid_synth.make_synthetic_reid, Market-1501 layout, {REID_SYNTH['n_cams']} cameras, "
+                  f"hardness {REID_SYNTH['hardness']}, {h}x{w} images, clean labels, seed {seed}"}
+
+
+def task_config(dataset: str) -> dict:
+    """``TrainConfig`` fields that depend on the benchmark dataset (task, real dataset name, input size)."""
+    if dataset == "reid-synth":
+        h, w = REID_SYNTH["size"]
+        return {"task": "reid", "dataset": "market1501", "reid_height": h, "reid_width": w}
+    return {"dataset": dataset}
+
+
+# What a benchmark reports, per task: key in the results cells -> (name, key in metrics.json).
+METRICS = {"classification": {"acc": ("top-1", "test_metric")},
+           "reid": {"mAP": ("mAP", "mAP"), "rank1": ("Rank-1", "rank1")}}
+
+
+def final_metrics(metrics: list[dict], task: str) -> dict:
+    """The reported numbers of a finished run, e.g. ``{"acc": 0.84}`` or ``{"mAP": ..., "rank1": ...}``."""
+    return {key: float(metrics[-1][source]) for key, (_, source) in METRICS[task].items()}
+
+
+def format_metrics(result: dict, task: str) -> str:
+    """``top-1 0.8440`` or ``mAP 0.3712, Rank-1 0.7100``."""
+    return ", ".join(f"{METRICS[task][k][0]} {v:.4f}" for k, v in result.items() if k in METRICS[task])
+
+
+def describe_setup(cfg: dict) -> str:
+    """The data and training recipe of a results file's configuration, as report prose."""
+    d = cfg["dataset"]
+    if d["dataset"] == "reid-synth":
+        return (f"Data: {d['split']} ({d['source']}). Model: BoT ReID recipe with a `{cfg['model']}` backbone (last "
+                "stride 1, BNNeck, cross-entropy with label smoothing 0.1 + batch-hard triplet loss, Adam with "
+                f"warm-up and step decay, P x K batches of {cfg['batch_size']} with K = 4, flip / pad-crop / "
+                "random-erasing augmentation); evaluation: the standard protocol (same-camera matches and junk "
+                "ignored).")
+    return (f"Data: {d['n_train']:,} training / {d['n_test']:,} test images ({d['source']}). Model `{cfg['model']}`, "
+            f"SGD (Nesterov, momentum 0.9, weight decay 5e-4), cosine schedule, lr {cfg['lr']}, batch "
+            f"{cfg['batch_size']}, no augmentation.")
+
+
+def task_of(cfg: dict) -> str:
+    """The task of a results file's configuration."""
+    return "reid" if cfg["dataset"]["dataset"] == "reid-synth" else "classification"
+
+
+# ------------------------------------------------------------------------------- arguments
+def add_common_args(p: argparse.ArgumentParser, *, epochs_help: str, default_seeds: list[int]) -> None:
+    """The options both evidence benchmarks take: data, model, training budget, seeds, folders."""
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="reid-synth: a generated Market-1501 folder, trained with the ReID recipe (mAP, Rank-1).")
+    p.add_argument("--data-root", help="Folder of the Fashion-MNIST idx files (default: Debian's package).")
+    p.add_argument("--n-train", type=int, help="Fashion-MNIST: stratified training subset size (default all 60,000).")
+    p.add_argument("--n-test", type=int, help="Fashion-MNIST: stratified test subset size (default all 10,000).")
+    p.add_argument("--subset-seed", type=int, default=0, help="Seed of the subset draw (reid-synth: of the generator).")
+    p.add_argument("--model", help="Default small_cnn (classification) or resnet18 (reid-synth).")
+    p.add_argument("--epochs", type=int, default=15, help=epochs_help)
+    p.add_argument("--record-epochs", type=int, default=3, help="T: epochs of the recorded trajectory.")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, help="Default 0.05 (classification, SGD) or the ReID recipe's 3.5e-4 (Adam).")
+    p.add_argument("--seeds", type=int, nargs="+", default=default_seeds)
+    p.add_argument("--work", type=Path, help="Folder of the training runs (default runs/bench/<benchmark>_<dataset>).")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--max-steps-per-epoch", type=int, help="Cut every epoch short (smoke tests only).")
+    p.add_argument("--report-only", action="store_true", help="Only rebuild the report from the JSON.")
+
+
+def finish_common_args(args: argparse.Namespace, benchmark: str) -> argparse.Namespace:
+    """Fill the defaults that depend on the dataset: work folder, task, model, learning rate."""
+    args.work = args.work or Path("runs/bench") / f"{benchmark}_{args.dataset}"
+    args.task = task_config(args.dataset).get("task", "classification")
+    args.model = args.model or ("resnet18" if args.task == "reid" else "small_cnn")
+    if args.lr is None and args.task == "classification":
+        args.lr = 0.05
+    return args
 
 
 # -------------------------------------------------------------------------------- training
@@ -169,27 +271,9 @@ def train(cfg: TrainConfig) -> list[dict]:
     return finished(cfg) or BenchTrainer(cfg).fit()
 
 
-def score(store, **kw) -> tuple[dict, str]:
-    """:func:`dprune.scoring.score_store`, keeping the caller's torch thread count.
-
-    The numba CPU backend restores numba's own thread count after its parallel pass, which
-    also sets the OpenMP count torch uses (1 -> 2 here), so training after scoring would
-    otherwise run on two threads.
-    """
-    threads = torch.get_num_threads()
-    try:
-        return score_store(store, **kw)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def sample_epochs(metrics: list[dict]) -> int:
     """Training cost of a run: samples processed by the optimiser, summed over epochs."""
     return int(sum(m["samples_seen"] for m in metrics))
-
-
-def final_accuracy(metrics: list[dict]) -> float:
-    return float(metrics[-1]["test_metric"])
 
 
 def custom_manifest(path: Path, *, kept: np.ndarray, labels_N: np.ndarray, removed: np.ndarray, reason: str,

@@ -43,14 +43,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS_DIR, BenchTrainer, ResultsFile, check_work_config, custom_manifest,  # noqa: E402
-                     final_accuracy, finished, fmt_pm, machine, mean_std, prepare_data, prf, sample_epochs, score,
+from _common import (METRICS, BenchTrainer, ResultsFile, add_common_args, check_work_config,  # noqa: E402
+                     custom_manifest, describe_setup, final_metrics, finish_common_args, finished, fmt_pm,
+                     format_metrics, machine, mean_std, prepare_data, prf, sample_epochs, task_config, task_of,
                      train)
 
 from dprune.data import IndexedDataset  # noqa: E402
+from dprune.scoring import score_store  # noqa: E402
 from dprune.select import select, write_manifest  # noqa: E402
 from dprune.store import TrajectoryStore  # noqa: E402
 from dprune.train.config import TrainConfig  # noqa: E402
@@ -79,33 +81,18 @@ def noise_setting(text: str) -> tuple[str, float]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
-    p.add_argument("--data-root", help="Folder of the Fashion-MNIST idx files (default: Debian's package).")
-    p.add_argument("--n-train", type=int, help="Fashion-MNIST: stratified training subset size (default all 60,000).")
-    p.add_argument("--n-test", type=int, help="Fashion-MNIST: stratified test subset size (default all 10,000).")
-    p.add_argument("--subset-seed", type=int, default=0, help="Seed of the subset draw.")
-    p.add_argument("--model", default="small_cnn")
-    p.add_argument("--epochs", type=int, default=15, help="E: epochs of every cleanlab fold and every retraining.")
-    p.add_argument("--record-epochs", type=int, default=3, help="T: epochs of dprune's recorded trajectory.")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    add_common_args(p, epochs_help="E: epochs of every cleanlab fold and every retraining.", default_seeds=[0])
     p.add_argument("--noise", type=noise_setting, nargs="+", default=[noise_setting(s) for s in DEFAULT_NOISE],
                    metavar="KIND:RATE", help=f"Noise settings (default {' '.join(DEFAULT_NOISE)}).")
     p.add_argument("--folds", type=int, default=5, help="K of cleanlab's cross-validation (its default: 5).")
     p.add_argument("--relabel-confidence", type=float, default=0.5, help="select's relabel_min_confidence.")
     p.add_argument("--outlier-fraction", type=float, default=0.01, help="select's outlier_fraction.")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="Seeds (training and noise draw).")
-    p.add_argument("--work", type=Path, help="Folder of the training runs (default runs/bench/mislabel_<dataset>).")
-    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    p.add_argument("--max-steps-per-epoch", type=int, help="Cut every epoch short (smoke tests only).")
-    p.add_argument("--report-only", action="store_true", help="Only rebuild the tables from the JSON.")
     args = p.parse_args(argv)
     if args.folds < 2:
         p.error(f"--folds must be >= 2, got {args.folds}")
     if not 1 <= args.record_epochs <= args.epochs:
         p.error(f"--record-epochs must be in [1, --epochs], got {args.record_epochs}")
-    args.work = args.work or Path("runs/bench") / f"mislabel_{args.dataset}"
-    return args
+    return finish_common_args(args, "mislabel")
 
 
 def setting_name(kind: str, rate: float) -> str:
@@ -123,10 +110,10 @@ class Setting:
 
     def config(self, name: str, epochs: int, **kw) -> TrainConfig:
         a = self.args
-        return TrainConfig(out=str(self.dir / name), dataset=a.dataset, data_root=self.data_root, model=a.model,
+        return TrainConfig(out=str(self.dir / name), data_root=self.data_root, model=a.model,
                            epochs=epochs, batch_size=a.batch_size, lr=a.lr, seed=self.seed, device="cpu",
                            progress=False, label_noise=self.rate, noise_kind=self.kind, noise_seed=self.seed,
-                           max_steps_per_epoch=a.max_steps_per_epoch, **kw)
+                           max_steps_per_epoch=a.max_steps_per_epoch, **task_config(a.dataset), **kw)
 
     def run(self) -> None:
         cells = self.results.cells
@@ -139,9 +126,9 @@ class Setting:
                 continue
             t0 = time.perf_counter()
             metrics = train(self.config(f"retrain_{name}", self.args.epochs, record="off", manifest=manifests[name]))
-            self.results.put(key, {"acc": final_accuracy(metrics), "cost": sample_epochs(metrics),
-                                   "wall_s": time.perf_counter() - t0})
-            print(f"  {self.key} retrain on {name}: top-1 {final_accuracy(metrics):.4f}", flush=True)
+            result = final_metrics(metrics, self.args.task)
+            self.results.put(key, {**result, "cost": sample_epochs(metrics), "wall_s": time.perf_counter() - t0})
+            print(f"  {self.key} retrain on {name}: {format_metrics(result, self.args.task)}", flush=True)
 
     def detect(self) -> dict:
         """Record, score, cross-validate; write both manifests; return {retrain: manifest or None}."""
@@ -155,7 +142,7 @@ class Setting:
         if not np.array_equal(noisy, store.labels):
             raise RuntimeError(f"{store.run_dir}: the store's labels are not the injected noisy labels")
         N, C = store.n_samples, store.n_classes
-        scores, _ = score(store, methods=["entropy"])
+        scores, _ = score_store(store, methods=["entropy"])
         soft = soft_labels(store)
 
         sel = select(scores, noisy, C, method="entropy", ratio=0.0, policy="class", relabel=True,
@@ -234,10 +221,22 @@ class Setting:
 
 @torch.no_grad()
 def predict(trainer: BenchTrainer, indices: np.ndarray) -> np.ndarray:
-    """Softmax probabilities [n, C] (float64) of a trained run's model on training samples ``indices``."""
-    loader = DataLoader(IndexedDataset(trainer.train_set, indices=indices), batch_size=512, shuffle=False)
+    """Softmax probabilities [n, C] (float64) of a trained run's model on training samples ``indices``.
+
+    ReID: the identity classifier's logits on the images as evaluation sees them (resized, no
+    augmentation); classification: the model's outputs on the (unaugmented) training set.
+    """
+    if trainer.cfg.task == "reid":
+        from dprune.data.reid import ReIDImageDataset
+
+        data = Subset(ReIDImageDataset(trainer.reid.train, trainer.reid.root, trainer.eval_transform),
+                      indices.tolist())
+        forward = trainer.module.logits
+    else:
+        data, forward = IndexedDataset(trainer.train_set, indices=indices), trainer.module
     trainer.module.eval()
-    out = [torch.softmax(trainer.module(x.to(trainer.world.device)).double(), 1).cpu() for x, _, _ in loader]
+    out = [torch.softmax(forward(batch[0].to(trainer.world.device)).double(), 1).cpu()
+           for batch in DataLoader(data, batch_size=512, shuffle=False)]
     return torch.cat(out).numpy()
 
 
@@ -274,16 +273,20 @@ def write_report(results: ResultsFile, path: Path) -> str:
             ref = mean_std(per_seed(st, lambda c: c["detectors"]["dprune_argmax"]["cost"]))[0]
             det.append(f"| {st} ({n_flip:.0f} wrong) | {DETECTOR_NAMES[dn]} | {flagged:.0f} | {g('precision')} | "
                        f"{g('recall')} | {g('f1')} | {g('corrected_right')} | {cost:,.0f} | {cost / ref:.1f}x |")
-    ret = ["| noise | training labels | samples | labels right (%) | test top-1 (%) |", "|---|---|---|---|---|"]
-    clean = [cells[f"seed{s}/clean"]["acc"] for s in seeds if f"seed{s}/clean" in cells]
+    metrics = METRICS[task_of(cfg)]
+    ret = ["| noise | training labels | samples | labels right (%) | "
+           + " | ".join(f"test {name} (%)" for name, _ in metrics.values()) + " |",
+           "|---|---|---|---|" + "---|" * len(metrics)]
+    clean = {k: fmt_pm(*mean_std([cells[f"seed{s}/clean"][k] for s in seeds if f"seed{s}/clean" in cells]))
+             for k in metrics}
     label_of = {"noisy": "(a) noisy, all samples", "dprune": "(b) dprune: relabel + outlier removal",
                 "cleanlab": "(c) cleanlab: flagged samples removed"}
     for st in settings:
         for r in RETRAINS:
             n_kept = mean_std(per_seed(st, lambda c: c["n_kept"][r]))[0]
             lab = fmt_pm(*mean_std(per_seed(st, lambda c: c["label_acc"][r])))
-            acc = fmt_pm(*mean_std(per_seed(st, lambda c: c["acc"], f"retrain_{r}")))
-            ret.append(f"| {st} | {label_of[r]} | {n_kept:,.0f} | {lab} | {acc} |")
+            values = [fmt_pm(*mean_std(per_seed(st, lambda c, k=k: c[k], f"retrain_{r}"))) for k in metrics]
+            ret.append(f"| {st} | {label_of[r]} | {n_kept:,.0f} | {lab} | {' | '.join(values)} |")
     outl = [f"- {st}: dprune removed {mean_std(per_seed(st, lambda c: c['dprune_outliers']['removed']))[0]:.0f} "
             f"outliers, {mean_std(per_seed(st, lambda c: c['dprune_outliers']['flipped']))[0]:.1f} of them mislabelled"
             for st in settings]
@@ -293,8 +296,7 @@ def write_report(results: ResultsFile, path: Path) -> str:
     lines = [
         f"# Mislabel detection: {d['dataset']}",
         "",
-        f"Data: {d['n_train']:,} training / {d['n_test']:,} test images ({d['source']}). Model `{cfg['model']}`, "
-        f"lr {cfg['lr']}, batch {cfg['batch_size']}, cosine schedule, no augmentation. dprune: one T = "
+        f"{describe_setup(cfg)} dprune: one T = "
         f"{cfg['record_epochs']}-epoch recorded run. cleanlab: K = {cfg['folds']} folds, each trained E = "
         f"{cfg['epochs']} epochs. Retraining: E = {cfg['epochs']} epochs from scratch. Relabel rule: soft-label "
         f"argmax != label with probability >= {cfg['relabel_confidence']}; outliers: the "
@@ -311,7 +313,8 @@ def write_report(results: ResultsFile, path: Path) -> str:
         "",
         "## Retraining",
         "",
-        f"Clean labels, all samples (the ceiling): test top-1 {fmt_pm(*mean_std(clean))} %.",
+        "Clean labels, all samples (the ceiling): "
+        + ", ".join(f"test {name} {clean[k]} %" for k, (name, _) in metrics.items()) + ".",
         "",
         *ret,
         "",
@@ -355,12 +358,13 @@ def main(argv=None) -> str:
             key = f"seed{seed}/clean"
             if key not in results.cells:
                 t1 = time.perf_counter()
-                metrics = train(TrainConfig(out=str(args.work / f"seed{seed}" / "clean"), dataset=args.dataset,
-                                            data_root=data_root, model=args.model, epochs=args.epochs,
-                                            batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu",
-                                            progress=False, record="off", max_steps_per_epoch=args.max_steps_per_epoch))
-                results.put(key, {"acc": final_accuracy(metrics), "cost": sample_epochs(metrics),
-                                  "wall_s": time.perf_counter() - t1})
+                metrics = train(TrainConfig(out=str(args.work / f"seed{seed}" / "clean"), data_root=data_root,
+                                            model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                                            lr=args.lr, seed=seed, device="cpu", progress=False, record="off",
+                                            max_steps_per_epoch=args.max_steps_per_epoch, **task_config(args.dataset)))
+                result = final_metrics(metrics, args.task)
+                results.put(key, {**result, "cost": sample_epochs(metrics), "wall_s": time.perf_counter() - t1})
+                print(f"seed {seed}, clean labels: {format_metrics(result, args.task)}", flush=True)
             for kind, rate in args.noise:
                 print(f"seed {seed}, {kind} noise {rate:g}", flush=True)
                 Setting(args, seed, kind, rate, data_root, results).run()

@@ -50,10 +50,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS_DIR, ResultsFile, check_work_config, final_accuracy, fmt_pm, machine,  # noqa: E402
-                     mean_std, prepare_data, sample_epochs, score, train)
+from _common import (METRICS, ResultsFile, add_common_args, check_work_config, describe_setup,  # noqa: E402
+                     final_metrics, finish_common_args, fmt_pm, format_metrics, machine, mean_std, prepare_data,
+                     sample_epochs, task_config, task_of, train)
 
 from dprune.scoring import METHODS  # noqa: E402
+from dprune.scoring import score_store  # noqa: E402
 from dprune.select import select, write_manifest  # noqa: E402
 from dprune.store import TrajectoryStore  # noqa: E402
 from dprune.train.config import TrainConfig  # noqa: E402
@@ -66,27 +68,12 @@ DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
-    p.add_argument("--data-root", help="Folder of the Fashion-MNIST idx files (default: Debian's package).")
-    p.add_argument("--n-train", type=int, help="Fashion-MNIST: stratified training subset size (default all 60,000).")
-    p.add_argument("--n-test", type=int, help="Fashion-MNIST: stratified test subset size (default all 10,000).")
-    p.add_argument("--subset-seed", type=int, default=0, help="Seed of the subset draw.")
-    p.add_argument("--model", default="small_cnn")
-    p.add_argument("--epochs", type=int, default=15, help="E: epochs of the full run and of every retraining.")
-    p.add_argument("--record-epochs", type=int, default=3, help="T: epochs of the recorded trajectory.")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    add_common_args(p, epochs_help="E: epochs of the full run and of every retraining.", default_seeds=[0, 1])
     p.add_argument("--policy", choices=("class", "global"), default="class", help="Selection policy.")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS), metavar="SCORER",
                    help=f"Scorers to run (default all: {', '.join(SCORERS)}).")
     p.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS),
                    help="Prune ratios in (0, 1); ratio 0 is the full run.")
-    p.add_argument("--work", type=Path,
-                   help="Folder of the training runs (default runs/bench/pruning_quality_<dataset>).")
-    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    p.add_argument("--max-steps-per-epoch", type=int, help="Cut every epoch short (smoke tests only).")
-    p.add_argument("--report-only", action="store_true", help="Only rebuild the table and plot from the JSON.")
     args = p.parse_args(argv)
     bad = [r for r in args.ratios if not 0 < r < 1]
     if bad:
@@ -94,8 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 2 <= args.record_epochs <= args.epochs:
         p.error(f"--record-epochs must be in [2, --epochs] (the temporal scorers need 2 epochs), "
                 f"got {args.record_epochs}")
-    args.work = args.work or Path("runs/bench") / f"pruning_quality_{args.dataset}"
-    return args
+    return finish_common_args(args, "pruning_quality")
 
 
 def experiment_config(args, data: dict) -> dict:
@@ -120,9 +106,9 @@ class Sweep:
 
     def config(self, name: str, **kw) -> TrainConfig:
         a = self.args
-        return TrainConfig(out=str(self.dir / name), dataset=a.dataset, data_root=self.data_root, model=a.model,
+        return TrainConfig(out=str(self.dir / name), data_root=self.data_root, model=a.model,
                            batch_size=a.batch_size, lr=a.lr, seed=self.seed, device="cpu", progress=False,
-                           max_steps_per_epoch=a.max_steps_per_epoch, **kw)
+                           max_steps_per_epoch=a.max_steps_per_epoch, **task_config(a.dataset), **kw)
 
     def source(self, which: str) -> tuple[TrajectoryStore, dict]:
         """Train (or find) the ``record`` or ``full`` run, score it once; return (store, scores)."""
@@ -133,12 +119,12 @@ class Sweep:
             wall = time.perf_counter() - t0
             key = f"seed{self.seed}/{which}"
             if key not in self.results.cells:
-                self.results.put(key, {"acc": final_accuracy(metrics), "cost": sample_epochs(metrics),
+                self.results.put(key, {**final_metrics(metrics, self.args.task), "cost": sample_epochs(metrics),
                                        "epochs": epochs, "wall_s": wall})
             store = TrajectoryStore.open(self.dir / which / "trajectory")
             methods = list(METHODS) if which == "record" else ["forgetting"]
             t0 = time.perf_counter()
-            scores, backend = score(store, methods=methods, params={"random": {"seed": self.seed}})
+            scores, backend = score_store(store, methods=methods, params={"random": {"seed": self.seed}})
             print(f"  scored {store.n_samples} samples x {store.epochs_completed} epochs ({', '.join(methods)}) "
                   f"in {time.perf_counter() - t0:.2f} s on {backend}", flush=True)
             self._scores[which] = (store, scores)
@@ -166,83 +152,87 @@ class Sweep:
                                     manifest=str(manifest)))
         wall = time.perf_counter() - t0
         src = self.results.cells[f"seed{self.seed}/{which}"]
+        result = final_metrics(metrics, self.args.task)
         self.results.put(key, {
-            "acc": final_accuracy(metrics), "n_kept": len(sel.kept), "n_pruned": len(sel.pruned),
+            **result, "n_kept": len(sel.kept), "n_pruned": len(sel.pruned),
             "retrain_cost": sample_epochs(metrics), "wall_s": wall,
             "score_source": f"{which} run ({src['epochs']} epochs)" if scorer != "random" else "none",
             "score_cost": 0 if scorer == "random" else src["cost"]})
-        print(f"  seed {self.seed} {scorer:>15} {ratio:.0%}: top-1 {final_accuracy(metrics):.4f} "
+        print(f"  seed {self.seed} {scorer:>15} {ratio:.0%}: {format_metrics(result, self.args.task)} "
               f"({len(sel.kept)} kept, {wall:.0f} s)", flush=True)
 
 
 # ---------------------------------------------------------------------------------- report
-def _collect(cells: dict):
-    """{scorer: {ratio: {seed: acc}}}, {seed: baseline acc}, score cost per scorer."""
+def _collect(cells: dict, metric: str):
+    """{scorer: {ratio: {seed: value}}}, {seed: baseline value}, score cost per scorer, for one metric."""
     acc, base, cost = {}, {}, {}
     for key, v in cells.items():
         parts = key.split("/")
         seed = int(parts[0][4:])
         if parts[1] == "full":
-            base[seed] = v["acc"]
+            base[seed] = v[metric]
         elif len(parts) == 3:
-            acc.setdefault(parts[1], {}).setdefault(float(parts[2]), {})[seed] = v["acc"]
+            acc.setdefault(parts[1], {}).setdefault(float(parts[2]), {})[seed] = v[metric]
             cost[parts[1]] = (v["score_source"], v["score_cost"])
     return acc, base, cost
+
+
+def _tables(acc: dict, base: dict, name: str, n_seeds: int) -> list[str]:
+    """Markdown: the metric per scorer and ratio, then its change vs the unpruned run."""
+    scorers = [s for s in SCORERS if s in acc]
+    ratios = sorted({r for s in acc.values() for r in s})
+    b_mean, b_std, b_n = mean_std(base.values())
+
+    def line(scorer, paired: bool) -> str:
+        cells = []
+        for r in ratios:
+            per_seed = acc[scorer].get(r, {})
+            vals = [a - base[s] for s, a in per_seed.items() if s in base] if paired else list(per_seed.values())
+            cells.append(fmt_pm(*mean_std(vals)))
+        return "| " + " | ".join([f"`{scorer}`", *cells]) + " |"
+
+    head = ["| scorer | " + " | ".join(f"{r:.0%}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
+    return [f"## {name} (%), mean ± std over seeds (n = {n_seeds})", "", *head,
+            f"| unpruned (0%) | {fmt_pm(b_mean, b_std, b_n)} |" + " |" * (len(ratios) - 1),
+            *(line(s, False) for s in scorers), "",
+            f"## {name}: change vs the unpruned run (percentage points, paired by seed)", "", *head,
+            *(line(s, True) for s in scorers), ""]
+
+
+def _recipe(cfg: dict) -> str:
+    return (f"{describe_setup(cfg)} Trajectory: T = {cfg['record_epochs']} epochs (its own T-epoch schedule, logits "
+            f"of the training forward pass). Every retraining: E = {cfg['epochs']} epochs from scratch on the kept "
+            f"samples. Selection: `{cfg['policy']}` policy, no relabelling, no outlier removal.")
 
 
 def write_report(results: ResultsFile, out_stem: Path) -> str:
     """Write ``<stem>.md`` and ``<stem>.png`` from the results; return the markdown."""
     cfg = results.data["config"]
-    acc, base, cost = _collect(results.cells)
-    scorers = [s for s in SCORERS if s in acc]
-    ratios = sorted({r for s in acc.values() for r in s})
-    b_mean, b_std, b_n = mean_std(base.values())
-    n_train = cfg["dataset"]["n_train"]
+    d = cfg["dataset"]
+    task = task_of(cfg)
+    metrics = METRICS[task]
+    seeds = sorted(_collect(results.cells, next(iter(metrics)))[1])
+    tables = []
+    for key, (name, _) in metrics.items():
+        tables += _tables(*_collect(results.cells, key)[:2], f"Test {name}",
+                          len(seeds))
+    _, _, cost = _collect(results.cells, next(iter(metrics)))
+    n_train = d["n_train"]
     full_cost = cfg["epochs"] * n_train
-
-    def row(scorer, paired: bool):
-        out = {"scorer": f"`{scorer}`"}
-        for r in ratios:
-            per_seed = acc[scorer].get(r, {})
-            vals = [a - base[s] for s, a in per_seed.items() if s in base] if paired else list(per_seed.values())
-            out[r] = fmt_pm(*mean_std(vals))
-        return out
-
-    def line(cells: dict) -> str:
-        return "| " + " | ".join([cells["scorer"], *(cells[r] for r in ratios)]) + " |"
-
-    head = "| scorer | " + " | ".join(f"{r:.0%}" for r in ratios) + " |"
-    sep = "|---|" + "---|" * len(ratios)
-    acc_rows = [head, sep, f"| unpruned (0%) | {fmt_pm(b_mean, b_std, b_n)} |" + " |" * (len(ratios) - 1)]
-    acc_rows += [line(row(s, False)) for s in scorers]
-    delta_rows = [head, sep, *(line(row(s, True)) for s in scorers)]
     cost_rows = ["| scorer | scores from | sample-epochs to score | = epochs of the full set | "
                  "share of one full training |", "|---|---|---|---|---|"]
-    for s in scorers:
+    for s in (s for s in SCORERS if s in cost):
         src, c = cost[s]
         cost_rows.append(f"| `{s}` | {src} | {c:,} | {c / n_train:.3g} | {c / full_cost:.0%} |")
     walls = sum(v.get("wall_s", 0.0) for v in results.cells.values())
-    seeds = sorted(base)
     m = results.data.get("machine", {})
-    d = cfg["dataset"]
     lines = [
         f"# Pruning quality: {d['dataset']}",
         "",
-        f"Data: {d['n_train']:,} training / {d['n_test']:,} test images ({d['source']}). Model `{cfg['model']}`, "
-        f"SGD (Nesterov, momentum 0.9, weight decay 5e-4), cosine schedule, lr {cfg['lr']}, batch {cfg['batch_size']}, "
-        f"no augmentation. Trajectory: T = {cfg['record_epochs']} epochs (its own T-epoch schedule, logits of the "
-        f"training forward pass). Every retraining: E = {cfg['epochs']} epochs from scratch on the kept samples. "
-        f"Selection: `{cfg['policy']}` policy, no relabelling, no outlier removal. Seeds: {', '.join(map(str, seeds))} "
-        f"(seed = initialisation, data order, random scorer, tie-breaks).",
+        _recipe(cfg) + f" Seeds: {', '.join(map(str, seeds))} (seed = initialisation, data order, random scorer, "
+        "tie-breaks).",
         "",
-        f"## Test top-1 accuracy (%), mean ± std over seeds (n = {len(seeds)})",
-        "",
-        *acc_rows,
-        "",
-        "## Change vs the unpruned run (percentage points, paired by seed)",
-        "",
-        *delta_rows,
-        "",
+        *tables,
         "## Cost of the scores",
         "",
         f"Sample-epochs = training samples processed by the optimiser; one full training = E x N = {full_cost:,}. "
@@ -251,7 +241,7 @@ def write_report(results: ResultsFile, out_stem: Path) -> str:
         "",
         *cost_rows,
         "",
-        f"![accuracy vs prune ratio]({out_stem.name}.png)",
+        f"![{next(iter(metrics.values()))[0]} vs prune ratio]({out_stem.name}.png)",
         "",
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} with "
         f"{m.get('torch_threads', '?')} thread(s), one run at a time. Training wall time of all cells: "
@@ -265,16 +255,21 @@ def write_report(results: ResultsFile, out_stem: Path) -> str:
     ]
     text = "\n".join(lines) + "\n"
     out_stem.with_suffix(".md").write_text(text)
-    _plot(acc, base, ratios, scorers, out_stem.with_suffix(".png"), title=f"{d['dataset']} ({d['n_train']:,} train)")
+    key, (name, _) = next(iter(metrics.items()))
+    acc, base, _ = _collect(results.cells, key)
+    _plot(acc, base, out_stem.with_suffix(".png"), ylabel=f"test {name} (%)",
+          title=f"{d['dataset']} ({n_train:,} train)")
     return text
 
 
-def _plot(acc, base, ratios, scorers, path: Path, *, title: str) -> None:
+def _plot(acc, base, path: Path, *, ylabel: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scorers = [s for s in SCORERS if s in acc]
+    ratios = sorted({r for s in acc.values() for r in s})
     b_mean, b_std, _ = mean_std(base.values())
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = "os^vD<>pXh*"
@@ -292,7 +287,7 @@ def _plot(acc, base, ratios, scorers, path: Path, *, title: str) -> None:
                     ms=4, capsize=2, label=s, **style)
     ax.axhline(b_mean * 100, color="0.5", lw=0.8, ls=":", label="unpruned")
     ax.set_xlabel("prune ratio (%)")
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"accuracy after pruning and retraining: {title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
