@@ -17,11 +17,24 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, not while writers run.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it the mode open() would (0666 minus the umask), so
+        # results are as readable by a group as any other file the user writes.
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

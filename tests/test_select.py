@@ -202,3 +202,11 @@ def test_a_killed_manifest_write_leaves_the_previous_file_intact(tmp_path, monke
     with pytest.raises(ValueError, match="does not belong"):
         load_manifest(path)
     assert json.loads(before)["n_pruned"] == 5
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    # mkstemp creates 0600 files; outputs should be as readable as any file the user writes.
+    fileio.atomic_write_json(tmp_path / "a.json", {"x": 1})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
