@@ -6,9 +6,9 @@
   Market-1501 folder (:func:`dprune.data.reid_synth.make_synthetic_reid`) trained with the
   library's ReID recipe; :func:`task_config` gives the ``TrainConfig`` fields of each, and
   :func:`final_metrics` the numbers a benchmark reports (top-1, or mAP and Rank-1);
-- training: :class:`BenchTrainer` (the library's :class:`~dprune.train.loop.Trainer`, test set
-  evaluated once after the last epoch instead of after every epoch) and :func:`train`, which
-  skips a run whose ``metrics.json`` is already complete;
+- training: :func:`train`, the library's :class:`~dprune.train.loop.Trainer` skipping a run whose
+  ``metrics.json`` is already complete (the benchmarks set ``eval_every=0``: a benchmark reads
+  only the final metrics, and on a CPU evaluating every epoch costs up to a third of the training);
 - results files: :class:`ResultsFile`, a JSON of finished cells written atomically after each
   cell, bound to the configuration that produced it, so a killed sweep resumes;
 - :func:`custom_manifest` (a
@@ -231,31 +231,6 @@ def finish_common_args(args: argparse.Namespace, benchmark: str) -> argparse.Nam
 
 
 # -------------------------------------------------------------------------------- training
-class BenchTrainer(Trainer):
-    """The library's :class:`~dprune.train.loop.Trainer`, evaluating the test set only at the end.
-
-    ``Trainer.fit`` evaluates the test set after every epoch; a benchmark only reads the final
-    accuracy, and on a CPU the evaluations would cost as much as a third of the training.
-
-    Parameters
-    ----------
-    cfg : TrainConfig
-    evaluate_test : bool
-        False: never evaluate the test set (cross-validation folds predict their held-out fold
-        instead).  Skipped evaluations report ``test_metric`` NaN in ``metrics.json``.
-    """
-
-    def __init__(self, cfg: TrainConfig, *, evaluate_test: bool = True):
-        super().__init__(cfg)
-        self.evaluate_test = evaluate_test
-
-    def evaluate(self) -> dict:
-        # fit() appends this epoch's metrics after evaluating, so len(metrics) is the epoch index.
-        if self.evaluate_test and len(self.metrics) + 1 == self.cfg.epochs:
-            return super().evaluate()
-        return {"test_metric": float("nan"), "metric_name": "top-1"}
-
-
 def finished(cfg: TrainConfig) -> list[dict] | None:
     """The metrics of a run whose every epoch is done, else None."""
     path = Path(cfg.out) / "metrics.json"
@@ -268,7 +243,7 @@ def finished(cfg: TrainConfig) -> list[dict] | None:
 
 def train(cfg: TrainConfig) -> list[dict]:
     """Train (resuming a killed run, skipping a finished one); return per-epoch metrics."""
-    return finished(cfg) or BenchTrainer(cfg).fit()
+    return finished(cfg) or Trainer(cfg).fit()
 
 
 def sample_epochs(metrics: list[dict]) -> int:

@@ -46,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (METRICS, BenchTrainer, ResultsFile, add_common_args, check_work_config,  # noqa: E402
+from _common import (METRICS, ResultsFile, add_common_args, check_work_config,  # noqa: E402
                      custom_manifest, describe_setup, final_metrics, finish_common_args, finished, fmt_pm,
                      format_metrics, machine, mean_std, prepare_data, prf, sample_epochs, task_config, task_of,
                      train)
@@ -56,6 +56,7 @@ from dprune.scoring import score_store  # noqa: E402
 from dprune.select import select, write_manifest  # noqa: E402
 from dprune.store import TrajectoryStore  # noqa: E402
 from dprune.train.config import TrainConfig  # noqa: E402
+from dprune.train.loop import Trainer  # noqa: E402
 
 DEFAULT_NOISE = ("symmetric:0.1", "symmetric:0.2", "class:0.1", "class:0.2")
 DETECTORS = ("dprune_argmax", "dprune_relabel", "cleanlab_cv", "cleanlab_on_dprune")
@@ -113,7 +114,7 @@ class Setting:
         return TrainConfig(out=str(self.dir / name), data_root=self.data_root, model=a.model,
                            epochs=epochs, batch_size=a.batch_size, lr=a.lr, seed=self.seed, device="cpu",
                            progress=False, label_noise=self.rate, noise_kind=self.kind, noise_seed=self.seed,
-                           max_steps_per_epoch=a.max_steps_per_epoch, **task_config(a.dataset), **kw)
+                           max_steps_per_epoch=a.max_steps_per_epoch, eval_every=0, **task_config(a.dataset), **kw)
 
     def run(self) -> None:
         cells = self.results.cells
@@ -209,7 +210,7 @@ class Setting:
             if cache.exists():
                 fold_probs = np.load(cache)["probs"]
             else:
-                trainer = BenchTrainer(cfg, evaluate_test=False)
+                trainer = Trainer(cfg)
                 trainer.fit()
                 fold_probs = predict(trainer, held_idx)
                 np.savez(cache, probs=fold_probs, index=held_idx)
@@ -220,7 +221,7 @@ class Setting:
 
 
 @torch.no_grad()
-def predict(trainer: BenchTrainer, indices: np.ndarray) -> np.ndarray:
+def predict(trainer: Trainer, indices: np.ndarray) -> np.ndarray:
     """Softmax probabilities [n, C] (float64) of a trained run's model on training samples ``indices``.
 
     ReID: the identity classifier's logits on the images as evaluation sees them (resized, no
@@ -361,7 +362,8 @@ def main(argv=None) -> str:
                 metrics = train(TrainConfig(out=str(args.work / f"seed{seed}" / "clean"), data_root=data_root,
                                             model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                                             lr=args.lr, seed=seed, device="cpu", progress=False, record="off",
-                                            max_steps_per_epoch=args.max_steps_per_epoch, **task_config(args.dataset)))
+                                            max_steps_per_epoch=args.max_steps_per_epoch, eval_every=0,
+                                            **task_config(args.dataset)))
                 result = final_metrics(metrics, args.task)
                 results.put(key, {**result, "cost": sample_epochs(metrics), "wall_s": time.perf_counter() - t1})
                 print(f"seed {seed}, clean labels: {format_metrics(result, args.task)}", flush=True)

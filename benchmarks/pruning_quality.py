@@ -108,7 +108,7 @@ class Sweep:
         a = self.args
         return TrainConfig(out=str(self.dir / name), data_root=self.data_root, model=a.model,
                            batch_size=a.batch_size, lr=a.lr, seed=self.seed, device="cpu", progress=False,
-                           max_steps_per_epoch=a.max_steps_per_epoch, **task_config(a.dataset), **kw)
+                           max_steps_per_epoch=a.max_steps_per_epoch, eval_every=0, **task_config(a.dataset), **kw)
 
     def source(self, which: str) -> tuple[TrajectoryStore, dict]:
         """Train (or find) the ``record`` or ``full`` run, score it once; return (store, scores)."""

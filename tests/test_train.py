@@ -80,6 +80,15 @@ def test_single_process_run_records_every_epoch_and_resumes(tmp_path):
     assert TrajectoryStore.open(tmp_path / "r" / "trajectory").epochs_completed == 3
 
 
+@pytest.mark.parametrize("every, evaluated", [(0, [False, False, True]), (2, [False, True, True])])
+def test_eval_every_evaluates_only_the_due_epochs_and_the_last(tmp_path, every, evaluated):
+    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=3, batch_size=256, record="off", eval_every=every,
+                      max_steps_per_epoch=2, progress=False)
+    metrics = Trainer(cfg).fit()
+    assert [not np.isnan(m["test_metric"]) for m in metrics] == evaluated
+    assert {m["metric_name"] for m in metrics} == {"top-1"}
+
+
 def test_store_ahead_of_checkpoint_is_rolled_back_and_rerecorded(tmp_path):
     cfg = TrainConfig(out=str(tmp_path / "r"), epochs=1, batch_size=256, progress=False)
     Trainer(cfg).fit()
@@ -143,6 +152,7 @@ def test_manifest_of_another_dataset_is_refused(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(epochs=0), "epochs must be >= 1"),
+    (dict(eval_every=-1), "eval_every must be >= 0"),
     (dict(backend="horovod"), "backend must be one of"),
     (dict(label_noise=0.2), "needs noise_kind"),
     (dict(frozen=True), "frozen needs record='pass'"),

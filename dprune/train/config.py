@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": 'auto (cuda:LOCAL_RANK if available, else cpu), cpu or cuda.'})
     frozen: bool = field(default=False, metadata={"help": "No training: only the recording pass over a fixed model (--weights), e.g. to record a trained checkpoint. Needs record=pass."})
     max_steps_per_epoch: Optional[int] = field(default=None, metadata={"help": 'Stop each epoch early (for smoke tests).'})
+    eval_every: int = field(default=1, metadata={"help": "Evaluate the test split every N epochs and after the last; 0: only after the last (evaluation can cost as much as an epoch)."})
     progress: bool = field(default=True, metadata={"help": 'Show progress bars and per-epoch lines (rank 0).'})
 
     def __post_init__(self):
@@ -62,6 +63,7 @@ class TrainConfig:
 
         check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr is None:
             self.lr = 3.5e-4 if self.task == "reid" else 0.05
