@@ -192,7 +192,9 @@ def _tables(acc: dict, base: dict, name: str, n_seeds: int) -> list[str]:
         return "| " + " | ".join([f"`{scorer}`", *cells]) + " |"
 
     head = ["| scorer | " + " | ".join(f"{r:.0%}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
-    return [f"## {name} (%), mean ± std over seeds (n = {n_seeds})", "", *head,
+    partial = any(0 < len(acc[s].get(r, {})) < n_seeds for s in scorers for r in ratios)
+    seeds = f"n = {n_seeds}" + ("; a value without ± comes from one seed" if partial else "")
+    return [f"## {name} (%), mean ± std over seeds ({seeds})", "", *head,
             f"| unpruned (0%) | {fmt_pm(b_mean, b_std, b_n)} |" + " |" * (len(ratios) - 1),
             *(line(s, False) for s in scorers), "",
             f"## {name}: change vs the unpruned run (percentage points, paired by seed)", "", *head,
