@@ -101,13 +101,17 @@ def import_cmd(src, out_dir, fmt, labels_path, ids_path, num_samples, dtype, ove
 
 
 # ----------------------------------------------------------------------------------- score
-def compute_and_save_scores(run_dir: Path, methods, params, backend="auto", chunk_size=None, quiet=False):
+FIRST_EPOCHS_HELP = ("Use only the first K completed epochs, as if the run had stopped there (the paper scores "
+                     "the first 12 epochs of a 120-epoch schedule). Default: every completed epoch.")
+
+def compute_and_save_scores(run_dir: Path, methods, params, backend="auto", chunk_size=None, quiet=False,
+                            first_epochs=None):
     from .scoring import save_scores, score_store
 
     store = _open_store(run_dir)
     scores, ran = score_store(store, methods=methods, params=params, backend=backend, chunk_size=chunk_size,
-                              progress=not quiet)
-    save_scores(run_dir / "scores.npz", scores, fingerprint=store.fingerprint, epochs=store.epochs_completed,
+                              progress=not quiet, first_epochs=first_epochs)
+    save_scores(run_dir / "scores.npz", scores, fingerprint=store.fingerprint, epochs=first_epochs or store.epochs_completed,
                 methods=[m for m in scores if m in _methods()], params=params)
     return store, scores, ran
 
@@ -144,8 +148,9 @@ def _summary_lines(scores: dict, methods) -> list[str]:
               help="Implementation of the scoring pass: 'auto' = Triton on a GPU, the numba kernel on a CPU; "
                    "'torch' = the plain torch reference (slow).")
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Samples per streamed chunk (default: ~64 MB of fp32).")
+@click.option("--first-epochs", type=click.IntRange(min=1), help=FIRST_EPOCHS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def score_cmd(run_dir, methods, params, backend, chunk_size, quiet):
+def score_cmd(run_dir, methods, params, backend, chunk_size, first_epochs, quiet):
     """Score every sample of RUN_DIR's trajectory; write RUN_DIR/scores.npz.
 
     The file holds one float32 array [N] per scorer (higher = more important, NaN = no score)
@@ -155,15 +160,18 @@ def score_cmd(run_dir, methods, params, backend, chunk_size, quiet):
     from .scoring import check_methods
 
     methods = check_methods(methods)
-    store, scores, ran = compute_and_save_scores(run_dir, methods, _parse_params(params), backend, chunk_size, quiet)
+    store, scores, ran = compute_and_save_scores(run_dir, methods, _parse_params(params), backend, chunk_size, quiet,
+                                                 first_epochs)
     if not quiet:
-        click.echo(f"scored {store.n_samples} samples over {store.epochs_completed} epochs with the {ran} backend "
+        click.echo(f"scored {store.n_samples} samples over {first_epochs or store.epochs_completed} epochs with the "
+                   f"{ran} backend "
                    f"-> {run_dir / 'scores.npz'}")
         click.echo("\n".join(_summary_lines(scores, methods)))
 
 
 # ----------------------------------------------------------------------------------- prune
-def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict, need_entropy: bool, quiet: bool):
+def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict, need_entropy: bool, quiet: bool,
+                first_epochs: int | None):
     """Reuse RUN_DIR/scores.npz when it is current (same data, epochs and parameters), else rescore."""
     from .scoring import load_scores
     from .scoring import merge_params
@@ -175,11 +183,11 @@ def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict
         except ValueError:
             scores, meta = {}, {}
         wanted = [method] + (["entropy"] if need_entropy else [])
-        if (all(m in scores for m in wanted) and meta.get("epochs_used") == store.epochs_completed
+        if (all(m in scores for m in wanted) and meta.get("epochs_used") == (first_epochs or store.epochs_completed)
                 and meta.get("params") == merge_params(params)):
             return scores
     methods = list(dict.fromkeys([method, "entropy"] if need_entropy else [method]))
-    return compute_and_save_scores(run_dir, methods, params, quiet=quiet)[1]
+    return compute_and_save_scores(run_dir, methods, params, quiet=quiet, first_epochs=first_epochs)[1]
 
 
 @main.command("prune")
@@ -202,13 +210,14 @@ def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict
               help="Top-1 minus top-2 soft-label probability at or below which a high-entropy sample is an outlier.")
 @click.option("--param", "params", multiple=True, metavar="NAME.OPTION=VALUE", help="Scorer parameter (see 'dprune score').")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for breaking score ties.")
+@click.option("--first-epochs", type=click.IntRange(min=1), help=FIRST_EPOCHS_HELP)
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("manifest.json"),
               show_default=True, help="Manifest path; the same arrays go to the .npz beside it.")
 @click.option("--export-list", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the kept samples as 'index<TAB>sample_id<TAB>label' lines.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 def prune_cmd(run_dir, ratio, method, policy, relabel, relabel_confidence, outlier_fraction, outlier_threshold,
-              outlier_margin, params, seed, out_path, export_list, quiet):
+              outlier_margin, params, seed, first_epochs, out_path, export_list, quiet):
     """Select the samples to keep from RUN_DIR's scores; write a pruning manifest.
 
     Unobserved samples are kept and listed; samples with non-finite logits are pruned first;
@@ -223,7 +232,7 @@ def prune_cmd(run_dir, ratio, method, policy, relabel, relabel_confidence, outli
     params = _parse_params(params)
     store = _open_store(run_dir)
     need_entropy = outlier_fraction is not None or outlier_threshold is not None
-    scores = _scores_for(run_dir, store, method, params, need_entropy, quiet)
+    scores = _scores_for(run_dir, store, method, params, need_entropy, quiet, first_epochs)
     sel = select(scores, store.labels, store.n_classes, method=method, ratio=ratio, policy=policy, relabel=relabel,
                  relabel_min_confidence=relabel_confidence, outlier_fraction=outlier_fraction,
                  outlier_entropy_threshold=outlier_threshold, outlier_margin_threshold=outlier_margin, seed=seed)

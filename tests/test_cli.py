@@ -135,3 +135,21 @@ def test_synth_reid_writes_a_readable_layout(tmp_path):
     assert "market1501" in out
     ds = build_reid_dataset("market1501", tmp_path / "m")
     assert ds.num_train_pids == 4 and len(ds.query) > 0 and len(ds.gallery) > 0
+
+
+def test_score_and_prune_on_the_first_epochs(tmp_path, traj):
+    src, t = traj
+    run("import", src, "-o", tmp_path / "run")
+    assert "over 2 epochs" in run("score", tmp_path / "run", "--first-epochs", 2).output
+    store = TrajectoryStore.open(tmp_path / "run")
+    scores, meta = load_scores(tmp_path / "run" / "scores.npz")
+    assert meta["epochs_used"] == 2
+    scores_file = tmp_path / "run" / "scores.npz"
+    before = scores_file.stat().st_mtime_ns
+    run("prune", tmp_path / "run", "-r", 0.2, "--first-epochs", 2, "-o", tmp_path / "a.json", "-q")
+    assert scores_file.stat().st_mtime_ns == before  # the 2-epoch scores are reused
+    run("prune", tmp_path / "run", "-r", 0.2, "-o", tmp_path / "b.json", "-q")
+    assert load_scores(scores_file)[1]["epochs_used"] == store.epochs_completed  # all epochs: rescored
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert a["n_pruned"] == b["n_pruned"] == 60
+    assert "[1, 5]" in run("score", tmp_path / "run", "--first-epochs", 6, ok=False).output

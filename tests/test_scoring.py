@@ -139,3 +139,21 @@ def test_scores_accept_fp16_and_bf16_inputs():
         rounded = reference_scores(torch.from_numpy(z).to(dt).float().numpy(), c, y)
         assert_matches(got, rounded, keys=("entropy", "aum", "loss_mean"), rtol=1e-3, atol=1e-4)
         assert np.isfinite(got["entropy"]).sum() == np.isfinite(ref["entropy"]).sum()
+
+
+def test_first_epochs_scores_the_run_as_if_it_had_stopped_there(tmp_path):
+    E, N, C = 5, 23, 7
+    z, c, y = random_trajectory(11, E, N, C)
+    store = TrajectoryStore.create(tmp_path / "s", y, C, dtype="float32")
+    for e in range(E):
+        store.begin_epoch(e)
+        store.put(e, 0, z[e], c[e])
+        store.complete_epoch(e)
+    store = TrajectoryStore.open(tmp_path / "s")
+    for k in (1, 3, E):
+        first, _ = score_store(store, first_epochs=k, chunk_size=5)
+        assert_matches(first, score_arrays(z[:k], c[:k], y), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(score_store(store, first_epochs=2)[0]["entropy"], score_store(store)[0]["entropy"])
+    for bad in (0, E + 1):
+        with pytest.raises(ValueError, match=rf"first_epochs must be in \[1, {E}\]"):
+            score_store(store, first_epochs=bad)

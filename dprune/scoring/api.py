@@ -160,6 +160,7 @@ def score_store(
     chunk_size: int | None = None,
     backend: str = "auto",
     progress: bool = False,
+    first_epochs: int | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Score a store chunk by chunk, in memory bounded by the chunk size.
 
@@ -180,11 +181,15 @@ def score_store(
         One of :data:`dprune.scoring.backends.BACKENDS`; validated for either kind of store.
     progress : bool
         Show a progress bar.
+    first_epochs : int, optional
+        Score only epochs ``0 .. first_epochs - 1``, as if the run had stopped there: the
+        paper's trajectory is the first epochs of the real training schedule (12 of 120),
+        so a run recorded to the end can be scored at any shorter length.  Full stores only.
 
     Returns
     -------
     (scores, backend) : the same dict as :func:`score_arrays`, and the name of the backend
-    that ran (``"summary"`` for a summary store).  Uses every completed epoch.
+    that ran (``"summary"`` for a summary store).  Uses every completed epoch by default.
     """
     backend_name, stats_fn = resolve_backend(backend)
     methods = check_methods(methods)
@@ -192,6 +197,12 @@ def score_store(
     E, N, C = store.epochs_completed, store.n_samples, store.n_classes
     if E == 0:
         raise ValueError(f"{store.run_dir} has no complete epoch to score")
+    if first_epochs is not None:
+        if hasattr(store, "iter_stats"):
+            raise ValueError("first_epochs needs a full store: a summary store keeps only running totals")
+        if not 1 <= first_epochs <= E:
+            raise ValueError(f"first_epochs must be in [1, {E}] (the completed epochs), got {first_epochs}")
+        E = first_epochs
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if hasattr(store, "iter_stats"):
@@ -200,7 +211,7 @@ def score_store(
     else:
         device = backend_device(backend_name)
         budget = _GPU_CHUNK_BYTES if device.type == "cuda" else _CPU_CHUNK_BYTES
-        stream = _stream_stats(store, stats_fn, device, chunk_size or default_chunk_size(E, C, budget))
+        stream = _stream_stats(store, stats_fn, device, chunk_size or default_chunk_size(E, C, budget), E)
     parts: dict[str, list[np.ndarray]] = {}
     bar = _progress(N, "scoring", progress)
     for start, stop, st in stream:
@@ -219,11 +230,12 @@ _CPU_CHUNK_BYTES = 64 << 20
 _GPU_CHUNK_BYTES = 512 << 20
 
 
-def _stream_stats(store, stats_fn, device: torch.device, chunk_size: int):
-    """Yield ``(start, stop, TrajectoryStats)`` over a full store, reading ahead in a thread."""
+def _stream_stats(store, stats_fn, device: torch.device, chunk_size: int, n_epochs: int):
+    """Yield ``(start, stop, TrajectoryStats)`` of the first ``n_epochs`` epochs of a full store,
+    reading ahead in a thread."""
     on_gpu = device.type == "cuda"
     # A GPU holds one buffer being read, one being copied and one whose copy is queued.
-    with _ChunkReader(store, chunk_size, n_buffers=3 if on_gpu else 2, pin=on_gpu) as reader:
+    with _ChunkReader(store, chunk_size, n_epochs, n_buffers=3 if on_gpu else 2, pin=on_gpu) as reader:
         if not on_gpu:
             for start, stop, logits, counts, release in reader:
                 st = stats_fn(torch.from_numpy(logits), torch.from_numpy(counts),
@@ -265,10 +277,11 @@ class _ChunkReader:
 
     _DONE = object()
 
-    def __init__(self, store, chunk_size: int, *, n_buffers: int, pin: bool):
+    def __init__(self, store, chunk_size: int, n_epochs: int, *, n_buffers: int, pin: bool):
         self._store = store
         self._chunk = chunk_size
-        E, N, C = store.epochs_completed, store.n_samples, store.n_classes
+        self._epochs = range(n_epochs)
+        E, N, C = n_epochs, store.n_samples, store.n_classes
         n = min(chunk_size, N)
         dtype = torch.from_numpy(np.empty(0, store.dtype)).dtype
         self._free: queue.Queue = queue.Queue()
@@ -294,7 +307,7 @@ class _ChunkReader:
                 buf = self._take_free()
                 if buf is None:
                     return
-                logits, counts = self._store.read(start, stop, out=buf)
+                logits, counts = self._store.read(start, stop, epochs=self._epochs, out=buf)
                 self._ready.put((start, stop, logits, counts, buf))
             self._ready.put(self._DONE)
         except BaseException as e:  # re-raised in the consuming thread
