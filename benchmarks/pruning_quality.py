@@ -14,6 +14,10 @@ For every seed:
    retrain from scratch for E epochs on the kept samples (``TrainConfig(manifest=...)``),
    evaluate top-1 on the test set.
 
+``--trajectory prefix`` skips step 1: the scores come from the first T epochs of the full run
+(``score_store(first_epochs=T)``), the way the paper records them, and their cost is what the
+full run had cost had it stopped after T epochs.
+
 Cost of a score, in sample-epochs (training samples processed by the optimiser): T x N for
 the scorers of the T-epoch trajectory, E x N for ``forgetting_full``, 0 for ``random``.
 ``el2n`` is one model's EL2N at epoch T (the trajectory's last); Paul et al. average 10 models
@@ -70,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, epochs_help="E: epochs of the full run and of every retraining.", default_seeds=[0, 1])
     p.add_argument("--policy", choices=("class", "global"), default="class", help="Selection policy.")
+    p.add_argument("--trajectory", choices=("own", "prefix"), default="own",
+                   help="own: a separate T-epoch run with its own (compressed) schedule; prefix: the first T epochs "
+                        "of the full E-epoch run, as the paper records them (cost counted as if it stopped there).")
     p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS), metavar="SCORER",
                    help=f"Scorers to run (default all: {', '.join(SCORERS)}).")
     p.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS),
@@ -89,7 +96,9 @@ def experiment_config(args, data: dict) -> dict:
     return {"dataset": data, "subset_seed": args.subset_seed if args.dataset != "digits" else None,
             "model": args.model, "epochs": args.epochs, "record_epochs": args.record_epochs,
             "batch_size": args.batch_size, "lr": args.lr, "policy": args.policy,
-            "max_steps_per_epoch": args.max_steps_per_epoch}
+            "max_steps_per_epoch": args.max_steps_per_epoch,
+            # Only recorded when not the default, so results files made before the option stay valid.
+            **({"trajectory": args.trajectory} if args.trajectory != "own" else {})}
 
 
 def cell_key(seed: int, scorer: str, ratio: float) -> str:
@@ -111,21 +120,31 @@ class Sweep:
                            max_steps_per_epoch=a.max_steps_per_epoch, eval_every=0, **task_config(a.dataset), **kw)
 
     def source(self, which: str) -> tuple[TrajectoryStore, dict]:
-        """Train (or find) the ``record`` or ``full`` run, score it once; return (store, scores)."""
+        """Train (or find) the ``record`` or ``full`` run, score it once; return (store, scores).
+
+        With ``--trajectory prefix`` the ``record`` scores are the first T epochs of the full run.
+        """
         if which not in self._scores:
+            prefix = which == "record" and self.args.trajectory == "prefix"
+            run = "full" if prefix else which
             epochs = self.args.record_epochs if which == "record" else self.args.epochs
             t0 = time.perf_counter()
-            metrics = train(self.config(which, epochs=epochs, record="train"))
+            metrics = train(self.config(run, epochs=self.args.epochs if prefix else epochs, record="train"))
             wall = time.perf_counter() - t0
             key = f"seed{self.seed}/{which}"
             if key not in self.results.cells:
-                self.results.put(key, {**final_metrics(metrics, self.args.task), "cost": sample_epochs(metrics),
-                                       "epochs": epochs, "wall_s": wall})
-            store = TrajectoryStore.open(self.dir / which / "trajectory")
+                if prefix:  # what the run had cost had it stopped after T epochs
+                    cell = {"cost": sample_epochs(metrics[:epochs]), "epochs": epochs, "source": "full run prefix"}
+                else:
+                    cell = {**final_metrics(metrics, self.args.task), "cost": sample_epochs(metrics),
+                            "epochs": epochs, "wall_s": wall}
+                self.results.put(key, cell)
+            store = TrajectoryStore.open(self.dir / run / "trajectory")
             methods = list(METHODS) if which == "record" else ["forgetting"]
             t0 = time.perf_counter()
-            scores, backend = score_store(store, methods=methods, params={"random": {"seed": self.seed}})
-            print(f"  scored {store.n_samples} samples x {store.epochs_completed} epochs ({', '.join(methods)}) "
+            scores, backend = score_store(store, methods=methods, params={"random": {"seed": self.seed}},
+                                          first_epochs=epochs)
+            print(f"  scored {store.n_samples} samples x {epochs} epochs of the {run} run ({', '.join(methods)}) "
                   f"in {time.perf_counter() - t0:.2f} s on {backend}", flush=True)
             self._scores[which] = (store, scores)
         return self._scores[which]
@@ -156,7 +175,9 @@ class Sweep:
         self.results.put(key, {
             **result, "n_kept": len(sel.kept), "n_pruned": len(sel.pruned),
             "retrain_cost": sample_epochs(metrics), "wall_s": wall,
-            "score_source": f"{which} run ({src['epochs']} epochs)" if scorer != "random" else "none",
+            "score_source": "none" if scorer == "random" else
+                            f"first {src['epochs']} epochs of the full run" if src.get("source") == "full run prefix"
+                            else f"{which} run ({src['epochs']} epochs)",
             "score_cost": 0 if scorer == "random" else src["cost"]})
         print(f"  seed {self.seed} {scorer:>15} {ratio:.0%}: {format_metrics(result, self.args.task)} "
               f"({len(sel.kept)} kept, {wall:.0f} s)", flush=True)
@@ -202,8 +223,10 @@ def _tables(acc: dict, base: dict, name: str, n_seeds: int) -> list[str]:
 
 
 def _recipe(cfg: dict) -> str:
-    return (f"{describe_setup(cfg)} Trajectory: T = {cfg['record_epochs']} epochs (its own T-epoch schedule, logits "
-            f"of the training forward pass). Every retraining: E = {cfg['epochs']} epochs from scratch on the kept "
+    how = ("the first T epochs of the full E-epoch run, the paper's setting" if cfg.get("trajectory") == "prefix"
+           else "a separate run with its own T-epoch schedule")
+    return (f"{describe_setup(cfg)} Trajectory: T = {cfg['record_epochs']} epochs ({how}; logits of the training "
+            f"forward pass). Every retraining: E = {cfg['epochs']} epochs from scratch on the kept "
             f"samples. Selection: `{cfg['policy']}` policy, no relabelling, no outlier removal.")
 
 

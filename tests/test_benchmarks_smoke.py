@@ -90,6 +90,20 @@ def test_pruning_quality_on_generated_reid(tmp_path, tiny_reid):
     assert (tmp_path / "res" / "pruning_quality_reid-synth.png").stat().st_size > 0
 
 
+def test_pruning_quality_prefix_trajectory_scores_the_full_runs_first_epochs(tmp_path):
+    pq = load("pruning_quality")
+    text = pq.main(["--dataset", "digits", "--epochs", "3", "--record-epochs", "2", "--seeds", "0",
+                    "--scorers", "entropy", "--ratios", "0.3", "--trajectory", "prefix", "--max-steps-per-epoch", "3",
+                    "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")])
+    res = json.loads((tmp_path / "res" / "pruning_quality_digits.json").read_text())
+    assert res["config"]["trajectory"] == "prefix"
+    assert not (tmp_path / "work" / "seed0" / "record").exists()  # no separate recording run
+    full_metrics = json.loads((tmp_path / "work" / "seed0" / "full" / "metrics.json").read_text())
+    assert res["cells"]["seed0/record"]["cost"] == sum(m["samples_seen"] for m in full_metrics[:2])
+    assert res["cells"]["seed0/entropy/0.3"]["score_source"] == "first 2 epochs of the full run"
+    assert "the first T epochs of the full E-epoch run" in text
+
+
 def test_mislabel_detection_on_generated_reid(tmp_path, tiny_reid):
     pytest.importorskip("cleanlab")
     ml = load("mislabel_detection")
