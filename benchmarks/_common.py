@@ -6,14 +6,17 @@
   Market-1501 folder (:func:`dprune.data.reid_synth.make_synthetic_reid`) trained with the
   library's ReID recipe; :func:`task_config` gives the ``TrainConfig`` fields of each, and
   :func:`final_metrics` the numbers a benchmark reports (top-1, or mAP and Rank-1);
-- training: :func:`train`, the library's :class:`~dprune.train.loop.Trainer` skipping a run whose
-  ``metrics.json`` is already complete (the benchmarks set ``eval_every=0``: a benchmark reads
-  only the final metrics, and on a CPU evaluating every epoch costs up to a third of the training);
+- arguments and start-up: :func:`add_common_args` / :func:`finish_common_args`, :func:`base_config`
+  (what both benchmarks' results depend on) and :func:`start` (threads, data, results file, the
+  command line recorded);
+- training: :func:`train_config` (a benchmark run's ``TrainConfig``, with ``eval_every=0``: a
+  benchmark reads only the final metrics, and on a CPU evaluating every epoch costs up to a third
+  of the training) and :func:`train`, the library's :class:`~dprune.train.loop.Trainer` skipping a
+  run whose ``metrics.json`` is already complete;
 - results files: :class:`ResultsFile`, a JSON of finished cells written atomically after each
   cell, bound to the configuration that produced it, so a killed sweep resumes;
-- :func:`custom_manifest` (a
-  manifest that keeps a given subset, e.g. cross-validation folds), :func:`prf` (precision /
-  recall / F1), :func:`machine`, :func:`mean_std`, :func:`fmt_pm`.
+- :func:`custom_manifest` (a manifest that keeps a given subset, e.g. cross-validation folds),
+  :func:`prf` (precision / recall / F1), :func:`machine`, :func:`mean_std`, :func:`fmt_pm`.
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,7 +235,45 @@ def finish_common_args(args: argparse.Namespace, benchmark: str) -> argparse.Nam
     return args
 
 
+def base_config(args: argparse.Namespace, data: dict) -> dict:
+    """The configuration fields both benchmarks' results depend on (each adds its own)."""
+    return {"dataset": data, "subset_seed": args.subset_seed if args.dataset != "digits" else None,
+            "model": args.model, "epochs": args.epochs, "record_epochs": args.record_epochs,
+            "batch_size": args.batch_size, "lr": args.lr, "max_steps_per_epoch": args.max_steps_per_epoch}
+
+
+def start(args: argparse.Namespace, argv: list[str] | None, script: str, stem_prefix: str,
+          config_of) -> tuple[str | None, ResultsFile, Path]:
+    """What every benchmark run does first; return ``(data_root, results, report stem)``.
+
+    One torch thread (small CNNs run faster single-threaded on 2 shared cores), the data made
+    or found, the results file bound to ``config_of(data description)``, and, unless only
+    rebuilding the report, the work folder bound to it too and the command line recorded.
+    """
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    data_root, data = prepare_data(args.dataset, args.work, n_train=args.n_train, n_test=args.n_test,
+                                   subset_seed=args.subset_seed, source=args.data_root)
+    config = config_of(data)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.results_dir / f"{stem_prefix}_{args.dataset}"
+    results = ResultsFile(stem.with_suffix(".json"), config)
+    if not args.report_only:
+        check_work_config(args.work, config)
+        command = shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+        commands = results.data.get("commands", [])
+        results.set_info(machine=machine(), commands=commands + [command] * (command not in commands))
+    return data_root, results, stem
+
+
 # -------------------------------------------------------------------------------- training
+def train_config(args: argparse.Namespace, out: Path, *, seed: int, data_root: str | None, **kw) -> TrainConfig:
+    """A benchmark training run: the arguments' model and budget, on the CPU, evaluated only at the end."""
+    return TrainConfig(out=str(out), data_root=data_root, model=args.model, batch_size=args.batch_size, lr=args.lr,
+                       seed=seed, device="cpu", progress=False, max_steps_per_epoch=args.max_steps_per_epoch,
+                       eval_every=0, **task_config(args.dataset), **kw)
+
+
 def finished(cfg: TrainConfig) -> list[dict] | None:
     """The metrics of a run whose every epoch is done, else None."""
     path = Path(cfg.out) / "metrics.json"

@@ -36,7 +36,6 @@ Commands (results in ``benchmarks/results/``; the ones that produced the committ
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -46,10 +45,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (METRICS, ResultsFile, add_common_args, check_work_config,  # noqa: E402
-                     custom_manifest, describe_setup, final_metrics, finish_common_args, finished, fmt_pm,
-                     format_metrics, machine, mean_std, prepare_data, prf, sample_epochs, task_config, task_of,
-                     train)
+from _common import (METRICS, ResultsFile, add_common_args, base_config, custom_manifest,  # noqa: E402
+                     describe_setup, final_metrics, finish_common_args, finished, fmt_pm, format_metrics, mean_std,
+                     prf, sample_epochs, start, task_of, train, train_config)
 
 from dprune.data import IndexedDataset  # noqa: E402
 from dprune.scoring import score_store  # noqa: E402
@@ -110,11 +108,8 @@ class Setting:
         self.dir = args.work / f"seed{seed}" / setting_name(kind, rate)
 
     def config(self, name: str, epochs: int, **kw) -> TrainConfig:
-        a = self.args
-        return TrainConfig(out=str(self.dir / name), data_root=self.data_root, model=a.model,
-                           epochs=epochs, batch_size=a.batch_size, lr=a.lr, seed=self.seed, device="cpu",
-                           progress=False, label_noise=self.rate, noise_kind=self.kind, noise_seed=self.seed,
-                           max_steps_per_epoch=a.max_steps_per_epoch, eval_every=0, **task_config(a.dataset), **kw)
+        return train_config(self.args, self.dir / name, seed=self.seed, data_root=self.data_root, epochs=epochs,
+                            label_noise=self.rate, noise_kind=self.kind, noise_seed=self.seed, **kw)
 
     def run(self) -> None:
         cells = self.results.cells
@@ -337,33 +332,18 @@ def write_report(results: ResultsFile, path: Path) -> str:
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # 2 shared cores: small CNNs run faster single-threaded
-    args.work.mkdir(parents=True, exist_ok=True)
-    data_root, data = prepare_data(args.dataset, args.work, n_train=args.n_train, n_test=args.n_test,
-                                   subset_seed=args.subset_seed, source=args.data_root)
-    config = {"dataset": data, "subset_seed": args.subset_seed if args.dataset != "digits" else None,
-              "model": args.model, "epochs": args.epochs, "record_epochs": args.record_epochs,
-              "batch_size": args.batch_size, "lr": args.lr, "folds": args.folds,
-              "relabel_confidence": args.relabel_confidence, "outlier_fraction": args.outlier_fraction,
-              "max_steps_per_epoch": args.max_steps_per_epoch}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.results_dir / f"mislabel_{args.dataset}"
-    results = ResultsFile(stem.with_suffix(".json"), config)
+    data_root, results, stem = start(
+        args, argv, "mislabel_detection.py", "mislabel",
+        lambda data: {**base_config(args, data), "folds": args.folds, "relabel_confidence": args.relabel_confidence,
+                      "outlier_fraction": args.outlier_fraction})
     if not args.report_only:
-        check_work_config(args.work, config)
-        command = shlex.join(["python", "benchmarks/mislabel_detection.py", *(sys.argv[1:] if argv is None else argv)])
-        commands = results.data.get("commands", [])
-        results.set_info(machine=machine(), commands=commands + [command] * (command not in commands))
         t0 = time.perf_counter()
         for seed in args.seeds:
             key = f"seed{seed}/clean"
             if key not in results.cells:
                 t1 = time.perf_counter()
-                metrics = train(TrainConfig(out=str(args.work / f"seed{seed}" / "clean"), data_root=data_root,
-                                            model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                                            lr=args.lr, seed=seed, device="cpu", progress=False, record="off",
-                                            max_steps_per_epoch=args.max_steps_per_epoch, eval_every=0,
-                                            **task_config(args.dataset)))
+                metrics = train(train_config(args, args.work / f"seed{seed}" / "clean", seed=seed,
+                                             data_root=data_root, epochs=args.epochs, record="off"))
                 result = final_metrics(metrics, args.task)
                 results.put(key, {**result, "cost": sample_epochs(metrics), "wall_s": time.perf_counter() - t1})
                 print(f"seed {seed}, clean labels: {format_metrics(result, args.task)}", flush=True)

@@ -45,18 +45,16 @@ Commands (results in ``benchmarks/results/``; the ones that produced the committ
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (METRICS, ResultsFile, add_common_args, check_work_config, describe_setup,  # noqa: E402
-                     final_metrics, finish_common_args, fmt_pm, format_metrics, machine, mean_std, prepare_data,
-                     sample_epochs, task_config, task_of, train)
+from _common import (METRICS, ResultsFile, add_common_args, base_config, describe_setup,  # noqa: E402
+                     final_metrics, finish_common_args, fmt_pm, format_metrics, mean_std, sample_epochs, start,
+                     task_of, train, train_config)
 
 from dprune.scoring import METHODS  # noqa: E402
 from dprune.scoring import score_store  # noqa: E402
@@ -93,10 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def experiment_config(args, data: dict) -> dict:
     """What every cell depends on (seeds, scorers and ratios are the cells themselves)."""
-    return {"dataset": data, "subset_seed": args.subset_seed if args.dataset != "digits" else None,
-            "model": args.model, "epochs": args.epochs, "record_epochs": args.record_epochs,
-            "batch_size": args.batch_size, "lr": args.lr, "policy": args.policy,
-            "max_steps_per_epoch": args.max_steps_per_epoch,
+    return {**base_config(args, data), "policy": args.policy,
             # Only recorded when not the default, so results files made before the option stay valid.
             **({"trajectory": args.trajectory} if args.trajectory != "own" else {})}
 
@@ -114,10 +109,7 @@ class Sweep:
         self._scores: dict[str, tuple] = {}
 
     def config(self, name: str, **kw) -> TrainConfig:
-        a = self.args
-        return TrainConfig(out=str(self.dir / name), data_root=self.data_root, model=a.model,
-                           batch_size=a.batch_size, lr=a.lr, seed=self.seed, device="cpu", progress=False,
-                           max_steps_per_epoch=a.max_steps_per_epoch, eval_every=0, **task_config(a.dataset), **kw)
+        return train_config(self.args, self.dir / name, seed=self.seed, data_root=self.data_root, **kw)
 
     def source(self, which: str) -> tuple[TrajectoryStore, dict]:
         """Train (or find) the ``record`` or ``full`` run, score it once; return (store, scores).
@@ -236,12 +228,13 @@ def write_report(results: ResultsFile, out_stem: Path) -> str:
     d = cfg["dataset"]
     task = task_of(cfg)
     metrics = METRICS[task]
-    seeds = sorted(_collect(results.cells, next(iter(metrics)))[1])
+    collected = {key: _collect(results.cells, key) for key in metrics}
+    main_key, (main_name, _) = next(iter(metrics.items()))  # the plotted metric
+    acc, base, cost = collected[main_key]
+    seeds = sorted(base)
     tables = []
     for key, (name, _) in metrics.items():
-        tables += _tables(*_collect(results.cells, key)[:2], f"Test {name}",
-                          len(seeds))
-    _, _, cost = _collect(results.cells, next(iter(metrics)))
+        tables += _tables(*collected[key][:2], f"Test {name}", len(seeds))
     n_train = d["n_train"]
     full_cost = cfg["epochs"] * n_train
     cost_rows = ["| scorer | scores from | sample-epochs to score | = epochs of the full set | "
@@ -266,7 +259,7 @@ def write_report(results: ResultsFile, out_stem: Path) -> str:
         "",
         *cost_rows,
         "",
-        f"![{next(iter(metrics.values()))[0]} vs prune ratio]({out_stem.name}.png)",
+        f"![{main_name} vs prune ratio]({out_stem.name}.png)",
         "",
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} with "
         f"{m.get('torch_threads', '?')} thread(s), one run at a time. Training wall time of all cells: "
@@ -280,9 +273,7 @@ def write_report(results: ResultsFile, out_stem: Path) -> str:
     ]
     text = "\n".join(lines) + "\n"
     out_stem.with_suffix(".md").write_text(text)
-    key, (name, _) = next(iter(metrics.items()))
-    acc, base, _ = _collect(results.cells, key)
-    _plot(acc, base, out_stem.with_suffix(".png"), ylabel=f"test {name} (%)",
+    _plot(acc, base, out_stem.with_suffix(".png"), ylabel=f"test {main_name} (%)",
           title=f"{d['dataset']} ({n_train:,} train)")
     return text
 
@@ -323,19 +314,9 @@ def _plot(acc, base, path: Path, *, ylabel: str, title: str) -> None:
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    torch.set_num_threads(1)  # 2 shared cores: small CNNs run faster single-threaded
-    args.work.mkdir(parents=True, exist_ok=True)
-    data_root, data = prepare_data(args.dataset, args.work, n_train=args.n_train, n_test=args.n_test,
-                                   subset_seed=args.subset_seed, source=args.data_root)
-    config = experiment_config(args, data)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.results_dir / f"pruning_quality_{args.dataset}"
-    results = ResultsFile(stem.with_suffix(".json"), config)
+    data_root, results, stem = start(args, argv, "pruning_quality.py", "pruning_quality",
+                                     lambda data: experiment_config(args, data))
     if not args.report_only:
-        check_work_config(args.work, config)
-        command = shlex.join(["python", "benchmarks/pruning_quality.py", *(sys.argv[1:] if argv is None else argv)])
-        commands = results.data.get("commands", [])
-        results.set_info(machine=machine(), commands=commands + [command] * (command not in commands))
         t0 = time.perf_counter()
         for seed in args.seeds:
             print(f"seed {seed}", flush=True)
