@@ -97,6 +97,15 @@ _F32_MIN_NORMAL = _F32(1.17549435e-38)
 
 
 # ----------------------------------------------------------------------------- LLVM one-liners
+def _low_bits(builder, v, bitwidth: int, width: int):
+    """An LLVM integer of ``bitwidth`` bits cut or zero-extended to ``width`` bits."""
+    if bitwidth > width:
+        return builder.trunc(v, ir.IntType(width))
+    if bitwidth < width:
+        return builder.zext(v, ir.IntType(width))
+    return v
+
+
 @intrinsic
 def _as_f32(typingctx, bits):
     """The low 32 bits of an integer, reinterpreted as a float32."""
@@ -104,12 +113,7 @@ def _as_f32(typingctx, bits):
         return None
 
     def codegen(context, builder, signature, args):
-        v = args[0]
-        if bits.bitwidth > 32:
-            v = builder.trunc(v, ir.IntType(32))
-        elif bits.bitwidth < 32:
-            v = builder.zext(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
+        return builder.bitcast(_low_bits(builder, args[0], bits.bitwidth, 32), ir.FloatType())
 
     return types.float32(bits), codegen
 
@@ -134,12 +138,8 @@ def _half_to_f32(typingctx, h):
         return None
 
     def codegen(context, builder, signature, args):
-        v = args[0]
-        if h.bitwidth > 16:
-            v = builder.trunc(v, ir.IntType(16))
-        elif h.bitwidth < 16:
-            v = builder.zext(v, ir.IntType(16))
-        return builder.fpext(builder.bitcast(v, ir.HalfType()), ir.FloatType())
+        half = builder.bitcast(_low_bits(builder, args[0], h.bitwidth, 16), ir.HalfType())
+        return builder.fpext(half, ir.FloatType())
 
     return types.float32(h), codegen
 

@@ -142,14 +142,18 @@ def test_fused_stats_nan_and_inf_rows(E, N, C, block_c):
     assert_stats_equal(run_fused(z, c, y, block_c=block_c), want, f"nonfinite E={E} N={N} C={C}")
 
 
-def test_fused_stats_unobserved_samples_and_epochs():
+@pytest.mark.parametrize("kernel", ["triton", "numba"])
+def test_unobserved_samples_and_epochs(kernel):
+    run = run_fused if kernel == "triton" else fused_stats_cpu
     z, c, y = trajectory(5, 4, 10, 9, p_unobserved=0.6)
     c[:, 0] = 0
     c[1:, 1] = 0  # seen once: no TDDS divergence
-    got = run_fused(z, c, y)
+    got = run(z, c, y)
     assert got.n_obs[0] == 0 and got.soft_argmax[0] == -1 and torch.isnan(got.entropy[0])
     assert torch.isnan(got.tdds_div[:, 1]).all()
-    assert_stats_equal(got, compute_stats(z, c, y), "unobserved")
+    assert_stats_equal(got, compute_stats(z, c, y), f"{kernel} unobserved")
+    c.zero_()
+    assert_stats_equal(run(z, c, y), compute_stats(z, c, y), f"{kernel} nothing observed")
 
 
 def test_fused_stats_all_unobserved_chunk():
@@ -236,18 +240,6 @@ def test_numba_stats_nan_and_inf_rows(C, dtype):
     want = compute_stats(z, c, y)
     assert want.nonfinite.sum() >= 4
     assert_stats_equal(fused_stats_cpu(z, c, y), want, f"numba nonfinite C={C} {dtype}")
-
-
-def test_numba_stats_unobserved_samples_and_epochs():
-    z, c, y = trajectory(5, 4, 10, 9, p_unobserved=0.6)
-    c[:, 0] = 0
-    c[1:, 1] = 0  # seen once: no TDDS divergence
-    got = fused_stats_cpu(z, c, y)
-    assert got.n_obs[0] == 0 and got.soft_argmax[0] == -1 and torch.isnan(got.entropy[0])
-    assert torch.isnan(got.tdds_div[:, 1]).all()
-    assert_stats_equal(got, compute_stats(z, c, y), "numba unobserved")
-    c.zero_()
-    assert_stats_equal(fused_stats_cpu(z, c, y), compute_stats(z, c, y), "numba nothing observed")
 
 
 def test_numba_stats_ties_and_extreme_logits():
