@@ -104,6 +104,7 @@ def import_cmd(src, out_dir, fmt, labels_path, ids_path, num_samples, dtype, ove
 FIRST_EPOCHS_HELP = ("Use only the first K completed epochs, as if the run had stopped there (the paper scores "
                      "the first 12 epochs of a 120-epoch schedule). Default: every completed epoch.")
 
+
 def compute_and_save_scores(run_dir: Path, methods, params, backend="auto", chunk_size=None, quiet=False,
                             first_epochs=None):
     from .scoring import save_scores, score_store
@@ -111,8 +112,8 @@ def compute_and_save_scores(run_dir: Path, methods, params, backend="auto", chun
     store = _open_store(run_dir)
     scores, ran = score_store(store, methods=methods, params=params, backend=backend, chunk_size=chunk_size,
                               progress=not quiet, first_epochs=first_epochs)
-    save_scores(run_dir / "scores.npz", scores, fingerprint=store.fingerprint, epochs=first_epochs or store.epochs_completed,
-                methods=[m for m in scores if m in _methods()], params=params)
+    save_scores(run_dir / "scores.npz", scores, fingerprint=store.fingerprint,
+                epochs=first_epochs or store.epochs_completed, methods=[m for m in scores if m in _methods()], params=params)
     return store, scores, ran
 
 
@@ -164,8 +165,7 @@ def score_cmd(run_dir, methods, params, backend, chunk_size, first_epochs, quiet
                                                  first_epochs)
     if not quiet:
         click.echo(f"scored {store.n_samples} samples over {first_epochs or store.epochs_completed} epochs with the "
-                   f"{ran} backend "
-                   f"-> {run_dir / 'scores.npz'}")
+                   f"{ran} backend -> {run_dir / 'scores.npz'}")
         click.echo("\n".join(_summary_lines(scores, methods)))
 
 

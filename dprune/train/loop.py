@@ -40,6 +40,8 @@ from .recorder import Recorder
 
 CHECKPOINT = "checkpoint.pt"
 DS_CHECKPOINT = "ds_checkpoint"
+# The test metric of each task, as metrics.json and the epoch lines name it.
+METRIC_NAMES = {"classification": "top-1", "reid": "(mAP+R1)/2"}
 
 
 def _seed_everything(seed: int) -> None:
@@ -312,8 +314,7 @@ class Trainer:
         every = self.cfg.eval_every
         if epoch + 1 == self.cfg.epochs or (every and (epoch + 1) % every == 0):
             return self.evaluate()
-        return {"test_metric": float("nan"),
-                "metric_name": "(mAP+R1)/2" if self.cfg.task == "reid" else "top-1"}
+        return {"test_metric": float("nan"), "metric_name": METRIC_NAMES[self.cfg.task]}
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -394,7 +395,7 @@ class Trainer:
                 q = extract_features(net, self.query_loader, self.world.device)
                 g = extract_features(net, self.gallery_loader, self.world.device)
             r = evaluate_reid(q.features, g.features, q.pids, g.pids, q.camids, g.camids, device=self.world.device)
-            return {"test_metric": r["mAP_rank1_mean"], "metric_name": "(mAP+R1)/2", "mAP": r["mAP"],
+            return {"test_metric": r["mAP_rank1_mean"], "metric_name": METRIC_NAMES["reid"], "mAP": r["mAP"],
                     "rank1": r["rank1"], "rank5": r["rank5"], "rank10": r["rank10"], "mINP": r["mINP"]}
         correct = total = 0
         for x_B, y_B, _ in self.test_loader:
@@ -403,7 +404,7 @@ class Trainer:
             correct += int((pred == y_B).sum())
             total += len(y_B)
         acc = correct / max(1, total)
-        return {"test_metric": acc, "metric_name": "top-1", "test_acc": acc}
+        return {"test_metric": acc, "metric_name": METRIC_NAMES["classification"], "test_acc": acc}
 
     # ------------------------------------------------------------------------ output
     def _bar(self, total: int, desc: str):
