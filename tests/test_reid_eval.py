@@ -139,7 +139,14 @@ def test_blocked_equals_dense_float32_and_tensors():
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_blocked_equals_dense_with_many_ties(data):
-    """Integer features on a 3x3 grid: most distances tie, so tie-breaking is exercised."""
+    """Integer features on a 3x3 grid: most distances tie, so tie-breaking is exercised.
+
+    Euclidean only: squared distances of small integers are exact in float64 in both
+    implementations, so a tie is a tie in both.  Cosine similarities of such vectors are
+    irrational (3 / sqrt(10) for (1, 1) and (2, 1), and for (1, 1) and (1, 2)), and the
+    two BLAS paths round mathematically equal ones to different last bits, so the order of
+    "tied" cosine distances is not defined (cosine is checked on untied features above).
+    """
     Q = data.draw(st.integers(1, 8))
     G = data.draw(st.integers(1, 25))
     ints = st.integers(0, 2)
@@ -149,7 +156,7 @@ def test_blocked_equals_dense_with_many_ties(data):
     g_ids = st.lists(st.integers(0, 3), min_size=G, max_size=G)
     args = (qf, gf, np.array(data.draw(ids)), np.array(data.draw(g_ids)),
             np.array(data.draw(ids)), np.array(data.draw(g_ids)))
-    metric = data.draw(st.sampled_from(["euclidean", "cosine"]))
+    metric = "euclidean"
     block_size = data.draw(st.integers(1, 9))
     try:
         dense = evaluate_reid_dense_numpy(*args, metric=metric, max_rank=10)
