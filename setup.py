@@ -10,7 +10,7 @@ packages = find_packages(include=["dprune", "dprune.*"]) + ["dprune.kernels"]
 
 setup(
     name="dprune-trajectory",
-    version="0.1.0",
+    version="0.2.0",
     description="Training-dynamics data pruning: logit trajectories, entropy scores, "
     "mislabel correction and pruned-set retraining",
     long_description=open("README.md", encoding="utf-8").read(),

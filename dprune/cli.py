@@ -1,67 +1,91 @@
 """The ``dprune`` command line.  Each stage reads the files of the one before.
 
+    dprune train --out RUN ...            train, recording RUN/trajectory (--prune-at T: prune in the run)
     dprune import SRC -o RUN_DIR          trajectory from .npz/.npy or TDDS/DUAL files
     dprune score RUN_DIR                  -> RUN_DIR/scores.npz
     dprune prune RUN_DIR --ratio 0.3      -> manifest.json + manifest.npz
+    dprune run --out OUT                  the whole method, with a full-data baseline and a report
     dprune inspect RUN_DIR                what the store holds
+
+Under a launcher: ``torchrun --nproc_per_node=K -m dprune train ...``.
+
+Errors: every expected failure (bad input, a missing or corrupt file, a full disk, a run
+directory held by another writer) is one line naming the file and the cause, exit code 1.
+``--debug`` or ``DPRUNE_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import os
 import sys
+import typing
 from pathlib import Path
 
 import click
 import numpy as np
 
 from . import __version__
-from .store import StoreError, TrajectoryStore
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        name = errno.errorcode.get(e.errno, "")
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror}{f' ({name})' if name else ''}{where}"
+    text = str(e).strip()
+    if isinstance(e, EOFError):
+        return f"a file ended too early ({text or 'unexpected end of file'})"
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _debug() -> bool:
+    return os.environ.get("DPRUNE_DEBUG", "") not in ("", "0")
 
 
 class _Group(click.Group):
-    """Turns the library's ``ValueError`` (bad input) into a one-line message and exit code 1."""
+    """One error funnel for every command (see the module docstring)."""
 
     def invoke(self, ctx):
+        from .recorder import RecorderError
+
         try:
             return super().invoke(ctx)
-        except (ValueError, StoreError, FileNotFoundError) as e:
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        except (ValueError, OSError, EOFError, RecorderError) as e:
+            if _debug():
+                raise
+            raise click.ClickException(_one_line(e)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dprune")
-def main():
+@click.option("--debug", is_flag=True, help="Show the traceback of an error (same as DPRUNE_DEBUG=1).")
+def main(debug):
     """Training-dynamics data pruning (arXiv 2412.10091, "Data Pruning Can Do More").
 
     Record every training sample's logits for a few epochs, score each sample by the entropy
     of its averaged soft label, then prune the easiest samples, relabel the ones whose soft
-    label disagrees with their label, remove flat-label outliers, and retrain on the rest.
+    label disagrees with their label, remove flat-label outliers, and train on the rest -- in
+    a second run, or in the same run (train --prune-at).
 
     Each stage writes files the next one reads, so any stage can be rerun alone.
     """
-
-
-def _parse_params(items: tuple[str, ...]) -> dict:
-    """``("tdds.window=5", "random.seed=3")`` -> ``{"tdds": {"window": 5}, "random": {"seed": 3}}``."""
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        name, dot, opt = key.partition(".")
-        if not sep or not dot:
-            raise ValueError(f"--param expects NAME.OPTION=VALUE, got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(name, {})[opt] = parsed
-    return out
+    if debug:
+        os.environ["DPRUNE_DEBUG"] = "1"
 
 
 def _open_store(run_dir):
-    """The full or summary store in ``run_dir``, read-only."""
-    from .summary_store import open_store
+    """The full or summary store in ``run_dir``, read-only (a snapshot)."""
+    from .store import open_store
 
     return open_store(run_dir, "r")
+
+
+def _check_new_output(path: Path, what: str) -> Path:
+    from .pruning import check_output_path
+
+    return check_output_path(path, what)
 
 
 # ---------------------------------------------------------------------------------- import
@@ -73,19 +97,19 @@ def _open_store(run_dir):
               help="'arrays': an .npz/.npy with logits [E,N,C] (+counts [E,N], labels [N]) or a folder of "
                    "logits.npy/counts.npy/labels.npy; 'tdds': a folder of TDDS/DUAL {e}_Output.npy + {e}_Index.npy; "
                    "'auto' picks 'tdds' when 0_Output.npy exists.")
-@click.option("--labels", "labels_path", type=click.Path(exists=True, path_type=Path),
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="labels [N] as .npy (required for tdds; overrides labels in the arrays).")
-@click.option("--sample-ids", "ids_path", type=click.Path(exists=True, path_type=Path),
+@click.option("--sample-ids", "ids_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Text file with one sample id (e.g. image path) per line, N lines.")
-@click.option("--num-samples", type=int, help="N for tdds imports when it exceeds len(labels) is not wanted; default len(labels).")
+@click.option("--num-samples", type=click.IntRange(min=1), help="N for tdds imports (default: len(labels)).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Storage precision of the logits.")
+              help="Storage precision of the logits (float16 refuses finite values beyond +-65504).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store in OUT.")
 def import_cmd(src, out_dir, fmt, labels_path, ids_path, num_samples, dtype, overwrite):
     """Import a trajectory recorded by another tool into a dprune run directory."""
-    from .importers import import_arrays, import_tdds
+    from .importers import import_arrays, import_tdds, read_labels_file
 
-    labels = np.load(labels_path, allow_pickle=False) if labels_path else None
+    labels = read_labels_file(labels_path) if labels_path else None
     ids = ids_path.read_text(encoding="utf-8").splitlines() if ids_path else None
     if fmt == "auto":
         fmt = "tdds" if (src.is_dir() and (src / "0_Output.npy").exists()) else "arrays"
@@ -105,22 +129,11 @@ FIRST_EPOCHS_HELP = ("Use only the first K completed epochs, as if the run had s
                      "the first 12 epochs of a 120-epoch schedule). Default: every completed epoch.")
 
 
-def compute_and_save_scores(run_dir: Path, methods, params, backend="auto", chunk_size=None, quiet=False,
-                            first_epochs=None):
-    from .scoring import save_scores, score_store
+def _param_option(func):
+    from .scoring.params import param_help
 
-    store = _open_store(run_dir)
-    scores, ran = score_store(store, methods=methods, params=params, backend=backend, chunk_size=chunk_size,
-                              progress=not quiet, first_epochs=first_epochs)
-    save_scores(run_dir / "scores.npz", scores, fingerprint=store.fingerprint,
-                epochs=first_epochs or store.epochs_completed, methods=[m for m in scores if m in _methods()], params=params)
-    return store, scores, ran
-
-
-def _methods():
-    from .scoring import METHODS
-
-    return METHODS
+    return click.option("--param", "params", multiple=True, metavar="NAME.OPTION=VALUE",
+                        help="Scorer/flag parameter, repeatable (type and range checked): " + param_help())(func)
 
 
 def _summary_lines(scores: dict, methods) -> list[str]:
@@ -140,11 +153,8 @@ def _summary_lines(scores: dict, methods) -> list[str]:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-m", "--method", "methods", default="all", show_default=True,
               help="Comma-separated scorers: entropy, entropy_prob, forgetting, el2n, aum, tdds, dyn_unc, "
-                   "loss_mean, random; or 'all'.")
-@click.option("--param", "params", multiple=True, metavar="NAME.OPTION=VALUE",
-              help="Scorer/flag parameter, repeatable: tdds.window=10, tdds.decay=0.9, dyn_unc.window=10, "
-                   "el2n.epoch=-1, random.seed=0, mislabel.min_confidence=0.5, outlier.entropy_threshold=0.9, "
-                   "outlier.margin_threshold=0.1.")
+                   "loss_mean, dual, random; or 'all'.")
+@_param_option
 @click.option("--backend", type=click.Choice(["auto", "torch", "triton", "numba"]), default="auto", show_default=True,
               help="Implementation of the scoring pass: 'auto' = Triton on a GPU, the numba kernel on a CPU; "
                    "'torch' = the plain torch reference (slow).")
@@ -158,36 +168,33 @@ def score_cmd(run_dir, methods, params, backend, chunk_size, first_epochs, quiet
     and the flags soft_argmax, p_label, p_max, margin, mislabel, outlier, nonfinite,
     n_observed.  Load it with numpy.load(RUN_DIR / "scores.npz").
     """
-    from .scoring import check_methods
+    from .scoring import SCORES_FILE, check_methods, parse_params, save_scores, score_store
 
     methods = check_methods(methods)
-    store, scores, ran = compute_and_save_scores(run_dir, methods, _parse_params(params), backend, chunk_size, quiet,
-                                                 first_epochs)
+    params = parse_params(params)
+    store = _open_store(run_dir)
+    scores, ran = score_store(store, methods=methods, params=params, backend=backend, chunk_size=chunk_size,
+                              progress=not quiet, first_epochs=first_epochs)
+    meta = save_scores(run_dir / SCORES_FILE, scores, made_from=store.identity(first_epochs), methods=methods,
+                       params=params)
     if not quiet:
-        click.echo(f"scored {store.n_samples} samples over {first_epochs or store.epochs_completed} epochs with the "
-                   f"{ran} backend -> {run_dir / 'scores.npz'}")
+        click.echo(f"scored {store.n_samples} samples over {meta['made_from']['epochs']} epochs with the "
+                   f"{ran} backend -> {run_dir / SCORES_FILE}")
         click.echo("\n".join(_summary_lines(scores, methods)))
+        for m, why in meta["clipped"].items():
+            click.echo(f"note: {m}: {why}")
 
 
 # ----------------------------------------------------------------------------------- prune
-def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict, need_entropy: bool, quiet: bool,
-                first_epochs: int | None):
-    """Reuse RUN_DIR/scores.npz when it is current (same data, epochs and parameters), else rescore."""
-    from .scoring import load_scores
-    from .scoring import merge_params
-
-    path = run_dir / "scores.npz"
-    if path.exists():
-        try:
-            scores, meta = load_scores(path, fingerprint=store.fingerprint)
-        except ValueError:
-            scores, meta = {}, {}
-        wanted = [method] + (["entropy"] if need_entropy else [])
-        if (all(m in scores for m in wanted) and meta.get("epochs_used") == (first_epochs or store.epochs_completed)
-                and meta.get("params") == merge_params(params)):
-            return scores
-    methods = list(dict.fromkeys([method, "entropy"] if need_entropy else [method]))
-    return compute_and_save_scores(run_dir, methods, params, quiet=quiet, first_epochs=first_epochs)[1]
+def _outliers(value: str | None):
+    if value is None:
+        return None
+    if value == "flagged":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--remove-outliers takes a fraction in [0, 1) or 'flagged', got {value!r}") from None
 
 
 @main.command("prune")
@@ -199,16 +206,15 @@ def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict
 @click.option("--policy", type=click.Choice(["global", "class"]), default="global", show_default=True,
               help="'global' ranks all samples together; 'class' prunes each class in proportion and never empties one.")
 @click.option("--relabel/--no-relabel", default=False, show_default=True,
-              help="Give samples whose soft label confidently disagrees with their label the soft label's class, and keep them.")
-@click.option("--relabel-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Soft-label probability of the new class needed to relabel.")
-@click.option("--remove-outliers", "outlier_fraction", type=click.FloatRange(0, 1, max_open=True),
-              help="Also remove this fraction of observed samples with the flattest soft labels.")
-@click.option("--outlier-threshold", type=click.FloatRange(0, 1),
-              help="Instead of a fraction: remove samples with entropy/log(C) >= this and margin <= --outlier-margin.")
-@click.option("--outlier-margin", type=click.FloatRange(0, 1), default=0.1, show_default=True,
-              help="Top-1 minus top-2 soft-label probability at or below which a high-entropy sample is an outlier.")
-@click.option("--param", "params", multiple=True, metavar="NAME.OPTION=VALUE", help="Scorer parameter (see 'dprune score').")
+              help="Act on the mislabel detector: relabel the flagged samples (and keep them), or remove them when "
+                   "the detector has no agreed label.")
+@click.option("--detector", type=click.Choice(["argmax", "confident"]), default="argmax", show_default=True,
+              help="'argmax': the paper's rule (soft-label argmax differs from the label, p_max >= "
+                   "mislabel.min_confidence); 'confident': confident learning over the trajectory.")
+@click.option("--remove-outliers", "outliers", metavar="FRACTION|flagged",
+              help="Also remove this fraction of observed samples with the flattest soft labels, or 'flagged': "
+                   "those the outlier flag marks (thresholds: --param outlier.*).")
+@_param_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for breaking score ties.")
 @click.option("--first-epochs", type=click.IntRange(min=1), help=FIRST_EPOCHS_HELP)
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("manifest.json"),
@@ -216,34 +222,36 @@ def _scores_for(run_dir: Path, store: TrajectoryStore, method: str, params: dict
 @click.option("--export-list", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the kept samples as 'index<TAB>sample_id<TAB>label' lines.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def prune_cmd(run_dir, ratio, method, policy, relabel, relabel_confidence, outlier_fraction, outlier_threshold,
-              outlier_margin, params, seed, first_epochs, out_path, export_list, quiet):
+def prune_cmd(run_dir, ratio, method, policy, relabel, detector, outliers, params, seed, first_epochs, out_path,
+              export_list, quiet):
     """Select the samples to keep from RUN_DIR's scores; write a pruning manifest.
 
     Unobserved samples are kept and listed; samples with non-finite logits are pruned first;
     outliers are removed on top of the pruned ratio.  Scores are taken from RUN_DIR/scores.npz
-    when it is current, else computed.
+    when it is current (same trajectory epochs, methods and parameters), else computed.
     """
-    from .scoring import check_methods
-    from .select import _check_ratio, export_list as write_list, load_manifest, select, write_manifest
+    from .manifest import export_list as write_list
+    from .pruning import prune_store
+    from .scoring import check_methods, parse_params
+    from .select import PruneSpec
 
-    _check_ratio(ratio)
+    spec = PruneSpec(method=method, ratio=ratio, policy=policy, relabel=relabel, detector=detector,
+                     outliers=_outliers(outliers), seed=seed)
     check_methods([method])
-    params = _parse_params(params)
-    store = _open_store(run_dir)
-    need_entropy = outlier_fraction is not None or outlier_threshold is not None
-    scores = _scores_for(run_dir, store, method, params, need_entropy, quiet, first_epochs)
-    sel = select(scores, store.labels, store.n_classes, method=method, ratio=ratio, policy=policy, relabel=relabel,
-                 relabel_min_confidence=relabel_confidence, outlier_fraction=outlier_fraction,
-                 outlier_entropy_threshold=outlier_threshold, outlier_margin_threshold=outlier_margin, seed=seed)
-    m = write_manifest(out_path, sel, source_run=str(run_dir.resolve()), fingerprint=store.fingerprint,
-                       n_classes=store.n_classes, scorer_params=params)
+    params = parse_params(params)
+    _check_new_output(out_path, "manifest")
     if export_list:
-        write_list(load_manifest(out_path, fingerprint=store.fingerprint), store.sample_ids, export_list)
+        _check_new_output(export_list, "--export-list")
+    store = _open_store(run_dir)
+    done = prune_store(store, spec, out_path, params=params, first_epochs=first_epochs, progress=not quiet)
+    if export_list:
+        write_list(done.manifest, store.sample_ids, export_list)
+    m = done.manifest.data
     if not quiet:
         click.echo(f"{m['n_observed']} observed samples: pruned {m['n_pruned']} ({m['ratio_achieved']:.2%}) by {method}, "
-                   f"removed {m['n_outliers']} outliers, relabelled {len(m['relabelled'])}, kept {m['n_kept']} "
-                   f"(unobserved kept: {len(m['unobserved'])}, unscored kept: {len(m['unscored'])})")
+                   f"removed {m['n_outliers']}, relabelled {len(m['relabelled'])}, kept {m['n_kept']} "
+                   f"(unobserved kept: {len(m['unobserved'])}, unscored kept: {len(m['unscored'])}); scores "
+                   + ("reused" if done.scored_with is None else f"computed ({done.scored_with})"))
         if m["emptied_classes"]:
             click.echo(f"warning: classes emptied by global pruning: {m['emptied_classes']}", err=True)
         click.echo(f"manifest: {out_path} (+ {out_path.with_suffix('.npz').name})"
@@ -256,15 +264,16 @@ def prune_cmd(run_dir, ratio, method, policy, relabel, relabel_confidence, outli
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def inspect_cmd(run_dir, as_json):
     """Show what RUN_DIR's store holds: size, epochs complete, coverage, and a score summary."""
-    from .scoring import load_scores
+    from .scoring import SCORES_FILE, load_scores, scores_status
 
     store = _open_store(run_dir)
     E = store.epochs_completed
     info = {
-        "run_dir": str(run_dir), "n_samples": store.n_samples, "n_classes": store.n_classes,
+        "run_dir": str(run_dir), "kind": store.KIND, "n_samples": store.n_samples, "n_classes": store.n_classes,
         "dtype": store.dtype.name, "epochs_completed": E, "epochs_planned": store.meta.get("epochs_planned"),
-        "bytes": store.nbytes(), "fingerprint": store.fingerprint["sha256"][:16],
+        "bytes": store.nbytes(), "fingerprint": store.fingerprint["sha256"][:16], "generation": store.generation(),
         "world_size": store.meta.get("world_size"), "command": store.meta.get("command"),
+        "saturated_values": store.meta.get("saturated", 0),
     }
     if E:
         counts = store.counts()
@@ -272,30 +281,170 @@ def inspect_cmd(run_dir, as_json):
         info["coverage_per_epoch"] = seen.mean(1).round(4).tolist()
         info["never_observed"] = int((~seen.any(0)).sum())
         info["mean_observations_per_epoch"] = round(float(counts.sum(0).mean() / E), 4)
-    scores_path = run_dir / "scores.npz"
+    scores_path = run_dir / SCORES_FILE
     if scores_path.exists():
         try:
-            scores, meta = load_scores(scores_path, fingerprint=store.fingerprint)
-            info["scores"] = {"epochs_used": meta["epochs_used"], "methods": meta["methods"],
-                              "summary": _summary_lines(scores, meta["methods"])}
+            scores, meta = load_scores(scores_path, n_samples=store.n_samples)
+            made = meta["made_from"]
+            stale = scores_status(meta, store.identity(min(made.get("epochs", E), E)), [], meta["params"])
+            info["scores"] = {"epochs_used": made.get("epochs"), "methods": meta["methods"], "stale": stale,
+                              "clipped": meta.get("clipped", {}), "summary": _summary_lines(scores, meta["methods"])}
         except ValueError as e:
             info["scores"] = {"error": str(e)}
     if as_json:
         click.echo(json.dumps(info))
         return
-    click.echo(f"{run_dir}: {store.n_samples} samples x {store.n_classes} classes, {store.dtype.name}, "
-               f"{E}/{info['epochs_planned']} epochs complete ({store.nbytes() / 1e6:.1f} MB of logits)")
-    click.echo(f"fingerprint {info['fingerprint']}, world size {info['world_size']}")
+    click.echo(f"{run_dir}: {store.KIND} store, {store.n_samples} samples x {store.n_classes} classes, "
+               f"{store.dtype.name}, {E}/{info['epochs_planned']} epochs complete ({store.nbytes() / 1e6:.1f} MB)")
+    click.echo(f"fingerprint {info['fingerprint']}, generation {info['generation'][:12]}, world size "
+               f"{info['world_size']}")
+    if info["saturated_values"]:
+        click.echo(f"note: {info['saturated_values']} recorded logits beyond the fp16 range were saturated to +-65504")
     if E:
         cov = info["coverage_per_epoch"]
         click.echo(f"coverage per epoch: min {min(cov):.2%}, max {max(cov):.2%}; never observed: "
                    f"{info['never_observed']}; observations per sample per epoch: {info['mean_observations_per_epoch']}")
     if "scores" in info:
-        if "error" in info["scores"]:
-            click.echo(f"scores.npz: {info['scores']['error']}")
+        sc = info["scores"]
+        if "error" in sc:
+            click.echo(f"scores.npz: {sc['error']}")
         else:
-            click.echo(f"scores.npz (from {info['scores']['epochs_used']} epochs):")
-            click.echo("\n".join("  " + line for line in info["scores"]["summary"]))
+            state = f"STALE: {sc['stale']}" if sc["stale"] else "current"
+            click.echo(f"scores.npz (from {sc['epochs_used']} epochs; {state}):")
+            click.echo("\n".join("  " + line for line in sc["summary"]))
+
+
+# ----------------------------------------------------------------------------------- train
+def _config_options(func):
+    """One click option per :class:`TrainConfig` field (the dataclass is where they are defined)."""
+    from .train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        typ = hints[f.name]
+        base = next((a for a in typing.get_args(typ) if a is not type(None)), typ)
+        flag = "--" + f.name.replace("_", "-")
+        default = None if f.default is dataclasses.MISSING else f.default
+        help_text = f.metadata.get("help", "") + ("" if default is None else f" [default: {default}]")
+        if base is bool:
+            opt = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text)
+        else:
+            opt = click.option(flag, f.name, type=base, default=None, help=help_text)
+        func = opt(func)
+    return func
+
+
+def _make_config(config_path, overrides: dict):
+    """TrainConfig from an optional JSON file (values type-checked) and command-line options (which win)."""
+    from .options import coerce
+    from .train.config import TrainConfig
+
+    values = {}
+    if config_path:
+        from .fileio import read_json
+
+        values = read_json(Path(config_path), "--config file")
+        if not isinstance(values, dict):
+            raise ValueError(f"{config_path}: a config must be a JSON object of TrainConfig fields")
+        hints = typing.get_type_hints(TrainConfig)
+        unknown = sorted(set(values) - set(hints))
+        if unknown:
+            raise ValueError(f"{config_path}: unknown config keys {unknown}")
+        values = {k: coerce(v, hints[k], f"{config_path}: {k}") for k, v in values.items()}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "out" not in values:
+        raise ValueError("--out is required (the run directory)")
+    return TrainConfig(**values)
+
+
+@main.command("train")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="JSON file of TrainConfig fields; command-line options override it.")
+@click.option("--restart", is_flag=True,
+              help="Start a new run in OUT, deleting what an earlier run left there (checkpoint, metrics, "
+                   "trajectory, manifest). Without it, a run is resumed, and refused if its settings differ.")
+@_config_options
+def train_cmd(config_path, restart, **overrides):
+    """Train a model, recording every sample's logits into OUT/trajectory.
+
+    Runs on one process or under a launcher that sets RANK/WORLD_SIZE (torchrun -m dprune
+    train, deepspeed, srun + torchrun); only rank 0 writes, and it holds OUT's lock.
+    Rerunning the same command resumes from OUT/checkpoint.pt (or OUT/ds_checkpoint).  With
+    --manifest it trains only on the kept samples, with corrected labels; with --prune-at T
+    it prunes itself after epoch T and carries on.
+    """
+    from .stages import train
+
+    cfg = _make_config(config_path, overrides)
+    done = train(cfg, restart=restart)
+    if done.metrics and "test_metric" in done.metrics[-1]:  # rank 0
+        last = done.metrics[-1]
+        click.echo(f"final test {last['metric_name']} {last['test_metric']:.4f} after {len(done.metrics)} epochs "
+                   f"({done.cost:,} sample-epochs); metrics in {Path(cfg.out) / 'metrics.json'}")
+
+
+# ------------------------------------------------------------------------------------- run
+def _parse_sets(items) -> dict:
+    from .options import coerce, parse_value, split_assignment
+    from .train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for item in items:
+        key, value = split_assignment(item, "--set")
+        if key not in hints:
+            raise ValueError(f"--set {key}: not a 'dprune train' field (see dprune train --help)")
+        out[key] = coerce(parse_value(value), hints[key], f"--set {key}")
+    return out
+
+
+@main.command("run")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for everything the run writes.")
+@click.option("--task", type=click.Choice(["classification", "reid"]), default="classification", show_default=True,
+              help="reid: BoT recipe on market1501 / msmt17 / veri776, evaluated by mAP and CMC.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="Dataset name (digits needs no files); for reid: market1501, msmt17, veri776.")
+@click.option("--data-root", "--root", "data_root", type=click.Path(exists=True, file_okay=False),
+              help="Folder of the dataset.")
+@click.option("--model", default=None, help="small_cnn, resnet18 or resnet50 [default: small_cnn; reid: resnet50].")
+@click.option("--record-epochs", type=click.IntRange(min=1), default=6, show_default=True,
+              help="T: epochs scored, the first of the run (the paper: 12 of 120).")
+@click.option("--epochs", type=click.IntRange(min=2), default=30, show_default=True, help="E: epochs of every run.")
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Prune ratio.")
+@click.option("--method", default="entropy", show_default=True, help="Scorer that ranks the samples.")
+@click.option("--policy", type=click.Choice(["global", "class"]), default="class", show_default=True)
+@click.option("--relabel/--no-relabel", default=True, show_default=True, help="Act on the mislabel detector.")
+@click.option("--detector", type=click.Choice(["argmax", "confident"]), default="argmax", show_default=True,
+              help="Mislabel detector (see dprune prune --help).")
+@click.option("--remove-outliers", type=click.FloatRange(0, 1, max_open=True), default=0.01,
+              show_default=True, help="Fraction of flattest soft labels to remove (0 = none).")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also train on the full data (recording it) and retrain from scratch on its pruned set (the "
+                   "paper's protocol), for the comparison table; --no-baseline runs prune-in-run alone.")
+@click.option("--label-noise", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Inject symmetric label noise into the training labels (to watch the correction work).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=float, help="Peak learning rate [default: 0.05 classification, 3.5e-4 reid].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["ddp", "deepspeed"]), default="ddp", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Any 'dprune train' field for every stage, winning over the options above, e.g. --set record=pass "
+                   "--set store=summary --set reid_height=128.")
+def run_cmd(out, record_epochs, baseline, label_noise, remove_outliers, sets, **options):
+    """The whole method end to end, and what each way to the pruned model costs.
+
+    Trains the full-data baseline recording its first T epochs (OUT/full), scores and prunes
+    them (OUT/manifest.json), retrains from scratch on the kept set (OUT/pruned, the paper's
+    protocol), and runs prune-in-run (OUT/prune-in-run).  Writes OUT/report.md (accuracy and
+    cost of each way), OUT/kept.tsv (for reid also OUT/train_list.txt, "relpath pid" lines in
+    the dataset's ids) and plots.  Rerunning resumes; a stage whose inputs changed reruns.
+    """
+    from .stages import run_config, run_pipeline
+
+    options.update(label_noise=label_noise, noise_kind="symmetric" if label_noise else "none",
+                   noise_seed=options["seed"], remove_outliers=remove_outliers or None)
+    rc = run_config(out, options, _parse_sets(sets), record_epochs=record_epochs, baseline=baseline)
+    click.echo(run_pipeline(rc))
 
 
 # ----------------------------------------------------------------------------------- synth
@@ -339,12 +488,10 @@ def synth_reid_cmd(root, layout, ids, images_per_id, cams, noise, hardness, seed
 
 
 def _register_commands() -> None:
-    """Commands that live beside their subsystems: training, the pipeline, ReID evaluation."""
+    """Commands that live beside their subsystems: ReID evaluation."""
     from .evaluate.reid_cli import eval_reid
-    from .train.cli import run_cmd, train_cmd
 
-    for cmd in (train_cmd, run_cmd, eval_reid):
-        main.add_command(cmd)
+    main.add_command(eval_reid)
 
 
 _register_commands()

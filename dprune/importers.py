@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import TrajectoryStore, validate_labels
+from .labels import validate_labels
+from .store import TrajectoryStore
 
 
 def _progress(total, desc, enabled):
@@ -31,6 +32,18 @@ def _load_array(path: Path, mmap: bool = True) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"cannot read {path}: {e}") from None
+
+
+def read_labels_file(path) -> np.ndarray:
+    """labels [N] from an ``.npy`` file (no pickles), as a ``ValueError`` naming the file if unreadable."""
+    return _load_array(Path(path), mmap=False)
+
+
+def _check_logits(logits: np.ndarray, where) -> None:
+    if logits.ndim != 3:
+        raise ValueError(f"{where}: logits must be [E, N, C], got shape {logits.shape}")
+    if not np.issubdtype(logits.dtype, np.floating):
+        raise ValueError(f"{where}: logits must be floating point, got dtype {logits.dtype}")
 
 
 def read_array_source(src: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -60,8 +73,7 @@ def import_arrays(src, out_dir, *, labels=None, n_classes: int | None = None, dt
                   sample_ids=None, chunk_size: int = 65536, progress: bool = False, overwrite: bool = False) -> TrajectoryStore:
     """Create a store in ``out_dir`` from an array source (see :func:`read_array_source`)."""
     logits, counts, file_labels = read_array_source(Path(src))
-    if logits.ndim != 3:
-        raise ValueError(f"logits must be [E, N, C], got shape {logits.shape}")
+    _check_logits(logits, src)
     E, N, C = logits.shape
     if labels is None:
         labels = file_labels
@@ -72,18 +84,21 @@ def import_arrays(src, out_dir, *, labels=None, n_classes: int | None = None, dt
     labels = validate_labels(labels, C, N)
     if counts is not None and counts.shape != (E, N):
         raise ValueError(f"counts must be [E, N] = [{E}, {N}], got shape {counts.shape}")
+    if counts is not None and counts.dtype.kind not in "iuf":
+        raise ValueError(f"counts must be numbers, got dtype {counts.dtype}")
     store = TrajectoryStore.create(out_dir, labels, C, sample_ids=sample_ids, dtype=dtype, epochs_planned=E,
                                    labels_source=str(src), overwrite=overwrite)
-    bar = _progress(E, "importing", progress)
-    for e in range(E):
-        store.begin_epoch(e)
-        for start in range(0, N, chunk_size):
-            stop = min(N, start + chunk_size)
-            c = np.ones(stop - start, np.int32) if counts is None else np.asarray(counts[e, start:stop])
-            store.put(e, start, np.asarray(logits[e, start:stop]), c)
-        store.complete_epoch(e)
-        bar.update(1)
-    bar.close()
+    with store:
+        bar = _progress(E, "importing", progress)
+        for e in range(E):
+            store.begin_epoch(e)
+            for start in range(0, N, chunk_size):
+                stop = min(N, start + chunk_size)
+                c = np.ones(stop - start, np.int32) if counts is None else np.asarray(counts[e, start:stop])
+                store.put(e, start, np.asarray(logits[e, start:stop]), c)
+            store.complete_epoch(e)
+            bar.update(1)
+        bar.close()
     return store
 
 
@@ -106,27 +121,44 @@ def import_tdds(src, out_dir, *, labels, n_samples: int | None = None, dtype: st
     if epochs != list(range(len(epochs))):
         raise ValueError(f"{src}: epochs must be numbered 0..{len(epochs) - 1} without gaps, found {epochs}")
     first = _load_array(src / "0_Output.npy")
-    if first.ndim != 2:
-        raise ValueError(f"{src / '0_Output.npy'} must be [n, C], got shape {first.shape}")
+    if first.ndim != 2 or not np.issubdtype(first.dtype, np.floating):
+        raise ValueError(f"{src / '0_Output.npy'} must be float [n, C], got {first.dtype} {first.shape}")
     C = first.shape[1]
     labels = np.asarray(labels)
     N = n_samples if n_samples is not None else len(labels)
     labels = validate_labels(labels, C, N)
     store = TrajectoryStore.create(out_dir, labels, C, sample_ids=sample_ids, dtype=dtype, epochs_planned=len(epochs),
                                    labels_source="given", overwrite=overwrite)
-    bar = _progress(len(epochs), "importing", progress)
-    for e in epochs:
-        out = _load_array(src / f"{e}_Output.npy")
-        idx_path = src / f"{e}_Index.npy"
-        if not idx_path.exists():
-            raise ValueError(f"{idx_path} is missing (every {e}_Output.npy needs its {e}_Index.npy)")
-        idx = _load_array(idx_path, mmap=False).reshape(-1)
-        if out.shape != (len(idx), C):
-            raise ValueError(f"epoch {e}: {out.shape[0]} outputs of width {out.shape[1]} but {len(idx)} indices (C = {C})")
-        store.begin_epoch(e)
-        for s in range(0, len(idx), 65536):
-            store.write(e, idx[s : s + 65536], np.asarray(out[s : s + 65536]))
-        store.complete_epoch(e)
-        bar.update(1)
-    bar.close()
+    with store:
+        bar = _progress(len(epochs), "importing", progress)
+        for e in epochs:
+            out = _load_array(src / f"{e}_Output.npy")
+            idx_path = src / f"{e}_Index.npy"
+            if not idx_path.exists():
+                raise ValueError(f"{idx_path} is missing (every {e}_Output.npy needs its {e}_Index.npy)")
+            idx = _load_array(idx_path, mmap=False).reshape(-1)
+            if out.shape != (len(idx), C) or not np.issubdtype(out.dtype, np.floating):
+                raise ValueError(f"epoch {e}: {out.dtype} outputs {out.shape} for {len(idx)} indices (C = {C})")
+            if idx.size and not np.issubdtype(idx.dtype, np.integer):
+                raise ValueError(f"{idx_path}: indices must be integers, got dtype {idx.dtype}")
+            if np.dtype(store.dtype) == np.float16 and out.size:
+                _check_fp16_range(out, src / f"{e}_Output.npy")
+            store.begin_epoch(e)
+            for s in range(0, len(idx), 65536):
+                store.write(e, idx[s : s + 65536], np.asarray(out[s : s + 65536]))
+            store.complete_epoch(e)
+            bar.update(1)
+        bar.close()
     return store
+
+
+def _check_fp16_range(out: np.ndarray, where) -> None:
+    big = 0.0
+    for s in range(0, len(out), 65536):
+        part = np.asarray(out[s : s + 65536], np.float64)
+        finite = part[np.isfinite(part)]
+        if finite.size:
+            big = max(big, float(np.abs(finite).max()))
+    if big > float(np.finfo(np.float16).max):
+        raise ValueError(f"{where}: logit {big:g} does not fit the fp16 store (largest finite fp16: "
+                         f"{float(np.finfo(np.float16).max):g}); import with --dtype float32")

@@ -1,19 +1,12 @@
-"""Triton kernels and their launchers (installed as ``dprune.kernels``).
+"""Fused scoring kernels and their launchers (installed as ``dprune.kernels``).
 
-One kernel per module, each with a plain launcher and a torch reference in ``dprune``:
+Kernels are leaves: they import torch, triton, numba and numpy, never ``dprune``, and return
+plain tensors (:class:`~.common.FusedStats`).  Each has a torch reference in
+``dprune.scoring`` that the tests compare it with.
 
-* :mod:`.fused_stats` -- :func:`~.fused_stats.fused_stats`, every field of
-  :class:`dprune.scoring.stats.TrajectoryStats` in one pass (reference:
-  :func:`dprune.scoring.stats.compute_stats`).
-* :mod:`.accumulate` -- :func:`~.accumulate.scatter_add_rows`, a batch of logits added into an
-  epoch accumulator with counts (reference: ``Tensor.index_add_``).
+* :mod:`.fused_stats` -- Triton (GPU, or the CPU interpreter under ``TRITON_INTERPRET=1``,
+  which must be set before this module is imported).
+* :mod:`.fused_stats_cpu` -- numba, the same single pass on the CPU; needs no triton.
 
-On a machine without a GPU the kernels run in Triton's interpreter, which is chosen when a
-kernel is decorated: set ``TRITON_INTERPRET=1`` before importing these modules.
+Importing this package imports neither triton nor numba.
 """
-import triton
-
-
-def is_interpreted(kernel) -> bool:
-    """True when ``kernel`` was decorated under ``TRITON_INTERPRET=1`` (it runs on the CPU)."""
-    return isinstance(kernel, triton.runtime.interpreter.InterpretedFunction)

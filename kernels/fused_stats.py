@@ -1,9 +1,9 @@
-"""Fused trajectory statistics: one Triton kernel computes every field of ``TrajectoryStats``.
+"""Fused trajectory statistics: one Triton kernel computes every field of :class:`~.common.FusedStats`.
 
 Legend: E epochs, N samples, C classes, BN samples per program, BC classes per block.
 
 The torch reference is :func:`dprune.scoring.stats.compute_stats`; :func:`fused_stats` returns
-the same :class:`~dprune.scoring.stats.TrajectoryStats` (fields, dtypes, NaN placement, -1
+the same statistics (fields, dtypes, NaN placement, -1
 soft argmax for unobserved samples), computed in float32 whatever the input dtype.
 
 Each program owns BN samples and walks their epochs.  Two layouts, chosen by
@@ -45,13 +45,10 @@ from typing import NamedTuple
 
 import torch
 
-from .validation import check_stats_inputs
 import triton
 import triton.language as tl
 
-from dprune.scoring.stats import TrajectoryStats
-
-from . import is_interpreted
+from .common import FusedStats, check_stats_inputs
 
 # Above this many classes a row no longer fits in registers and the two-pass layout is used.
 MAX_SINGLE_BLOCK_C = 4096
@@ -349,12 +346,13 @@ def _fused_stats_kernel(
 
 
 def interpreter_active() -> bool:
-    """True when this module's kernel runs in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return is_interpreted(_fused_stats_kernel)
+    """True when this module's kernel runs in Triton's CPU interpreter (``TRITON_INTERPRET=1``
+    was set when the kernel was decorated, i.e. before this module was first imported)."""
+    return isinstance(_fused_stats_kernel, triton.runtime.interpreter.InterpretedFunction)
 
 
-def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, block_c: int | None = None) -> TrajectoryStats:
-    """Every :class:`~dprune.scoring.stats.TrajectoryStats` field in one kernel launch.
+def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, block_c: int | None = None) -> FusedStats:
+    """Every :class:`~.common.FusedStats` field in one kernel launch.
 
     Parameters
     ----------
@@ -405,7 +403,7 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
         BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, SINGLE_BLOCK=cfg.single_block,
         num_warps=cfg.num_warps,
     )
-    return TrajectoryStats(
+    return FusedStats(
         n_obs=n_obs,
         nonfinite=nonfinite.view(torch.bool),
         entropy=entropy,

@@ -1,9 +1,9 @@
-"""Fused trajectory statistics on the CPU: one numba kernel computes every field of ``TrajectoryStats``.
+"""Fused trajectory statistics on the CPU: one numba kernel computes every field of :class:`~.common.FusedStats`.
 
 Legend: E epochs, N samples, C classes; n one sample, e one epoch, c one class, y its label.
 
 The torch reference is :func:`dprune.scoring.stats.compute_stats`; :func:`fused_stats_cpu`
-returns the same :class:`~dprune.scoring.stats.TrajectoryStats` (fields, dtypes, NaN placement,
+returns the same statistics (fields, dtypes, NaN placement,
 -1 soft argmax for unobserved samples), computed in float32 whatever the input dtype.  It is
 the CPU twin of the Triton kernel :mod:`dprune.kernels.fused_stats`, with the same maths.
 
@@ -62,12 +62,11 @@ import numba
 import numpy as np
 import torch
 
-from .validation import check_stats_inputs
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from dprune.scoring.stats import TrajectoryStats
+from .common import FusedStats, check_stats_inputs
 
 # Samples per parallel work item: ~0.5 ms of work, so that the threads share out the rest of
 # a chunk well when a core is busy with something else (dynamic scheduling).
@@ -484,8 +483,8 @@ def _raw_bits(logits_ENC: torch.Tensor) -> tuple[np.ndarray, int]:
 
 def fused_stats_cpu(
     logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, threads: int | None = None
-) -> TrajectoryStats:
-    """Every :class:`~dprune.scoring.stats.TrajectoryStats` field in one pass over the logits, on the CPU.
+) -> FusedStats:
+    """Every :class:`~.common.FusedStats` field in one pass over the logits, on the CPU.
 
     Parameters
     ----------
@@ -546,7 +545,7 @@ def fused_stats_cpu(
             numba.set_num_threads(caller_threads)
             torch.set_num_threads(torch_threads)
     t = torch.from_numpy
-    return TrajectoryStats(
+    return FusedStats(
         n_obs=t(n_obs),
         nonfinite=t(nonfinite),
         entropy=t(entropy),

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-METHODS = ("entropy", "entropy_prob", "forgetting", "el2n", "aum", "tdds", "dyn_unc", "loss_mean", "random")
+METHODS = ("entropy", "entropy_prob", "forgetting", "el2n", "aum", "tdds", "dyn_unc", "loss_mean", "dual", "random")
 
 
 def _softmax(x):
@@ -81,5 +81,8 @@ def reference_scores(z, c, y, *, window=10, decay=0.9, el2n_epoch=None, seed=0, 
             out["tdds"][i] = total
             py = P[:, yi]
             out["dyn_unc"][i] = np.mean([py[k : k + J].std() for k in range(T - J + 1)])
+            # DUAL (Cho et al. 2025): per window, sample std (ddof 1) times (1 - mean) of p_y.
+            out["dual"][i] = np.mean([py[k : k + J].std(ddof=1) * (1 - py[k : k + J].mean())
+                                      for k in range(T - J + 1)])
         out["random"][i] = u[i]
     return out

@@ -38,8 +38,8 @@ def test_import_score_prune_inspect(tmp_path, traj):
     out = run("score", tmp_path / "run").output
     assert "numba backend" in out and "entropy" in out
     store = TrajectoryStore.open(tmp_path / "run")
-    scores, meta = load_scores(tmp_path / "run" / "scores.npz", fingerprint=store.fingerprint)
-    assert meta["epochs_used"] == 5 and scores["entropy"].shape == (300,)
+    scores, meta = load_scores(tmp_path / "run" / "scores.npz", n_samples=store.n_samples)
+    assert meta["made_from"] == store.identity() and scores["entropy"].shape == (300,)
     out = run("prune", tmp_path / "run", "--ratio", 0.25, "--policy", "class", "--relabel", "--remove-outliers", 0.02,
               "-o", tmp_path / "m.json", "--export-list", tmp_path / "kept.tsv").output
     m = json.loads((tmp_path / "m.json").read_text())
@@ -99,7 +99,7 @@ def test_bad_inputs_exit_non_zero_with_one_line(tmp_path, traj):
     one_line_error(run("score", tmp_path / "run", "--param", "tdds", ok=False), "NAME.OPTION=VALUE")
     bad = dict(t, labels=np.full(300, 9))
     np.savez(tmp_path / "bad.npz", **bad)
-    one_line_error(run("import", tmp_path / "bad.npz", "-o", tmp_path / "x", ok=False), "labels out of range [0, 6)")
+    one_line_error(run("import", tmp_path / "bad.npz", "-o", tmp_path / "x", ok=False), "labels must lie in [0, 6)")
     np.savez(tmp_path / "short.npz", logits=t["logits"], labels=t["labels"][:10])
     one_line_error(run("import", tmp_path / "short.npz", "-o", tmp_path / "y", ok=False), "labels have length 10, expected N = 300")
     (tmp_path / "run" / "meta.json").write_text("{oops")
@@ -143,13 +143,13 @@ def test_score_and_prune_on_the_first_epochs(tmp_path, traj):
     assert "over 2 epochs" in run("score", tmp_path / "run", "--first-epochs", 2).output
     store = TrajectoryStore.open(tmp_path / "run")
     scores, meta = load_scores(tmp_path / "run" / "scores.npz")
-    assert meta["epochs_used"] == 2
+    assert meta["made_from"]["epochs"] == 2
     scores_file = tmp_path / "run" / "scores.npz"
     before = scores_file.stat().st_mtime_ns
     run("prune", tmp_path / "run", "-r", 0.2, "--first-epochs", 2, "-o", tmp_path / "a.json", "-q")
     assert scores_file.stat().st_mtime_ns == before  # the 2-epoch scores are reused
     run("prune", tmp_path / "run", "-r", 0.2, "-o", tmp_path / "b.json", "-q")
-    assert load_scores(scores_file)[1]["epochs_used"] == store.epochs_completed  # all epochs: rescored
+    assert load_scores(scores_file)[1]["made_from"]["epochs"] == store.epochs_completed  # all epochs: rescored
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
     assert a["n_pruned"] == b["n_pruned"] == 60
     assert "[1, 5]" in run("score", tmp_path / "run", "--first-epochs", 6, ok=False).output

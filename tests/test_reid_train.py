@@ -24,13 +24,27 @@ def test_pk_batches_have_p_identities_of_k_images_and_ranks_are_disjoint():
     for b in batches[0] + batches[1]:
         ids, n = np.unique(labels[b], return_counts=True)
         assert len(ids) == 4 and (n == 3).all()
-    # Disjoint shares: no batch is served to both ranks, and positions taken without
-    # replacement (identities with >= K images) appear at most once per epoch overall.
-    flat = [i for b in batches[0] + batches[1] for i in b]
-    big = np.isin(labels[flat], np.flatnonzero(np.bincount(labels) >= 3))
-    assert len(set(np.asarray(flat)[big])) == big.sum()
-    # Coverage: every identity with >= K images is drawn in an epoch (up to the last uneven batches).
-    assert len(set(labels[flat])) >= 30 - 4 * 2
+    # Coverage: every image is drawn at least once per epoch, over the ranks together; repeats
+    # come only from topping up groups (remainders, identities with fewer than K images).
+    flat = np.array([i for b in batches[0] + batches[1] for i in b])
+    assert set(flat) == set(range(len(labels)))
+    n_groups = sum(max(1, -(-n // 3)) for n in np.bincount(labels))
+    assert len(flat) <= 3 * (n_groups + 4 * 2)
+
+
+def test_pk_sampler_sees_every_kept_image_after_pruning_a_generated_market(tmp_path):
+    make_synthetic_reid(tmp_path / "m", "market1501", n_ids=40, images_per_id=11, seed=3)
+    labels = np.array([r.pid for r in build_reid_dataset("market1501", tmp_path / "m").train])
+    kept = np.sort(np.random.default_rng(0).choice(len(labels), int(0.9 * len(labels)), replace=False))
+    for epoch in range(3):
+        ranks = [PKSampler(labels[kept], 4, 4, world_size=2, rank=r, seed=1) for r in (0, 1)]
+        for s in ranks:
+            s.set_epoch(epoch)
+        seen = {i for s in ranks for b in s for i in b}
+        assert seen == set(range(len(kept))), f"epoch {epoch}: {len(kept) - len(seen)} kept images never drawn"
+        assert len(ranks[0]) == len(ranks[1])
+    # Steps follow the images: about (kept images) / (P K) batches, not one per full group set.
+    assert len(ranks[0]) * 2 >= len(kept) // 16
 
 
 def test_pk_sampler_depends_on_epoch_and_seed_only():
@@ -73,14 +87,14 @@ def test_reid_pipeline_end_to_end_on_a_market1501_layout(tmp_path):
     make_synthetic_reid(tmp_path / "market", "market1501", n_ids=16, images_per_id=6, seed=1)
     result = CliRunner().invoke(main, [
         "run", "--task", "reid", "--dataset", "market1501", "--root", str(tmp_path / "market"),
-        "--out", str(tmp_path / "run"), "--model", "resnet18", "--record-epochs", "2", "--epochs", "2",
+        "--out", str(tmp_path / "run"), "--model", "resnet18", "--record-epochs", "2", "--epochs", "3",
         "--batch-size", "8", "--ratio", "0.25", "--no-baseline", "--set", "reid_height=64", "--set", "reid_width=32", "--set", "pk_k=2",
     ], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = (tmp_path / "run" / "report.md").read_text()
     assert "mAP" in report and "Rank-1" in report
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    store = TrajectoryStore.open(tmp_path / "run" / "record" / "trajectory")
+    store = TrajectoryStore.open(tmp_path / "run" / "prune-in-run" / "trajectory")
     assert m["n_pruned"] == round(0.25 * m["n_observed"])
     assert store.counts().sum() > 0 and m["n_observed"] == int((store.counts().sum(0) > 0).sum())
     # The exported list uses the dataset's own pids and relative paths: readable as a training list.
@@ -92,5 +106,6 @@ def test_reid_pipeline_end_to_end_on_a_market1501_layout(tmp_path):
     for line in lines:
         path, pid = line.split()
         assert path in train_paths and int(pid) in original_pids
-    metrics = json.loads((tmp_path / "run" / "pruned" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "prune-in-run" / "metrics.json").read_text())
+    assert [x["phase"] for x in metrics] == ["full", "full", "pruned"]
     assert {"mAP", "rank1", "rank5", "rank10", "mINP"} <= set(metrics[-1])

@@ -8,14 +8,19 @@ from hypothesis import strategies as st
 
 from dprune import fileio
 from dprune.scoring import score_arrays
-from dprune.select import export_list, load_manifest, n_to_prune, select, write_manifest
+from dprune.manifest import export_list, load_manifest, write_manifest
+from dprune.select import n_to_prune, select, tiebreak_key
 from dprune.synthetic import synthetic_trajectory
 from strategies import random_trajectory
 
 
-def scored(seed=0, N=300, C=5, E=4, noise=0.1):
+def scored(seed=0, N=300, C=5, E=4, noise=0.1, params=None):
     t = synthetic_trajectory(N, C, E, noise_rate=noise, seed=seed)
-    return score_arrays(t["logits"], t["counts"], t["labels"]), t
+    return score_arrays(t["logits"], t["counts"], t["labels"], params=params), t
+
+
+def made_from(N, sha="ab" * 32):
+    return {"fingerprint": {"n_samples": N, "sha256": sha}, "generation": "g", "epochs": 4}
 
 
 @settings(max_examples=40, deadline=None)
@@ -76,6 +81,21 @@ def test_ties_are_broken_by_the_seed_not_the_index():
     assert 0.3 < np.mean(a.pruned < N // 2) < 0.7
 
 
+def test_tie_breaks_are_independent_of_the_random_scorer_and_of_each_other():
+    N = 1000
+    random_scores = np.random.default_rng(3).random(N)  # what the random scorer draws for seed 3
+    for method in ("forgetting", "entropy"):
+        key = tiebreak_key(3, method, N)
+        assert abs(np.corrcoef(key, random_scores)[0, 1]) < 0.1
+    assert abs(np.corrcoef(tiebreak_key(3, "forgetting", N), tiebreak_key(3, "el2n", N))[0, 1]) < 0.1
+    # Fully tied scores: forgetting's selection does not repeat the random scorer's.
+    scores = {"forgetting": np.zeros(N), "random": random_scores, "n_observed": np.ones(N, int),
+              "nonfinite": np.zeros(N, bool)}
+    a = select(scores, np.zeros(N, int), 1, method="forgetting", ratio=0.3, seed=3)
+    b = select(scores, np.zeros(N, int), 1, method="random", ratio=0.3, seed=3)
+    assert len(np.intersect1d(a.pruned, b.pruned)) < 0.5 * len(a.pruned)
+
+
 def test_unobserved_kept_unscored_kept_nonfinite_pruned_first():
     N = 10
     s = np.arange(N, dtype=float)
@@ -93,10 +113,11 @@ def test_unobserved_kept_unscored_kept_nonfinite_pruned_first():
     assert {0, 3} <= set(sel.kept)
 
 
-def test_relabelling_uses_the_confidence_rule_and_keeps_the_sample():
-    scores, t = scored(N=500, noise=0.2)
+def test_relabelling_uses_the_flags_of_the_scores_and_keeps_the_sample():
+    scores, t = scored(N=500, noise=0.2, params={"mislabel": {"min_confidence": 0.6}})
     y, true = t["labels"], t["true_labels"]
-    sel = select(scores, y, 5, method="entropy", ratio=0.5, relabel=True, relabel_min_confidence=0.6)
+    sel = select(scores, y, 5, method="entropy", ratio=0.5, relabel=True)
+    np.testing.assert_array_equal(sel.relabel_index, np.flatnonzero(scores["mislabel"]))
     assert len(sel.relabel_index) > 0
     assert (scores["p_max"][sel.relabel_index] >= 0.6).all()
     assert (sel.relabel_label == scores["soft_argmax"][sel.relabel_index]).all()
@@ -110,13 +131,14 @@ def test_relabelling_uses_the_confidence_rule_and_keeps_the_sample():
 def test_outliers_by_fraction_and_by_threshold():
     scores, t = scored(N=400)
     y = t["labels"]
-    sel = select(scores, y, 5, method="entropy", ratio=0.2, outlier_fraction=0.05)
+    sel = select(scores, y, 5, method="entropy", ratio=0.2, outliers=0.05)
     assert len(sel.outlier_index) == 20 and len(sel.pruned) == 80
     assert not set(sel.outlier_index) & set(sel.kept)
     flattest = np.argsort(-scores["entropy"])[:20]
     assert set(flattest) == set(sel.outlier_index)
     assert all("flat soft label" in r for r in sel.outlier_reason)
-    thr = select(scores, y, 5, method="entropy", ratio=0.2, outlier_entropy_threshold=0.8, outlier_margin_threshold=0.2)
+    scores, _ = scored(N=400, params={"outlier": {"entropy_threshold": 0.8, "margin_threshold": 0.2}})
+    thr = select(scores, y, 5, method="entropy", ratio=0.2, outliers="flagged")
     h = scores["entropy"] / np.log(5)
     want = np.flatnonzero((h >= 0.8) & (scores["margin"] <= 0.2))
     np.testing.assert_array_equal(thr.outlier_index, want)
@@ -127,7 +149,9 @@ def test_outliers_by_fraction_and_by_threshold():
     (dict(ratio=-0.1), r"prune ratio must be in \[0, 1\)"),
     (dict(ratio=0.1, policy="random"), "unknown policy 'random'; valid: global, class"),
     (dict(ratio=0.1, method="nope"), "scores hold no 'nope' array"),
-    (dict(ratio=0.1, outlier_fraction=0.1, outlier_entropy_threshold=0.9), "either"),
+    (dict(ratio=0.1, outliers=1.5), "outliers must be a fraction"),
+    (dict(ratio=0.1, detector="vote"), "unknown mislabel detector"),
+    (dict(ratio=0.99, policy="global", outliers=0.5), "keeps no sample|cannot prune"),
 ])
 def test_bad_selection_options(kw, match):
     scores, t = scored(N=50)
@@ -139,10 +163,11 @@ def test_bad_selection_options(kw, match):
 def test_manifest_round_trip_and_export(tmp_path):
     scores, t = scored(N=200, noise=0.2)
     y = t["labels"]
-    sel = select(scores, y, 5, method="entropy", ratio=0.3, relabel=True, outlier_fraction=0.02)
-    fp = {"n_samples": 200, "sha256": "ab" * 32}
-    m = write_manifest(tmp_path / "m.json", sel, source_run="run", fingerprint=fp, n_classes=5, scorer_params={})
+    sel = select(scores, y, 5, method="entropy", ratio=0.3, relabel=True, outliers=0.02)
+    fp = made_from(200)["fingerprint"]
+    m = write_manifest(tmp_path / "m.json", sel, source_run="run", made_from=made_from(200), n_classes=5)
     assert m["n_pruned"] == 60 and m["ratio_achieved"] == pytest.approx(0.3)
+    assert load_manifest(tmp_path / "m.json", labels_N=y).digest == load_manifest(tmp_path / "m.json").digest
     loaded = load_manifest(tmp_path / "m.json", fingerprint=fp)
     np.testing.assert_array_equal(loaded.kept, sel.kept)
     np.testing.assert_array_equal(loaded.labels, sel.labels_final)
@@ -158,8 +183,7 @@ def test_manifest_round_trip_and_export(tmp_path):
 def test_manifest_for_another_dataset_is_refused(tmp_path):
     scores, t = scored(N=50)
     sel = select(scores, t["labels"], 5, method="entropy", ratio=0.1)
-    write_manifest(tmp_path / "m.json", sel, source_run="r", fingerprint={"n_samples": 50, "sha256": "a" * 64},
-                   n_classes=5, scorer_params={})
+    write_manifest(tmp_path / "m.json", sel, source_run="r", made_from=made_from(50, "a" * 64), n_classes=5)
     with pytest.raises(ValueError, match="made for a different dataset"):
         load_manifest(tmp_path / "m.json", fingerprint={"n_samples": 50, "sha256": "b" * 64})
 
@@ -168,7 +192,7 @@ def test_corrupt_or_mismatched_manifest_files_are_refused(tmp_path):
     scores, t = scored(N=50)
     sel = select(scores, t["labels"], 5, method="entropy", ratio=0.1)
     path = tmp_path / "m.json"
-    write_manifest(path, sel, source_run="r", fingerprint={"n_samples": 50, "sha256": "a" * 64}, n_classes=5, scorer_params={})
+    write_manifest(path, sel, source_run="r", made_from=made_from(50, "a" * 64), n_classes=5)
     good = path.read_text()
     path.write_text(good[: len(good) // 2])
     with pytest.raises(ValueError, match="manifest is corrupt"):
@@ -179,29 +203,35 @@ def test_corrupt_or_mismatched_manifest_files_are_refused(tmp_path):
         load_manifest(path)
 
 
-def test_a_killed_manifest_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+def test_a_killed_manifest_write_leaves_a_usable_manifest(tmp_path, monkeypatch):
     scores, t = scored(N=50)
-    fp = {"n_samples": 50, "sha256": "a" * 64}
+    y = t["labels"]
     path = tmp_path / "m.json"
-    first = select(scores, t["labels"], 5, method="entropy", ratio=0.1)
-    write_manifest(path, first, source_run="r", fingerprint=fp, n_classes=5, scorer_params={})
+    first = select(scores, y, 5, method="entropy", ratio=0.1)
+    write_manifest(path, first, source_run="r", made_from=made_from(50), n_classes=5)
     before = path.read_bytes()
+    second = select(scores, y, 5, method="entropy", ratio=0.5)
+    real = fileio._atomic_write
 
     def dies_half_way(f, _data=None):
-        f.write(b'{"format_version": 1, "kind": "dprune-manif')
+        f.write(b'{"format_version": 2, "kind": "dprune-manif')
         raise KeyboardInterrupt("killed")
 
-    real = fileio._atomic_write
+    # Killed while writing the JSON: the previous pair is untouched and loads.
     monkeypatch.setattr(fileio, "_atomic_write", lambda p, w: real(p, dies_half_way) if p.suffix == ".json" else real(p, w))
-    second = select(scores, t["labels"], 5, method="entropy", ratio=0.5)
     with pytest.raises(KeyboardInterrupt):
-        write_manifest(path, second, source_run="r", fingerprint=fp, n_classes=5, scorer_params={})
-    assert path.read_bytes() == before
-    assert not list(tmp_path.glob(".m.json.*"))  # no temp file left behind
-    # The npz was replaced by the interrupted write, so the old JSON no longer vouches for it.
+        write_manifest(path, second, source_run="r", made_from=made_from(50), n_classes=5)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".m.json.*"))
+    np.testing.assert_array_equal(load_manifest(path).kept, first.kept)
+    # Killed after the JSON, before the npz: the new JSON is complete and usable with the
+    # dataset's labels (how training loads it); the stale npz is refused, not trusted.
+    monkeypatch.setattr(fileio, "_atomic_write", lambda p, w: real(p, dies_half_way) if p.suffix == ".npz" else real(p, w))
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(path, second, source_run="r", made_from=made_from(50), n_classes=5)
+    loaded = load_manifest(path, labels_N=y)
+    np.testing.assert_array_equal(loaded.kept, second.kept)
     with pytest.raises(ValueError, match="does not belong"):
         load_manifest(path)
-    assert json.loads(before)["n_pruned"] == 5
 
 
 def test_atomically_written_files_get_the_usual_permissions(tmp_path):

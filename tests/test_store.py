@@ -18,7 +18,7 @@ def make_store(tmp_path, N=10, C=4, dtype="float16", seed=0):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 30), st.integers(1, 9), st.integers(1, 4), st.sampled_from(["float16", "float32"]))
+@given(st.integers(0, 10**6), st.integers(1, 30), st.integers(2, 9), st.integers(1, 4), st.sampled_from(["float16", "float32"]))
 def test_repeated_indices_are_averaged_by_count(seed, N, C, n_batches, dtype):
     import tempfile
 
@@ -62,7 +62,7 @@ def test_round_trip_meta_labels_ids_and_torch_inputs(tmp_path):
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 50), st.integers(1, 5), st.integers(1, 3), st.integers(1, 60))
+@given(st.integers(0, 10**6), st.integers(1, 50), st.integers(2, 5), st.integers(1, 3), st.integers(1, 60))
 def test_chunked_reading_equals_whole_reading(seed, N, C, E, chunk):
     import tempfile
 
@@ -165,10 +165,12 @@ def test_tampered_labels_break_the_fingerprint(tmp_path):
 
 
 @pytest.mark.parametrize("labels, C, match", [
-    ([0, 1, 5], 3, r"labels out of range \[0, 3\): found 5 at index 2"),
-    ([0, -1], 3, r"found -1 at index 1"),
+    ([0, 1, 5], 3, r"labels must lie in \[0, 3\), got range \[0, 5\] \(first bad: 5 at index 2\)"),
+    ([0, -1], 3, r"first bad: -1 at index 1"),
     ([[0, 1]], 3, r"labels must be 1-D \[N\], got shape \(1, 2\)"),
-    ([0.5, 1], 3, "non-integer"),
+    ([0.5, 1], 3, "labels must be integers, got dtype float64"),
+    ([1.0, 0.0], 3, "labels must be integers, got dtype float64"),
+    ([0, 0], 1, "n_classes >= 2"),
 ])
 def test_bad_labels_are_refused(tmp_path, labels, C, match):
     with pytest.raises(ValueError, match=match):

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from dprune.scoring import FLAGS, METHODS, score_store
-from dprune.store import StoreError, TrajectoryStore
-from dprune.summary_store import SummaryStore, open_or_create_store, open_store
+from dprune.scoring.online import SummaryFold, summary_stats
+from dprune.store import StoreError, SummaryStore, TrajectoryStore, open_or_create_store, open_store
+
+FOLD = SummaryFold()
 
 N, C, E = 41, 9, 5
 EXACT = ("soft_argmax", "nonfinite", "n_observed", "mislabel", "outlier")
@@ -67,7 +69,7 @@ def labels():
 def test_summary_scores_equal_full_scores(tmp_path, dtype, across, rtol, atol):
     y = labels()
     full = record(TrajectoryStore.create(tmp_path / "full", y, C, dtype=dtype), 1, range(E), repeats_across_calls=across)
-    summ = record(SummaryStore.create(tmp_path / "summ", y, C, dtype=dtype), 1, range(E), repeats_across_calls=across)
+    summ = record(SummaryStore.create(tmp_path / "summ", y, C, dtype=dtype, fold=FOLD), 1, range(E), repeats_across_calls=across)
     want, _ = score_store(TrajectoryStore.open(tmp_path / "full"), chunk_size=8)
     got, ran = score_store(SummaryStore.open(tmp_path / "summ"), chunk_size=7)
     assert ran == "summary"
@@ -79,7 +81,7 @@ def test_summary_scores_equal_full_scores(tmp_path, dtype, across, rtol, atol):
 def test_summary_scores_with_nonfinite_observations(tmp_path):
     y = labels()
     record(TrajectoryStore.create(tmp_path / "full", y, C, dtype="float32"), 2, range(E), nonfinite=True)
-    record(SummaryStore.create(tmp_path / "summ", y, C, dtype="float32"), 2, range(E), nonfinite=True)
+    record(SummaryStore.create(tmp_path / "summ", y, C, dtype="float32", fold=FOLD), 2, range(E), nonfinite=True)
     want, _ = score_store(TrajectoryStore.open(tmp_path / "full"))
     got, _ = score_store(SummaryStore.open(tmp_path / "summ"))
     assert got["nonfinite"].sum() >= 1
@@ -89,11 +91,12 @@ def test_summary_scores_with_nonfinite_observations(tmp_path):
 def test_interrupted_epoch_is_redone_not_counted_twice(tmp_path):
     y = labels()
     record(TrajectoryStore.create(tmp_path / "full", y, C, dtype="float32"), 3, range(E))
-    summ = record(SummaryStore.create(tmp_path / "summ", y, C, dtype="float32"), 3, range(2))
+    summ = record(SummaryStore.create(tmp_path / "summ", y, C, dtype="float32", fold=FOLD), 3, range(2))
     summ.begin_epoch(2)  # killed half way through epoch 2
     for idx, z in batches(3, 2)[:2]:
         summ.write(2, idx, z)
-    resumed = SummaryStore.open(tmp_path / "summ", "a")
+    summ.close()  # the writer dies; its lock goes with it
+    resumed = SummaryStore.open(tmp_path / "summ", "a", fold=FOLD)
     assert resumed.epochs_completed == 2
     record(resumed, 3, range(2, E))
     want, _ = score_store(TrajectoryStore.open(tmp_path / "full"))
@@ -105,7 +108,7 @@ def test_interrupted_epoch_is_redone_not_counted_twice(tmp_path):
 def test_crash_during_completion_leaves_the_previous_state(tmp_path, monkeypatch, crash_at):
     y = labels()
     record(TrajectoryStore.create(tmp_path / "full", y, C, dtype="float32"), 4, range(E))
-    summ = record(SummaryStore.create(tmp_path / "summ", y, C, dtype="float32"), 4, range(3))
+    summ = record(SummaryStore.create(tmp_path / "summ", y, C, dtype="float32", fold=FOLD), 4, range(3))
     summ.begin_epoch(3)
     for idx, z in batches(4, 3):
         summ.write(3, idx, z)
@@ -119,12 +122,13 @@ def test_crash_during_completion_leaves_the_previous_state(tmp_path, monkeypatch
             raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(SummaryStore, "_fold_rows", fold_then_crash)
-    monkeypatch.setattr("dprune.summary_store._FOLD_BYTES", C * 4 * 8 * 10)  # several fold chunks
+    monkeypatch.setattr("dprune.store.summary._FOLD_BYTES", C * 4 * 8 * 10)  # several fold chunks
     with pytest.raises(KeyboardInterrupt):
         summ.complete_epoch(3)
     monkeypatch.undo()
     assert calls
-    resumed = SummaryStore.open(tmp_path / "summ", "a")
+    summ.close()  # the killed writer's lock goes with its process
+    resumed = SummaryStore.open(tmp_path / "summ", "a", fold=FOLD)
     assert resumed.epochs_completed == 3
     record(resumed, 4, range(3, E))
     want, _ = score_store(TrajectoryStore.open(tmp_path / "full"))
@@ -135,7 +139,7 @@ def test_crash_during_completion_leaves_the_previous_state(tmp_path, monkeypatch
 def test_rollback_undoes_one_epoch(tmp_path):
     y = labels()
     record(TrajectoryStore.create(tmp_path / "full", y, C, dtype="float32"), 5, range(3))
-    summ = record(SummaryStore.create(tmp_path / "summ", y, C, dtype="float32"), 5, range(4))
+    summ = record(SummaryStore.create(tmp_path / "summ", y, C, dtype="float32", fold=FOLD), 5, range(4))
     summ.rollback(3)
     assert SummaryStore.open(tmp_path / "summ").epochs_completed == 3
     with pytest.raises(StoreError, match="only the last completed epoch"):
@@ -149,7 +153,7 @@ def test_files_identify_the_store_like_the_full_store(tmp_path):
     y = labels()
     ids = [f"img/{i}.jpg" for i in range(N)]
     full = TrajectoryStore.create(tmp_path / "full", y, C, sample_ids=ids, command="x")
-    summ = SummaryStore.create(tmp_path / "summ", y, C, sample_ids=ids, command="x")
+    summ = SummaryStore.create(tmp_path / "summ", y, C, sample_ids=ids, command="x", fold=FOLD)
     meta = json.loads((tmp_path / "summ" / "meta.json").read_text())
     assert meta["kind"] == "summary"
     assert summ.fingerprint == full.fingerprint
@@ -161,7 +165,7 @@ def test_files_identify_the_store_like_the_full_store(tmp_path):
 
 
 def test_state_dict_round_trip(tmp_path):
-    summ = record(SummaryStore.create(tmp_path / "s", labels(), C), 6, range(2))
+    summ = record(SummaryStore.create(tmp_path / "s", labels(), C, fold=FOLD), 6, range(2))
     state = summ.state_dict()
     SummaryStore.open(tmp_path / "s").load_state_dict(state)
     with pytest.raises(StoreError, match="fingerprint"):
@@ -172,10 +176,13 @@ def test_state_dict_round_trip(tmp_path):
 
 def test_factory_opens_and_creates_by_kind(tmp_path):
     y = labels()
-    s = open_or_create_store("summary", tmp_path / "s", y, C, dtype="float32")
+    s = open_or_create_store("summary", tmp_path / "s", y, C, dtype="float32", fold=FOLD)
     assert isinstance(s, SummaryStore)
     record(s, 8, range(1))
-    assert isinstance(open_or_create_store("summary", tmp_path / "s", y, C), SummaryStore)
+    s.close()
+    s = open_or_create_store("summary", tmp_path / "s", y, C, fold=FOLD)
+    assert isinstance(s, SummaryStore)
+    s.close()
     assert isinstance(open_store(tmp_path / "s"), SummaryStore)
     f = open_or_create_store("full", tmp_path / "f", y, C)
     assert isinstance(f, TrajectoryStore) and isinstance(open_store(tmp_path / "f"), TrajectoryStore)
@@ -188,7 +195,7 @@ def test_factory_opens_and_creates_by_kind(tmp_path):
 
 
 def test_writer_errors(tmp_path):
-    summ = SummaryStore.create(tmp_path / "s", labels(), C)
+    summ = SummaryStore.create(tmp_path / "s", labels(), C, fold=FOLD)
     with pytest.raises(StoreError, match="next epoch to record is 0"):
         summ.begin_epoch(1)
     with pytest.raises(StoreError, match="not open"):
@@ -203,20 +210,23 @@ def test_writer_errors(tmp_path):
     with pytest.raises(StoreError, match="read-only"):
         SummaryStore.open(tmp_path / "s").begin_epoch(1)
     with pytest.raises(ValueError, match="chunk_size"):
-        next(SummaryStore.open(tmp_path / "s").iter_stats(0))
+        next(summary_stats(SummaryStore.open(tmp_path / "s"), 0))
+    summ.close()
+    with pytest.raises(ValueError, match="needs a fold"):
+        SummaryStore.open(tmp_path / "s", "a")
 
 
 def test_missing_state_file_is_reported(tmp_path):
-    record(SummaryStore.create(tmp_path / "s", labels(), C), 9, range(1))
-    (tmp_path / "s" / "state1.p_sum.npy").unlink()
-    with pytest.raises(StoreError, match="state1.p_sum.npy is missing"):
+    record(SummaryStore.create(tmp_path / "s", labels(), C, fold=FOLD), 9, range(1))
+    (tmp_path / "s" / "state_0001.p_sum.npy").unlink()
+    with pytest.raises(StoreError, match="state_0001.p_sum.npy is missing"):
         SummaryStore.open(tmp_path / "s")
 
 
 def test_accepts_torch_tensors_of_any_float_dtype(tmp_path):
     y = labels()
     full = TrajectoryStore.create(tmp_path / "f", y, C, dtype="float32")
-    summ = SummaryStore.create(tmp_path / "s", y, C, dtype="float32")
+    summ = SummaryStore.create(tmp_path / "s", y, C, dtype="float32", fold=FOLD)
     for store in (full, summ):
         store.begin_epoch(0)
         for idx, z in batches(10, 0, repeats_across_calls=False):
@@ -224,20 +234,4 @@ def test_accepts_torch_tensors_of_any_float_dtype(tmp_path):
         store.complete_epoch(0)
     want, _ = score_store(TrajectoryStore.open(tmp_path / "f"))
     got, _ = score_store(SummaryStore.open(tmp_path / "s"))
-    assert_same_scores(got, want, 1e-5, 1e-6)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_writes_accumulate_with_the_triton_kernel(tmp_path):
-    y = labels()
-    cpu = record(SummaryStore.create(tmp_path / "c", y, C, dtype="float32"), 11, range(3))
-    gpu = SummaryStore.create(tmp_path / "g", y, C, dtype="float32")
-    for e in range(3):
-        gpu.begin_epoch(e)
-        for idx, z in batches(11, e):
-            gpu.write(e, torch.from_numpy(idx).cuda(), torch.from_numpy(z).cuda())
-        gpu.complete_epoch(e)
-    want, _ = score_store(SummaryStore.open(tmp_path / "c"))
-    got, _ = score_store(SummaryStore.open(tmp_path / "g"))
-    assert cpu.epochs_completed == 3
     assert_same_scores(got, want, 1e-5, 1e-6)

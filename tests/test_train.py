@@ -15,8 +15,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from dprune.data import build_dataset
 from dprune.models import build_model
+from dprune.manifest import write_manifest
 from dprune.scoring import score_store
-from dprune.select import select, write_manifest
+from dprune.select import select
 from dprune.store import TrajectoryStore
 from dprune.train import TrainConfig
 from dprune.train.loop import Trainer
@@ -35,10 +36,14 @@ def expected_counts(n, world_size, epochs, seed=0, shuffle=True):
     return out
 
 
+def write_test_manifest(path, sel, store):
+    write_manifest(path, sel, source_run=str(store.run_dir), made_from=store.identity(), n_classes=store.n_classes)
+
+
 def launch(args, out, nproc=2, **popen):
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "dprune.train", "--out", str(out), "--no-progress", *map(str, args)]
+           "-m", "dprune", "train", "--out", str(out), "--no-progress", *map(str, args)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -119,10 +124,10 @@ def test_manifest_retraining_sees_exactly_the_kept_samples_with_new_labels(tmp_p
     Trainer(rec).fit()
     store = TrajectoryStore.open(tmp_path / "rec" / "trajectory")
     scores, _ = score_store(store, methods=["entropy"])
-    scores["soft_argmax"] = (store.labels + 1) % 10  # force disagreement everywhere...
-    scores["p_max"] = np.where(np.arange(store.n_samples) % 7 == 0, 0.9, 0.1)  # ...confident for every 7th
+    scores["soft_argmax"] = (store.labels + 1) % 10  # a disagreeing soft label...
+    scores["mislabel"] = np.arange(store.n_samples) % 7 == 0  # ...flagged for every 7th sample
     sel = select(scores, store.labels, 10, method="entropy", ratio=0.4, relabel=True)
-    write_manifest(tmp_path / "m.json", sel, source_run="rec", fingerprint=store.fingerprint, n_classes=10, scorer_params={})
+    write_test_manifest(tmp_path / "m.json", sel, store)
     assert len(sel.relabel_index) > 0
 
     trainer = Trainer(TrainConfig(out=str(tmp_path / "re"), epochs=1, batch_size=100, record="off",
@@ -144,7 +149,7 @@ def test_manifest_of_another_dataset_is_refused(tmp_path):
     store = TrajectoryStore.open(tmp_path / "rec" / "trajectory")
     scores, _ = score_store(store, methods=["entropy"])
     sel = select(scores, store.labels, 10, method="entropy", ratio=0.1)
-    write_manifest(tmp_path / "m.json", sel, source_run="rec", fingerprint=store.fingerprint, n_classes=10, scorer_params={})
+    write_test_manifest(tmp_path / "m.json", sel, store)
     with pytest.raises(ValueError, match="different dataset"):
         Trainer(TrainConfig(out=str(tmp_path / "x"), epochs=1, record="off", manifest=str(tmp_path / "m.json"),
                             label_noise=0.1, noise_kind="symmetric", progress=False))
@@ -166,7 +171,7 @@ def test_config_is_validated_up_front(kw, match):
 def test_pipeline_end_to_end_writes_report_manifest_and_plots(tmp_path):
     from dprune.cli import main
 
-    result = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "p"), "--record-epochs", "2", "--epochs", "2",
+    result = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "p"), "--record-epochs", "2", "--epochs", "3",
                                        "--batch-size", "256", "--label-noise", "0.1"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     for f in ("report.md", "report.json", "manifest.json", "manifest.npz", "kept.tsv", "entropy_histogram.png",
@@ -196,7 +201,7 @@ def test_deepspeed_zero1_two_ranks_records_exactly_what_the_samplers_yield(tmp_p
     np.testing.assert_array_equal(store.counts(), expected_counts(N_DIGITS_TRAIN, 2, 2))
     logits, _ = store.read(0, store.n_samples)
     assert np.isfinite(logits).all()
-    assert (tmp_path / "ds" / "ds_checkpoint" / "latest").read_text().strip() == "epoch2"
+    assert (tmp_path / "ds" / "ds_checkpoint" / "latest").read_text().strip() == "epoch2-full"
 
 
 def test_two_rank_recording_equals_one_rank_recording_of_the_same_checkpoint(tmp_path):
@@ -218,7 +223,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_epochs_and_counts
     out = tmp_path / "k"
     args = ["--epochs", 3, "--batch-size", 4]
     proc = launch(args, out, start_new_session=True)
-    counts_file = out / "trajectory" / "epoch_0001.counts.npy"
+    counts_file = out / "trajectory" / ".epoch_0001.counts.npy.tmp"  # epoch 2, being recorded
     deadline = time.time() + 300
     while True:  # rank 0 writes the counts through a shared mapping: watch epoch 2 fill up
         assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
@@ -244,7 +249,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_epochs_and_counts
 
 
 def test_summary_store_recording_scores_like_the_full_store(tmp_path):
-    from dprune.summary_store import open_store
+    from dprune.store import open_store
 
     full = TrainConfig(out=str(tmp_path / "full"), epochs=2, batch_size=256, progress=False, store_dtype="float32")
     summ = TrainConfig(out=str(tmp_path / "summ"), epochs=2, batch_size=256, progress=False, store_dtype="float32",
@@ -262,8 +267,9 @@ def test_manifest_retraining_can_record_and_resume(tmp_path):
     Trainer(TrainConfig(out=str(tmp_path / "rec"), epochs=1, batch_size=256, progress=False)).fit()
     store = TrajectoryStore.open(tmp_path / "rec" / "trajectory")
     scores, _ = score_store(store, methods=["entropy"])
-    sel = select(scores, store.labels, 10, method="entropy", ratio=0.5, relabel=True, relabel_min_confidence=0.0)
-    write_manifest(tmp_path / "m.json", sel, source_run="rec", fingerprint=store.fingerprint, n_classes=10, scorer_params={})
+    scores["mislabel"] = scores["soft_argmax"] != store.labels  # the plain rule (min_confidence 0)
+    sel = select(scores, store.labels, 10, method="entropy", ratio=0.5, relabel=True)
+    write_test_manifest(tmp_path / "m.json", sel, store)
     cfg = dict(out=str(tmp_path / "re"), batch_size=256, manifest=str(tmp_path / "m.json"), progress=False)
     Trainer(TrainConfig(epochs=1, **cfg)).fit()
     Trainer(TrainConfig(epochs=2, **cfg)).fit()  # resumes into the same store

@@ -21,6 +21,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from ..labels import validate_labels
+
 Transform = Callable[[object], object]
 
 
@@ -91,22 +93,13 @@ class LabeledImageDataset(Dataset, abc.ABC):
         transform: Transform | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        labels_N = np.asarray(labels)
-        if labels_N.ndim != 1:
-            raise ValueError(f"labels must be 1-D, got shape {labels_N.shape}")
-        if labels_N.size and not np.issubdtype(labels_N.dtype, np.integer):
-            raise ValueError(f"labels must be integers, got dtype {labels_N.dtype}")
-        labels_N = labels_N.astype(np.int64)
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
                 or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if isinstance(in_channels, bool) or not isinstance(in_channels, (int, np.integer)) \
                 or in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-        if labels_N.size and (labels_N.min() < 0 or labels_N.max() >= num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}), got range "
-                f"[{labels_N.min()}, {labels_N.max()}]")
+        labels_N = validate_labels(labels, num_classes)
         ids = list(sample_ids)
         if len(ids) != len(labels_N):
             raise ValueError(f"got {len(ids)} sample ids for {len(labels_N)} labels")

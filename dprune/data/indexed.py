@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..labels import validate_labels
+
 
 class IndexedDataset(Dataset):
     """Wrap a map-style dataset so ``__getitem__(j)`` returns ``(x, y, i)``.
@@ -77,15 +79,11 @@ class IndexedDataset(Dataset):
                 raise ValueError(
                     f"labels_override must have shape ({n},) (one label per sample of the "
                     f"wrapped dataset, by original index), got {override_N.shape}")
-            if n and not np.issubdtype(override_N.dtype, np.integer):
-                raise ValueError(f"labels_override must be integers, got dtype {override_N.dtype}")
-            full_labels_N = override_N.astype(np.int64)
-        if self._override and full_labels_N.size:
-            low, high = int(full_labels_N.min()), int(full_labels_N.max())
-            if low < 0 or (num_classes is not None and high >= num_classes):
-                allowed = "be >= 0" if num_classes is None else f"lie in [0, {num_classes})"
-                raise ValueError(
-                    f"override labels must {allowed}, got range [{low}, {high}]")
+            full_labels_N = override_N
+        if self._override:
+            full_labels_N = validate_labels(full_labels_N, num_classes, what="override labels")
+            if full_labels_N.size and full_labels_N.min() < 0:
+                raise ValueError(f"override labels must be >= 0, got {full_labels_N.min()}")
 
         if indices is None:
             indices_M = np.arange(n, dtype=np.int64)

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from ..labels import validate_labels
+
 
 def symmetric_noise(
     labels: np.ndarray, num_classes: int, rate: float, seed: int
@@ -120,19 +122,11 @@ def _round_half_up(x: float) -> int:
 
 
 def _check(labels: np.ndarray, num_classes: int, rate: float) -> np.ndarray:
-    labels_N = np.asarray(labels)
-    if labels_N.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {labels_N.shape}")
-    if labels_N.size and not np.issubdtype(labels_N.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels_N.dtype}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
             or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 to flip labels, got {num_classes!r}")
-    if labels_N.size and (labels_N.min() < 0 or labels_N.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got range "
-            f"[{labels_N.min()}, {labels_N.max()}]")
+    labels_N = validate_labels(labels, num_classes)
     if not isinstance(rate, (int, float, np.floating, np.integer)) or isinstance(rate, bool) \
             or not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be a number in [0, 1], got {rate!r}")
-    return labels_N.astype(np.int64)
+    return labels_N

@@ -1,7 +1,13 @@
-"""Public scoring entry points: validation, chunked streaming, and the ``scores.npz`` file."""
+"""Public scoring entry points: validation, chunked streaming, and the ``scores.npz`` file.
+
+``scores.npz`` holds one float32 array [N] per scorer (higher = more important, NaN = no
+score), the flags and per-sample soft-label arrays, and a ``__meta__`` JSON entry: what the
+scores were made from (the store's fingerprint, generation and epochs), the methods and the
+full parameters.  :func:`scores_status` is the one rule that says whether a scores file is
+still current for a store; :func:`load_or_score` reuses a current file or rescores.
+"""
 from __future__ import annotations
 
-import copy
 import json
 import queue
 import threading
@@ -13,21 +19,17 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_savez, read_npz
-from .scorers import SCORERS, mislabel_flags, outlier_flags
+from ..labels import validate_labels
 from .backends import backend_device, resolve_backend
+from .flags import compute_flags
+from .params import merge_params
+from .scorers import SCORERS, clipped_windows
 from .stats import TrajectoryStats, compute_stats
 
 METHODS = tuple(SCORERS)
 FLAGS = ("soft_argmax", "p_label", "p_max", "margin", "mislabel", "outlier", "nonfinite", "n_observed")
-DEFAULT_PARAMS: dict[str, dict] = {
-    "el2n": {"epoch": None},
-    "tdds": {"window": 10, "decay": 0.9},
-    "dyn_unc": {"window": 10},
-    "random": {"seed": 0},
-    "mislabel": {"min_confidence": 0.5},
-    "outlier": {"entropy_threshold": 0.9, "margin_threshold": 0.1},
-}
-SCORES_FORMAT = 1
+SCORES_FORMAT = 2
+SCORES_FILE = "scores.npz"
 
 
 def check_methods(methods: Iterable[str] | str | None) -> list[str]:
@@ -41,19 +43,6 @@ def check_methods(methods: Iterable[str] | str | None) -> list[str]:
     if unknown or not methods:
         raise ValueError(f"unknown scoring method {', '.join(unknown) or '(none)'}; valid: {', '.join(METHODS)}")
     return methods
-
-
-def merge_params(params: Mapping[str, Mapping] | None) -> dict[str, dict]:
-    """:data:`DEFAULT_PARAMS` with ``params`` applied; unknown names or options raise ``ValueError``."""
-    merged = copy.deepcopy(DEFAULT_PARAMS)
-    for name, opts in (params or {}).items():
-        if name not in merged:
-            raise ValueError(f"no parameters for {name!r}; parametrised: {', '.join(merged)}")
-        unknown = set(opts) - set(merged[name])
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {name}; valid: {sorted(merged[name])}")
-        merged[name].update(opts)
-    return merged
 
 
 def _validate_arrays(logits_ENC, counts_EN, labels_N):
@@ -70,17 +59,13 @@ def _validate_arrays(logits_ENC, counts_EN, labels_N):
         raise ValueError(f"counts must be [E, N] = [{E}, {N}], got shape {tuple(c.shape)}")
     if c.is_floating_point() or (c < 0).any():
         raise ValueError("counts must be non-negative integers")
-    y = torch.as_tensor(labels_N)
-    if tuple(y.shape) != (N,):
-        raise ValueError(f"labels must be [N] = [{N}], got shape {tuple(y.shape)}")
-    if y.is_floating_point() or (N and (y.min() < 0 or y.max() >= C)):
-        raise ValueError(f"labels must be integers in [0, {C}), got min {y.min().item()}, max {y.max().item()}")
-    return z, c.to(torch.int32), y.long()
+    y = labels_N.cpu().numpy() if isinstance(labels_N, torch.Tensor) else labels_N
+    y = torch.from_numpy(validate_labels(y, C, N))
+    return z, c.to(torch.int32), y
 
 
-def _scores_from_stats(
-    st: TrajectoryStats, methods: list[str], params: dict, n_classes: int, offset: int, n_total: int
-) -> dict[str, np.ndarray]:
+def _scores_from_stats(st: TrajectoryStats, methods: list[str], params: dict, offset: int, n_total: int
+                       ) -> dict[str, np.ndarray]:
     out = {}
     for m in methods:
         kw = dict(params.get(m, {}))
@@ -90,24 +75,13 @@ def _scores_from_stats(
     valid = (st.n_obs > 0) & ~st.nonfinite
     nan = torch.tensor(float("nan"), device=st.p_max.device)
     soft_argmax = torch.where(valid, st.soft_argmax, torch.full_like(st.soft_argmax, -1))
-    p_max = torch.where(valid, st.p_max, nan)
-    margin = torch.where(valid, st.p_max - st.p_second, nan)
-    entropy = torch.where(valid, st.entropy, nan)
     out["soft_argmax"] = soft_argmax.cpu().numpy().astype(np.int64)
     out["p_label"] = torch.where(valid, st.p_label, nan).cpu().numpy().astype(np.float32)
-    out["p_max"] = p_max.cpu().numpy().astype(np.float32)
-    out["margin"] = margin.cpu().numpy().astype(np.float32)
-    out["entropy_raw"] = entropy.cpu().numpy().astype(np.float32)
+    out["p_max"] = torch.where(valid, st.p_max, nan).cpu().numpy().astype(np.float32)
+    out["margin"] = torch.where(valid, st.p_max - st.p_second, nan).cpu().numpy().astype(np.float32)
+    out["entropy_raw"] = torch.where(valid, st.entropy, nan).cpu().numpy().astype(np.float32)
     out["nonfinite"] = st.nonfinite.cpu().numpy()
     out["n_observed"] = st.n_obs.cpu().numpy().astype(np.int32)
-    return out
-
-
-def _finish_flags(out: dict[str, np.ndarray], labels_N: np.ndarray, params: dict, n_classes: int) -> dict[str, np.ndarray]:
-    out["mislabel"] = np.asarray(mislabel_flags(out["soft_argmax"], out["p_max"], labels_N, **params["mislabel"]))
-    ent = out.pop("entropy_raw")
-    with np.errstate(invalid="ignore"):
-        out["outlier"] = np.asarray(outlier_flags(ent, out["margin"], n_classes, **params["outlier"])) & ~np.isnan(ent)
     return out
 
 
@@ -133,7 +107,7 @@ def score_arrays(
         Scorers to compute (default: all of :data:`METHODS`).
     params : dict, optional
         Per-scorer/flag keyword overrides, e.g. ``{"tdds": {"window": 5}}``; see
-        :data:`DEFAULT_PARAMS`.
+        :data:`dprune.scoring.params.DEFAULT_PARAMS`.
 
     Returns
     -------
@@ -143,8 +117,8 @@ def score_arrays(
     params = merge_params(params)
     z, c, y = _validate_arrays(logits_ENC, counts_EN, labels_N)
     st = compute_stats(z, c, y)
-    out = _scores_from_stats(st, methods, params, z.shape[2], 0, z.shape[1])
-    return _finish_flags(out, y.numpy(), params, z.shape[2])
+    out = _scores_from_stats(st, methods, params, 0, z.shape[1])
+    return compute_flags(out, y.numpy(), z.shape[2], params)
 
 
 def default_chunk_size(n_epochs: int, n_classes: int, budget_bytes: int = 64 << 20) -> int:
@@ -171,8 +145,8 @@ def score_store(
         time: a reader thread fills the next chunk's host buffer while the current chunk is
         scored, and on a GPU the buffers are pinned and copied on a second CUDA stream, so
         the copy of chunk i + 1 overlaps the kernel on chunk i.  A
-        :class:`~dprune.summary_store.SummaryStore` already holds the statistics accumulated
-        during training and is scored without a trajectory pass.
+        :class:`~dprune.store.SummaryStore` already holds the statistics accumulated during
+        training and is scored without a trajectory pass.
     methods, params
         As for :func:`score_arrays`.
     chunk_size : int, optional
@@ -197,16 +171,19 @@ def score_store(
     E, N, C = store.epochs_completed, store.n_samples, store.n_classes
     if E == 0:
         raise ValueError(f"{store.run_dir} has no complete epoch to score")
+    summary = store.KIND == "summary"
     if first_epochs is not None:
-        if hasattr(store, "iter_stats"):
+        if summary:
             raise ValueError("first_epochs needs a full store: a summary store keeps only running totals")
         if not 1 <= first_epochs <= E:
             raise ValueError(f"first_epochs must be in [1, {E}] (the completed epochs), got {first_epochs}")
         E = first_epochs
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if hasattr(store, "iter_stats"):
-        stream = store.iter_stats(chunk_size or default_chunk_size(E, C))
+    if summary:
+        from .online import summary_stats
+
+        stream = summary_stats(store, chunk_size or default_chunk_size(E, C))
         backend_name = "summary"
     else:
         device = backend_device(backend_name)
@@ -215,12 +192,12 @@ def score_store(
     parts: dict[str, list[np.ndarray]] = {}
     bar = _progress(N, "scoring", progress)
     for start, stop, st in stream:
-        for k, v in _scores_from_stats(st, methods, params, C, start, N).items():
+        for k, v in _scores_from_stats(st, methods, params, start, N).items():
             parts.setdefault(k, []).append(v)
         bar.update(stop - start)
     bar.close()
     out = {k: np.concatenate(v) for k, v in parts.items()}
-    return _finish_flags(out, store.labels, params, C), backend_name
+    return compute_flags(out, store.labels, C, params), backend_name
 
 
 # fp32-equivalent bytes per chunk.  The CPU path works in cache-sized sub-chunks whatever the
@@ -341,33 +318,104 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="samples", disable=not enabled, mininterval=0.5)
 
 
-def save_scores(path, scores: Mapping[str, np.ndarray], *, fingerprint: dict, epochs: int, methods, params) -> None:
-    """Write ``scores.npz`` atomically, with a ``__meta__`` JSON entry binding it to its store."""
+def save_scores(path, scores: Mapping[str, np.ndarray], *, made_from: dict, methods, params) -> dict:
+    """Write ``scores.npz`` atomically; its ``__meta__`` entry says what it was made from.
+
+    ``made_from`` is the store's :meth:`~dprune.store.RunDirStore.identity` for the epochs
+    scored.  Returns the metadata written.
+    """
+    params = merge_params(params)
+    methods = list(methods)
     meta = {
         "format_version": SCORES_FORMAT,
-        "fingerprint": fingerprint,
-        "epochs_used": int(epochs),
-        "methods": list(methods),
-        "params": merge_params(params),
+        "made_from": made_from,
+        "methods": methods,
+        "params": params,
+        "clipped": clipped_windows(methods, params, made_from["epochs"]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     arrays = {k: np.asarray(v) for k, v in scores.items()}
     arrays["__meta__"] = np.array(json.dumps(meta))
     atomic_savez(Path(path), arrays)
+    return meta
 
 
-def load_scores(path, *, fingerprint: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Read ``scores.npz``; with ``fingerprint``, refuse scores of a different dataset."""
-    arrays = read_npz(Path(path), "scores file")
+_KINDS = {"soft_argmax": "i", "n_observed": "i", "nonfinite": "b", "mislabel": "b", "outlier": "b"}
+
+
+def load_scores(path, *, n_samples: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Read ``scores.npz``: ``(arrays, meta)``; every entry is checked before it is loaded.
+
+    With ``n_samples``, each array must be [N] (float, or the integer / boolean flags); a
+    file that claims other shapes is refused without reading its data.
+    """
+    expect = None
+    default = None
+    if n_samples is not None:
+        expect = {"__meta__": ((), "U")}
+        expect.update({k: ((n_samples,), kind) for k, kind in _KINDS.items()})
+        default = ((n_samples,), "f")
+    arrays = read_npz(Path(path), "scores file", expect, default)
     if "__meta__" not in arrays:
         raise ValueError(f"{path} is not a dprune scores file (no __meta__ entry)")
     try:
         meta = json.loads(str(arrays.pop("__meta__")))
     except json.JSONDecodeError:
         raise ValueError(f"{path}: corrupt __meta__ entry") from None
-    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
-        raise ValueError(f"{path} was computed for a different dataset (fingerprint mismatch)")
+    if not isinstance(meta, dict) or not isinstance(meta.get("made_from"), dict) \
+            or not isinstance(meta.get("methods"), list) or not isinstance(meta.get("params"), dict):
+        raise ValueError(f"{path}: __meta__ is not a dprune scores description (format {SCORES_FORMAT})")
     missing = [f for f in FLAGS if f not in arrays]
+    missing += [m for m in meta["methods"] if m not in arrays]
     if missing:
         raise ValueError(f"{path} is incomplete: missing {', '.join(missing)}")
     return arrays, meta
+
+
+def scores_status(meta: dict, made_from: dict, methods: Iterable[str], params) -> str | None:
+    """``None`` when scores with ``meta`` are current for ``made_from`` (a store identity),
+    ``methods`` and ``params``; else the reason they are not."""
+    got = meta.get("made_from", {})
+    if got.get("fingerprint") != made_from["fingerprint"]:
+        return "they were computed for a different dataset (fingerprint)"
+    if got.get("generation") != made_from["generation"]:
+        return "the trajectory was re-recorded or rolled back since (generation)"
+    if got.get("epochs") != made_from["epochs"]:
+        return f"they used {got.get('epochs')} epochs, not {made_from['epochs']}"
+    missing = [m for m in methods if m not in meta.get("methods", [])]
+    if missing:
+        return f"they lack {', '.join(missing)}"
+    if meta.get("params") != merge_params(params):
+        return "they were made with other parameters"
+    return None
+
+
+def load_or_score(store, *, methods, params=None, first_epochs: int | None = None, backend: str = "auto",
+                  chunk_size: int | None = None, progress: bool = False, path=None
+                  ) -> tuple[dict[str, np.ndarray], dict, str | None]:
+    """The scores of ``store`` for ``methods`` and ``params``: reused from ``path`` (default
+    ``RUN_DIR/scores.npz``) when current, else computed and saved there.
+
+    Returns ``(scores, meta, ran)``: ``ran`` is the backend that computed them, ``None`` when
+    the file was reused.  Computing writes the union of the file's methods and ``methods``
+    only when the rest of the file is still current; otherwise just ``methods``.
+    """
+    methods = check_methods(methods)
+    params = merge_params(params)
+    path = Path(path) if path is not None else Path(store.run_dir) / SCORES_FILE
+    made_from = store.identity(first_epochs)
+    keep: list[str] = []
+    if path.exists():
+        try:
+            scores, meta = load_scores(path, n_samples=store.n_samples)
+        except ValueError:
+            scores, meta = {}, {}
+        if meta and scores_status(meta, made_from, methods, params) is None:
+            return scores, meta, None
+        if meta and scores_status(meta, made_from, [], params) is None:
+            keep = [m for m in meta["methods"] if m in METHODS]
+    all_methods = list(dict.fromkeys(keep + methods))
+    scores, ran = score_store(store, methods=all_methods, params=params, backend=backend, chunk_size=chunk_size,
+                              progress=progress, first_epochs=first_epochs)
+    meta = save_scores(path, scores, made_from=made_from, methods=all_methods, params=params)
+    return scores, meta, ran

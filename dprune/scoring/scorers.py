@@ -10,8 +10,6 @@ in order, skipping epochs where the sample was not seen (P x K sampling, subsets
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -157,6 +155,31 @@ def dyn_unc(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
     return _masked(s, out)
 
 
+def dual(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
+    """DUAL (Cho et al., 2025): difficulty times uncertainty of the label probability.
+
+    Over the T observed epochs with J = min(window, T): for each window k = 0..T-J of the
+    label probabilities p_k..p_{k+J-1}, std * (1 - mean) (std with Bessel's correction, as
+    in the authors' code, which also multiplies by a constant 10 that does not change the
+    ranking); the score is the mean over windows.  High = uncertain and not yet learned =
+    kept.  The authors score the first 30 of 200 epochs with J = 10.  NaN with fewer than 2
+    observed epochs.
+    """
+    if window < 2:
+        raise ValueError(f"dual window must be >= 2, got {window}")
+    p, n = _compact(s.logp_label.exp(), ~torch.isnan(s.logp_label))
+    out = torch.full(n.shape, float("nan"), device=p.device)
+    for T in torch.unique(n).tolist():
+        if T < 2:
+            continue
+        rows = torch.nonzero(n == T)[:, 0]
+        pt = p[rows, :T]
+        J = min(window, T)
+        win = pt.unfold(1, J, 1)  # [rows, T - J + 1, J]
+        out[rows] = (win.std(-1, unbiased=True) * (1 - win.mean(-1))).mean(1)
+    return _masked(s, out)
+
+
 def random(s: TrajectoryStats, *, seed: int = 0, offset: int = 0, n_total: int | None = None) -> torch.Tensor:
     """Uniform [0, 1) scores from ``numpy.random.default_rng(seed)``, the random-pruning baseline.
 
@@ -178,35 +201,21 @@ SCORERS = {
     "tdds": tdds,
     "dyn_unc": dyn_unc,
     "loss_mean": loss_mean,
+    "dual": dual,
     "random": random,
 }
 
-
-# ---------------------------------------------------------------------------------- flags
-def mislabel_flags(soft_argmax_N, p_max_N, labels_N, *, min_confidence: float = 0.5):
-    """Soft label disagrees with the given label, and is confident about it.
-
-    Flagged when ``soft_argmax != label`` and ``p_max >= min_confidence``.  With
-    ``min_confidence=0`` this is the paper's plain rule (argmax deviates from the label).
-    Works on numpy arrays or torch tensors; unobserved samples (argmax -1) are never flagged.
-    """
-    if not 0 <= min_confidence <= 1:
-        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
-    return (soft_argmax_N >= 0) & (soft_argmax_N != labels_N) & (p_max_N >= min_confidence)
+# Scorers over sliding windows of epochs: with fewer observed epochs than the window they
+# compute one window of all the epochs there are, a different statistic from the paper's.
+WINDOWED = {"tdds": "window", "dyn_unc": "window", "dual": "window"}
 
 
-def outlier_flags(entropy_N, margin_N, n_classes: int, *, entropy_threshold: float = 0.9, margin_threshold: float = 0.1):
-    """A flat soft label: ``entropy / log(C) >= entropy_threshold`` and ``margin <= margin_threshold``.
-
-    ``margin`` is top-1 minus top-2 probability of the soft label.  Such samples gave the
-    model no consistent signal over the trajectory (ambiguous, corrupt or off-distribution
-    images).  Never flagged when C = 1 or when the entropy is NaN.
-    """
-    if not 0 <= entropy_threshold <= 1:
-        raise ValueError(f"entropy_threshold must be in [0, 1], got {entropy_threshold}")
-    if not 0 <= margin_threshold <= 1:
-        raise ValueError(f"margin_threshold must be in [0, 1], got {margin_threshold}")
-    if n_classes < 2:
-        return entropy_N != entropy_N  # all False, same type as the input
-    h_norm = entropy_N / math.log(n_classes)
-    return (h_norm >= entropy_threshold) & (margin_N <= margin_threshold)
+def clipped_windows(methods, params: dict, n_epochs: int) -> dict[str, str]:
+    """``{scorer: explanation}`` for the windowed scorers a trajectory of ``n_epochs`` is too short for."""
+    out = {}
+    for m in methods:
+        if m in WINDOWED:
+            w = params[m][WINDOWED[m]]
+            if n_epochs < w:
+                out[m] = f"window of {w} epochs clipped to the {n_epochs} epochs recorded (one window)"
+    return out

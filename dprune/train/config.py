@@ -1,9 +1,13 @@
-"""Training configuration: one dataclass, validated up front."""
+"""Training configuration: one dataclass, validated up front.
+
+The ``dprune train`` options are generated from these fields, ``dprune run`` maps its own
+options and ``--set FIELD=VALUE`` onto them, and the checkpoint records them, so a resumed
+run is compared field by field with the one that made the checkpoint.
+"""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 TASKS = ("classification", "reid")
@@ -26,6 +30,7 @@ class TrainConfig:
     weights: Optional[str] = field(default=None, metadata={"help": 'Local weights file for the model (never downloaded).'})
     image_size: int = field(default=224, metadata={"help": 'Side of photographs (ImageFolder, CUB) after resizing.'})
     epochs: int = field(default=12, metadata={"help": 'Epochs to train (and record).'})
+    record_epochs: Optional[int] = field(default=None, metadata={"help": "Record only the first K epochs (default: every epoch). The paper scores the first ~10% of a run."})
     batch_size: int = field(default=64, metadata={"help": 'Per-rank batch size.'})
     lr: Optional[float] = field(default=None, metadata={"help": 'Peak learning rate; default 0.05 (classification: SGD, cosine schedule) or 3.5e-4 (reid: Adam, warm-up + steps).'})
     momentum: float = field(default=0.9, metadata={"help": 'SGD (Nesterov) momentum.'})
@@ -46,6 +51,13 @@ class TrainConfig:
     store: str = field(default="full", metadata={"help": "full: every epoch's logits (E x N x C on disk); summary: O(N x C) running statistics."})
     store_dtype: str = field(default="float16", metadata={"help": 'Precision of the stored logits: float16 or float32.'})
     manifest: Optional[str] = field(default=None, metadata={"help": "Train only on the manifest's kept samples, with its corrected labels."})
+    prune_at: Optional[int] = field(default=None, metadata={"help": "Prune inside this run: after epoch T, score the first T recorded epochs, write OUT/manifest.json and continue epochs T+1.. on the kept samples with the corrected labels, same model, optimizer and schedule."})
+    ratio: float = field(default=0.3, metadata={"help": "With --prune-at: fraction of observed samples to prune by score, in [0, 1)."})
+    method: str = field(default="entropy", metadata={"help": "With --prune-at: the scorer that ranks samples (lowest pruned)."})
+    policy: str = field(default="class", metadata={"help": "With --prune-at: class (prune each class in proportion, never empty one) or global."})
+    relabel: bool = field(default=False, metadata={"help": "With --prune-at: act on the mislabel detector (relabel, or remove when its suggestion is not agreed)."})
+    detector: str = field(default="argmax", metadata={"help": "With --prune-at --relabel: argmax (the paper's rule) or confident (confident learning over the trajectory)."})
+    remove_outliers: Optional[float] = field(default=None, metadata={"help": "With --prune-at: also remove this fraction of the flattest soft labels."})
     label_noise: float = field(default=0.0, metadata={"help": 'Fraction of training labels to corrupt (for experiments).'})
     noise_kind: str = field(default="none", metadata={"help": 'none, symmetric (uniform to another class) or class (class c -> c+1).'})
     noise_seed: int = field(default=0, metadata={"help": 'Seed of the injected label noise.'})
@@ -63,13 +75,22 @@ class TrainConfig:
 
         check(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.record_epochs is None or self.record_epochs >= 1,
+              f"record_epochs must be >= 1, got {self.record_epochs}")
+        check(self.image_size >= 1 and self.reid_height >= 1 and self.reid_width >= 1 and self.pk_k >= 1,
+              "image sizes and pk_k must be >= 1")
+        check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        for name in ("momentum", "weight_decay", "triplet_margin"):
+            v = getattr(self, name)
+            check(math.isfinite(v) and v >= 0, f"{name} must be a finite number >= 0, got {v}")
         check(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr is None:
             self.lr = 3.5e-4 if self.task == "reid" else 0.05
         if self.label_smoothing is None:
             self.label_smoothing = 0.1 if self.task == "reid" else 0.0
-        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
         check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.task == "reid":
             check(self.pk_k >= 2 and self.batch_size // self.pk_k >= 2,
@@ -93,15 +114,25 @@ class TrainConfig:
         check(not self.frozen or self.record == "pass", f"frozen needs record='pass', got {self.record!r}")
         check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
               f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
+        if self.prune_at is not None:
+            check(1 <= self.prune_at < self.epochs, f"prune_at must be in [1, epochs) = [1, {self.epochs}), "
+                                                     f"got {self.prune_at}")
+            check(self.record != "off", "prune_at needs a recorded trajectory (record train or pass)")
+            check(self.record_epochs is None or self.record_epochs >= self.prune_at,
+                  f"prune_at {self.prune_at} needs at least that many recorded epochs (record_epochs "
+                  f"{self.record_epochs})")
+            check(self.manifest is None, "prune_at and manifest cannot be combined")
+            check(not self.frozen, "prune_at needs training (not frozen)")
+            self.prune_spec()  # validates ratio, method, policy, detector, outliers
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+    def prune_spec(self):
+        """The selection ``prune_at`` makes (a :class:`dprune.select.PruneSpec`)."""
+        from ..scoring import check_methods
+        from ..select import PruneSpec
 
-    @classmethod
-    def from_json(cls, path) -> "TrainConfig":
-        data = json.loads(Path(path).read_text())
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)} in {path}")
-        return cls(**data)
+        check_methods([self.method])
+        return PruneSpec(method=self.method, ratio=self.ratio, policy=self.policy, relabel=self.relabel,
+                         detector=self.detector, outliers=self.remove_outliers, seed=self.seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,14 +1,30 @@
-"""The training loop: load checkpoint -> epochs (train, record) -> save -> evaluate.
+"""The training loop: load checkpoint -> epochs (train, record, maybe prune) -> save -> evaluate.
 
-Legend: B batch, C classes, N training samples.
+Legend: B batch, C classes, N training samples, T the epoch after which the run prunes.
 
 Runs as one process or under torchrun / the deepspeed launcher (rank and world size from the
-environment).  Only rank 0 writes files and logs.  Resuming after a kill: the last checkpoint
-says how many epochs are done; the store is brought back to exactly that many complete epochs
-(an epoch recorded after the checkpoint came from lost model state and is recorded again),
-so no epoch is counted twice or lost.  Randomness is reseeded from (seed, epoch, rank) at the
-start of every epoch, so a resumed epoch sees the same data order and augmentations as the
-uninterrupted run would have.
+environment).  Only rank 0 writes files and logs, and it holds the run directory's lock for
+the whole run (a second writer is refused; the workers of a killed launcher stop by
+themselves, see :mod:`dprune.locking`).
+
+Resuming after a kill: the checkpoint says how many epochs are done, in which phase (full
+data, or pruned at T with which manifest) and with which configuration.  A resumed run
+whose configuration differs is refused, naming the fields (``restart=True`` starts over).
+The store is brought back to exactly the checkpoint's epochs (an epoch recorded after the
+checkpoint came from lost model state and is recorded again), so no epoch is counted twice
+or lost.  Randomness is reseeded from (seed, epoch, rank) at the start of every epoch, so a
+resumed epoch sees the same data order and augmentations as the uninterrupted run would.
+
+Pruning inside the run (``prune_at = T``): after epoch T is recorded, checkpointed and
+evaluated, rank 0 scores the first T epochs of the store, selects and writes
+``OUT/manifest.json`` (atomically, before anything changes); every rank loads that file, and
+all must agree on its digest; the checkpoint is saved again in the "pruned" phase; epochs
+T+1..E then train on the kept samples with the corrected labels, with the same model,
+optimizer and learning-rate schedule.  The schedule is a function of the fractional epoch
+(epoch + step / steps in that epoch), so it does not restart: an epoch after T has fewer
+steps (ceil(kept / batch) instead of ceil(N / batch) per rank) and each step moves the
+schedule further.  A kill before, during or after the selection resumes to the same
+result: a manifest already written for these T epochs is reused, not recomputed.
 """
 from __future__ import annotations
 
@@ -16,11 +32,12 @@ import copy
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
+import zipfile
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +47,30 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data import IndexedDataset, build_dataset, class_dependent_noise, symmetric_noise
-from ..fileio import atomic_savez, atomic_write_json
+from ..distributed import World, barrier, broadcast_object, close_world, init_world
+from ..fileio import atomic_savez, atomic_write_json, atomic_write_with
+from ..locking import DirLock, watch_parent
+from ..manifest import Manifest, load_manifest
 from ..models import build_model
-from ..select import load_manifest
+from ..recorder import Recorder
 from ..store import StoreError, fingerprint
 from .config import TrainConfig
-from .distributed import World, barrier, close_world, init_world
-from .recorder import Recorder
 
 CHECKPOINT = "checkpoint.pt"
 DS_CHECKPOINT = "ds_checkpoint"
+MANIFEST = "manifest.json"
+TRAJECTORY = "trajectory"
+# What a run directory holds; restart=True deletes it.
+RUN_FILES = (CHECKPOINT, DS_CHECKPOINT, "metrics.json", TRAJECTORY, MANIFEST, "manifest.npz", "label_noise.npz")
 # The test metric of each task, as metrics.json and the epoch lines name it.
 METRIC_NAMES = {"classification": "top-1", "reid": "(mAP+R1)/2"}
+# Fields a resumed run may change: where things are, how much is printed, how often the
+# test set is evaluated, and how many epochs there are in all.
+RESUME_FREE = {"out", "data_root", "epochs", "progress", "num_workers", "eval_every", "device"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that belongs to another configuration."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -50,16 +79,23 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    warm = cfg.warmup_epochs * steps_per_epoch
-    total = max(1, cfg.epochs * steps_per_epoch)
+def cosine_lr_factor(cfg: TrainConfig, t: float, steps_in_epoch: int) -> float:
+    """Classification schedule at fractional epoch ``t``: linear warm-up, then cosine to 0 at ``epochs``.
 
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    A step is at ``t = epoch + step / steps_in_epoch``; without pruning this is the usual
+    per-step schedule (step k of S per epoch: warm-up (k + 1) / (W S), then cosine).
+    """
+    W, E = cfg.warmup_epochs, cfg.epochs
+    if t < W:
+        return (t + 1 / steps_in_epoch) / W
+    return 0.5 * (1 + math.cos(math.pi * (t - W) / max(E - W, 1e-9)))
 
-    return f
+
+def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
+    """``FIELD: saved -> now`` for every field that matters and differs."""
+    now = cfg.to_dict()
+    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
+            if k not in RESUME_FREE and saved.get(k, now[k]) != now[k]]
 
 
 class _CastInput(torch.nn.Module):
@@ -74,20 +110,59 @@ class _CastInput(torch.nn.Module):
 
 
 class Trainer:
-    """One training run described by a :class:`TrainConfig`; call :meth:`fit`."""
+    """One training run described by a :class:`TrainConfig`; call :meth:`fit`.
 
-    def __init__(self, cfg: TrainConfig):
+    ``restart=True`` deletes what an earlier run left in ``cfg.out`` (checkpoint, metrics,
+    trajectory, manifest) and starts over; otherwise a checkpoint there is resumed.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, restart: bool = False):
         self.cfg = cfg
         self.world: World = init_world(cfg.device)
         self.out = Path(cfg.out)
+        self._lock = self._take_run_lock()
+        self.recorder = None
+        try:
+            if self.world.distributed or os.environ.get("TORCHELASTIC_RUN_ID"):
+                watch_parent()
+            if restart and self.world.is_main:
+                self._wipe()
+            barrier(self.world)
+            _seed_everything(cfg.seed)  # identical initialisation on every rank
+            self.phase = "full"
+            self.manifest: Manifest | None = None
+            self._build_data()
+            self._build_model()
+            self.recorder = self._open_recorder() if cfg.record != "off" else None
+            self.metrics: list[dict] = []
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------ run directory
+    def _take_run_lock(self) -> DirLock | None:
+        lock, error = None, None
         if self.world.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        _seed_everything(cfg.seed)  # identical initialisation on every rank
-        self._build_data()
-        self._build_model()
-        self.store = self._open_store() if cfg.record != "off" and self.world.is_main else None
-        self.recorder = Recorder(self.store, self.world) if cfg.record != "off" else None
-        self.metrics: list[dict] = []
+            if self.out.exists() and not self.out.is_dir():
+                error = f"--out {self.out} exists and is not a directory"
+            else:
+                try:
+                    lock = DirLock(self.out, "dprune train")
+                except OSError as e:
+                    error = str(e)
+        error = broadcast_object(self.world, error)
+        if error:
+            close_world(self.world)
+            raise StoreError(error)
+        return lock
+
+    def _wipe(self) -> None:
+        for name in RUN_FILES:
+            p = self.out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
     # ------------------------------------------------------------------------ building
     def _build_data(self) -> None:
@@ -107,76 +182,91 @@ class Trainer:
                                         augment=cfg.augment)
             self.eval_transform = test.transform
             self.test_set = test
+        if train.num_classes < 2:
+            raise ValueError(f"the training set has {train.num_classes} class(es); pruning by soft labels needs >= 2")
         labels = train.labels.copy()
-        self.noise_flipped = None
         if cfg.label_noise > 0:
             noise = symmetric_noise if cfg.noise_kind == "symmetric" else class_dependent_noise
-            labels, self.noise_flipped = noise(train.labels, train.num_classes, cfg.label_noise, seed=cfg.noise_seed)
+            labels, flipped = noise(train.labels, train.num_classes, cfg.label_noise, seed=cfg.noise_seed)
             if w.is_main:
                 atomic_savez(self.out / "label_noise.npz", {"clean_labels": train.labels, "noisy_labels": labels,
-                                                            "flipped": self.noise_flipped})
+                                                            "flipped": flipped})
+        self.train_set = train
+        self.num_classes = train.num_classes
+        # The labels the run starts with (the dataset's, noise injected): the data's identity.
         self.given_labels = labels
         self.fingerprint = fingerprint(labels, train.sample_ids)
         indices = None
         self.train_labels = labels
         if cfg.manifest:
-            m = load_manifest(cfg.manifest, fingerprint=self.fingerprint)
+            m = load_manifest(cfg.manifest, fingerprint=self.fingerprint, labels_N=labels)
+            self.manifest = m
             indices, self.train_labels = m.kept, m.labels
-        self.train_set = train
-        self.num_classes = train.num_classes
-        self.train_ds = IndexedDataset(train, labels_override=self.train_labels, indices=indices)
-        pin = w.device.type == "cuda"
-        loader_kw = dict(num_workers=cfg.num_workers, pin_memory=pin)
+        if cfg.task == "classification":
+            pin = w.device.type == "cuda"
+            self.test_loader = DataLoader(IndexedDataset(self.test_set), batch_size=max(256, cfg.batch_size),
+                                          shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
+        else:
+            loader_kw = dict(num_workers=cfg.num_workers, pin_memory=w.device.type == "cuda")
+            self.query_loader = DataLoader(self.query_set, batch_size=128, shuffle=False, **loader_kw)
+            self.gallery_loader = DataLoader(self.gallery_set, batch_size=128, shuffle=False, **loader_kw)
+        self._make_loaders(indices, self.train_labels)
+
+    def _make_loaders(self, indices, labels) -> None:
+        """The training loader (and the recording pass's) over ``indices`` with ``labels``."""
+        cfg, w = self.cfg, self.world
+        train = self.train_set
+        self.train_ds = IndexedDataset(train, labels_override=labels, indices=indices)
+        loader_kw = dict(num_workers=cfg.num_workers, pin_memory=w.device.type == "cuda")
         if cfg.task == "reid":
             from .reid import PKSampler
 
             self.sampler = PKSampler(self.train_ds.labels, cfg.batch_size // cfg.pk_k, cfg.pk_k,
                                      world_size=w.world_size, rank=w.rank, seed=cfg.seed)
             self.loader = DataLoader(self.train_ds, batch_sampler=self.sampler, **loader_kw)
-            self.query_loader = DataLoader(self.query_set, batch_size=128, shuffle=False, **loader_kw)
-            self.gallery_loader = DataLoader(self.gallery_set, batch_size=128, shuffle=False, **loader_kw)
         else:
             self.sampler = DistributedSampler(self.train_ds, num_replicas=w.world_size, rank=w.rank, shuffle=True,
                                               seed=cfg.seed, drop_last=False)
             self.loader = DataLoader(self.train_ds, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=False,
                                      **loader_kw)
-            self.test_loader = DataLoader(IndexedDataset(self.test_set), batch_size=max(256, cfg.batch_size),
-                                          shuffle=False, **loader_kw)
+        self.steps_per_epoch = len(self.loader) if cfg.max_steps_per_epoch is None else \
+            min(len(self.loader), cfg.max_steps_per_epoch)
         if cfg.record == "pass":
-            # The whole training set, in a fixed order, without augmentation.
+            # The whole (kept) training set, in a fixed order, without augmentation.
             plain = copy.copy(train)
             plain.transform = self.eval_transform
-            pass_ds = IndexedDataset(plain, labels_override=self.train_labels, indices=indices)
+            pass_ds = IndexedDataset(plain, labels_override=labels, indices=indices)
             self.pass_loader = DataLoader(pass_ds, batch_size=max(256, cfg.batch_size),
                                           sampler=DistributedSampler(pass_ds, num_replicas=w.world_size, rank=w.rank,
                                                                      shuffle=False), **loader_kw)
 
     def _build_model(self) -> None:
         cfg, w = self.cfg, self.world
-        self.steps_per_epoch = len(self.loader) if cfg.max_steps_per_epoch is None else min(len(self.loader), cfg.max_steps_per_epoch)
         if cfg.task == "reid":
             from ..models.reid import BoTReID
-            from .reid import step_lr_lambda
+            from .reid import step_lr_factor
 
             model = BoTReID(self.num_classes, cfg.model, weights=cfg.weights).to(w.device)
             optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                          weight_decay=cfg.weight_decay)
-            schedule = step_lr_lambda(cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs or max(1, cfg.epochs // 12))
+            warm = cfg.warmup_epochs or max(1, cfg.epochs // 12)
+            self._lr_factor = lambda t, steps: step_lr_factor(cfg.epochs, warm, t)
         else:
             sample = self.train_set[0][0]
             model = build_model(cfg.model, self.num_classes, self.train_set.in_channels, cfg.weights,
                                 image_size=int(max(sample.shape[-2:]))).to(w.device)
             optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                         weight_decay=cfg.weight_decay, nesterov=True)
-            schedule = _lr_lambda(cfg, self.steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            self._lr_factor = lambda t, steps: cosine_lr_factor(cfg, t, steps)
+        # The learning rate is set before every step from the fractional epoch (see the module
+        # docstring); the torch optimizer's param groups are the ones DeepSpeed steps too.
+        self._param_groups = optimizer.param_groups
         self.amp_dtype = None
         if cfg.backend == "deepspeed":
             import deepspeed
 
             ds_config = self._deepspeed_config()
-            engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                   lr_scheduler=scheduler, config=ds_config)
+            engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
             self.engine, self.module = engine, engine.module
             self.model = engine
             # Inputs follow the parameters: DeepSpeed casts the module for bf16/fp16 on GPUs,
@@ -201,99 +291,198 @@ class Trainer:
             if amp == "auto":
                 amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if w.device.type == "cuda" else "off"
             self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.optimizer = optimizer
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16 and w.device.type == "cuda")
+
+    def _set_lr(self, epoch: int, step: int) -> None:
+        f = self._lr_factor(epoch + step / self.steps_per_epoch, self.steps_per_epoch)
+        for g in self._param_groups:
+            g["lr"] = self.cfg.lr * f
 
     def _deepspeed_config(self) -> dict:
         cfg, w = self.cfg, self.world
         if cfg.deepspeed_config:
             ds = json.loads(Path(cfg.deepspeed_config).read_text())
+            if not isinstance(ds, dict):
+                raise ValueError(f"{cfg.deepspeed_config}: a DeepSpeed config must be a JSON object")
         else:
             bf16 = w.device.type == "cuda" and torch.cuda.is_bf16_supported()
             ds = {"zero_optimization": {"stage": cfg.zero_stage}, "bf16": {"enabled": bf16}}
         ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
         ds.setdefault("gradient_accumulation_steps", 1)
         ds.pop("train_batch_size", None)
+        ds.pop("scheduler", None)  # the trainer sets the learning rate itself
         # A client torch optimizer avoids compiling DeepSpeed's fused Adam (minutes on a CPU).
         ds.setdefault("zero_allow_untested_optimizer", True)
         ds.setdefault("steps_per_print", 10**9)
         return ds
 
-    def _open_store(self):
-        """Resume the run's store (full or summary, per ``cfg.store``) or create it."""
-        from ..summary_store import open_or_create_store
+    def _open_recorder(self) -> Recorder:
+        """Resume the run's store (full or summary, per ``cfg.store``) or create it, and its recorder.
 
+        The store holds the labels the run starts with: the dataset's (noise injected), or a
+        manifest's corrected ones when retraining on a manifest.
+        """
         cfg = self.cfg
-        run_dir = self.out / "trajectory"
-        store = open_or_create_store(cfg.store, run_dir, self.train_labels, self.num_classes,
-                                     sample_ids=self.train_set.sample_ids, dtype=cfg.store_dtype,
-                                     epochs_planned=cfg.epochs,
-                                     labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
-                                     world_size=self.world.world_size)
-        # The store holds the labels this run trains with (a manifest's corrected ones included).
-        if store.fingerprint != fingerprint(self.train_labels, self.train_set.sample_ids):
-            raise StoreError(f"{run_dir} holds a trajectory of another dataset or label set; use a new --out")
-        return store
+        labels = self.train_labels if cfg.manifest else self.given_labels
+        rec = Recorder(self.out / TRAJECTORY, labels=labels, n_classes=self.num_classes,
+                       sample_ids=self.train_set.sample_ids, kind=cfg.store, dtype=cfg.store_dtype,
+                       epochs=cfg.record_epochs or cfg.epochs, world=self.world,
+                       labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"))
+        if rec.store is not None and rec.store.fingerprint != fingerprint(labels, self.train_set.sample_ids):
+            rec.close()
+            raise StoreError(f"{self.out / TRAJECTORY} holds a trajectory of another dataset or label set; "
+                             f"use a new --out or --restart")
+        return rec
+
+    @property
+    def store(self):
+        return None if self.recorder is None else self.recorder.store
+
+    def _records(self, epoch: int) -> bool:
+        return self.recorder is not None and (self.cfg.record_epochs is None or epoch < self.cfg.record_epochs)
 
     # ------------------------------------------------------------------------ checkpoints
     def _load_checkpoint(self) -> int:
-        """Restore the last checkpoint; return the number of epochs already done."""
-        done = 0
+        """Restore the last checkpoint (refusing another configuration); return the epochs already done."""
+        done, client = 0, None
+        self._resumed_digest = None
         if self.engine is not None:
             ds_dir = self.out / DS_CHECKPOINT
             if (ds_dir / "latest").exists():
                 path, client = self.engine.load_checkpoint(str(ds_dir))
-                if path is not None:
-                    done, self.metrics = int(client["epochs_done"]), list(client["metrics"])
+                if path is None:
+                    raise CheckpointError(f"{ds_dir} holds no loadable DeepSpeed checkpoint; use --restart")
         elif (self.out / CHECKPOINT).exists():
-            ckpt = torch.load(self.out / CHECKPOINT, map_location=self.world.device, weights_only=True)
-            self.module.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-            done, self.metrics = int(ckpt["epochs_done"]), list(ckpt["metrics"])
-        if self.store is not None:
-            if self.store.epochs_completed < done:
-                raise StoreError(f"the checkpoint has {done} epochs done but the store only {self.store.epochs_completed}")
-            if self.store.epochs_completed > done:
-                self.store.rollback(done)
+            path = self.out / CHECKPOINT
+            try:
+                ckpt = torch.load(path, map_location=self.world.device, weights_only=True)
+            except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile, OSError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CheckpointError(f"{path} is not a readable dprune checkpoint ({first}); "
+                                      f"delete it or pass --restart") from None
+            if not isinstance(ckpt, dict) or not {"model", "optimizer", "epochs_done", "config"} <= set(ckpt):
+                raise CheckpointError(f"{path} is not a dprune checkpoint; delete it or pass --restart")
+            client = ckpt
+        if client is not None:
+            self._check_resume(client)
+            if self.engine is None:
+                try:
+                    self.module.load_state_dict(client["model"])
+                    self.optimizer.load_state_dict(client["optimizer"])
+                    self.scaler.load_state_dict(client["scaler"])
+                except (RuntimeError, ValueError, KeyError) as e:
+                    raise CheckpointError(f"{self.out / CHECKPOINT} does not fit this model: "
+                                          f"{str(e).splitlines()[0]}; use --restart") from None
+            done, self.metrics = int(client["epochs_done"]), list(client["metrics"])
+            self.phase = client.get("phase", "full")
+            self._resumed_digest = client.get("manifest_digest")
+        if self.recorder is not None:
+            self.recorder.sync(done)
         return done
 
+    def _check_resume(self, client: dict) -> None:
+        changes = config_changes(client.get("config", {}), self.cfg)
+        if self.manifest is not None and client.get("manifest_digest") != self.manifest.digest:
+            changes.append(f"manifest content: {str(client.get('manifest_digest'))[:12]} -> {self.manifest.digest[:12]}")
+        if changes:
+            raise CheckpointError(f"{self.out} holds a run with another configuration ({'; '.join(changes)}); "
+                                  f"rerun with its settings, or pass --restart to start a new run there")
+
     def _save_checkpoint(self, epochs_done: int) -> None:
-        client = {"epochs_done": epochs_done, "metrics": self.metrics, "config": asdict(self.cfg)}
+        client = {"epochs_done": epochs_done, "metrics": self.metrics, "config": self.cfg.to_dict(),
+                  "phase": self.phase, "manifest_digest": None if self.manifest is None else self.manifest.digest}
         if self.engine is not None:
             ds_dir = self.out / DS_CHECKPOINT
-            self.engine.save_checkpoint(str(ds_dir), tag=f"epoch{epochs_done}", client_state=client)
+            tag = f"epoch{epochs_done}-{self.phase}"
+            self.engine.save_checkpoint(str(ds_dir), tag=tag, client_state=client)
             barrier(self.world)
             if self.world.is_main:  # the 'latest' pointer now names the new tag; drop older ones
                 for old in ds_dir.glob("epoch*"):
-                    if old.name != f"epoch{epochs_done}":
+                    if old.name != tag:
                         shutil.rmtree(old, ignore_errors=True)
             return
         if self.world.is_main:
-            tmp = self.out / f".{CHECKPOINT}.tmp"
-            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), **client}, tmp)
-            os.replace(tmp, self.out / CHECKPOINT)
+            state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), **client}
+            atomic_write_with(self.out / CHECKPOINT, lambda f: torch.save(state, f))
+
+    # ------------------------------------------------------------------------ pruning inside the run
+    def _prune(self) -> None:
+        """Select at the end of epoch T (or reuse the manifest written for it), then switch every rank."""
+        cfg, w = self.cfg, self.world
+        path = self.out / MANIFEST
+        digest, error = None, None
+        if w.is_main:
+            try:
+                digest = self._select_or_reuse(path)
+            except (ValueError, OSError) as e:
+                error = f"{type(e).__name__}: {e}"
+        digest, error = broadcast_object(w, (digest, error))
+        if error:
+            raise StoreError(f"pruning at epoch {cfg.prune_at} failed: {error}")
+        self._switch_to(load_manifest(path, fingerprint=self.fingerprint, labels_N=self.given_labels), digest)
+
+    def _select_or_reuse(self, path: Path) -> str:
+        from ..pruning import prune_store
+
+        T, spec = self.cfg.prune_at, self.cfg.prune_spec()
+        made_from = self.store.identity(T)
+        if path.exists():
+            try:
+                m = load_manifest(path, fingerprint=self.fingerprint, labels_N=self.given_labels)
+                if m.data.get("made_from") == made_from and m.data.get("selection") == spec.to_dict():
+                    self._log(f"reusing {path} (made at epoch {T} before the run was interrupted)")
+                    return m.digest
+            except ValueError:
+                pass
+        t0 = time.perf_counter()
+        done = prune_store(self.store, spec, path, first_epochs=T, extra={"pruned_in_run": {"at_epoch": T}})
+        sel = done.selection
+        self._log(f"pruned at epoch {T}: kept {len(sel.kept)} of {len(sel.labels_final)} samples (pruned "
+                  f"{len(sel.pruned)} by {spec.method}, removed {len(sel.outlier_index)}, relabelled "
+                  f"{len(sel.relabel_index)}) in {time.perf_counter() - t0:.1f}s -> {path}")
+        return done.manifest.digest
+
+    def _switch_to(self, manifest: Manifest, digest: str) -> None:
+        if manifest.digest != digest:
+            raise StoreError(f"rank {self.world.rank} read a manifest that differs from rank 0's; is {self.out} "
+                             f"on a file system every rank sees?")
+        self.manifest = manifest
+        self.phase = "pruned"
+        self._make_loaders(manifest.kept, manifest.labels)
 
     # ------------------------------------------------------------------------ the loop
     def fit(self) -> list[dict]:
         """Train (and record) the remaining epochs; return per-epoch metrics."""
+        cfg = self.cfg
         try:
             start = self._load_checkpoint()
-            for epoch in range(start, self.cfg.epochs):
-                _seed_everything(self.cfg.seed * 1_000_003 + epoch * 1009 + self.world.rank)
+            if cfg.prune_at is not None and start >= cfg.prune_at:
+                if self.phase == "pruned":
+                    m = load_manifest(self.out / MANIFEST, fingerprint=self.fingerprint, labels_N=self.given_labels)
+                    if self._resumed_digest != m.digest:
+                        raise CheckpointError(f"{self.out / MANIFEST} is not the manifest this run switched to; "
+                                              f"use --restart")
+                    self._switch_to(m, m.digest)
+                else:  # killed between the checkpoint of epoch T and the switch
+                    self._prune()
+                    self._save_checkpoint(start)
+            for epoch in range(start, cfg.epochs):
+                _seed_everything(cfg.seed * 1_000_003 + epoch * 1009 + self.world.rank)
                 self.sampler.set_epoch(epoch)
-                if self.recorder:
+                recording = self._records(epoch)
+                if recording:
                     self.recorder.begin_epoch(epoch)
                 t0 = time.perf_counter()
-                stats = self._train_epoch(epoch) if not self.cfg.frozen else {"samples_seen": 0}
-                if self.cfg.record == "pass":
+                stats = self._train_epoch(epoch, recording) if not cfg.frozen else {"samples_seen": 0}
+                if cfg.record == "pass" and recording:
                     self._record_pass(epoch)
-                if self.recorder:
+                if recording:
                     self.recorder.complete_epoch(epoch)
                 barrier(self.world)
-                stats.update(epoch=epoch, seconds=time.perf_counter() - t0, **self._evaluate_if_due(epoch))
+                stats.update(epoch=epoch, phase=self.phase, seconds=time.perf_counter() - t0,
+                             **self._evaluate_if_due(epoch))
                 self.metrics.append(stats)
                 self._save_checkpoint(epoch + 1)
                 if self.world.is_main:
@@ -302,12 +491,21 @@ class Trainer:
                              if "train_loss" in stats else "")
                     test = ("" if math.isnan(stats["test_metric"])
                             else f"test {stats['metric_name']} {stats['test_metric']:.4f} ")
-                    self._log(f"epoch {epoch + 1}/{self.cfg.epochs}: {train}{test}({stats['seconds']:.1f}s)")
+                    self._log(f"epoch {epoch + 1}/{cfg.epochs}: {train}{test}({stats['seconds']:.1f}s)")
+                if cfg.prune_at is not None and epoch + 1 == cfg.prune_at:
+                    self._prune()
+                    self._save_checkpoint(epoch + 1)
             return self.metrics
         finally:
-            if self.store is not None:
-                self.store.close()
-            close_world(self.world)
+            self.close()
+
+    def close(self) -> None:
+        """Stop the recorder, release the run directory and the process group (idempotent)."""
+        if self.recorder is not None:
+            self.recorder.close()
+        if self._lock is not None:
+            self._lock.release()
+        close_world(self.world)
 
     def _evaluate_if_due(self, epoch: int) -> dict:
         """``evaluate()`` after every ``eval_every``-th epoch and the last; else the metric is NaN."""
@@ -325,7 +523,7 @@ class Trainer:
         x = x.to(self.world.device, non_blocking=True)
         return x.to(self.input_dtype) if self.input_dtype is not None else x
 
-    def _train_epoch(self, epoch: int) -> dict:
+    def _train_epoch(self, epoch: int, recording: bool) -> dict:
         self.model.train()
         loss_sum = torch.zeros((), device=self.world.device)
         correct = torch.zeros((), device=self.world.device)
@@ -343,8 +541,9 @@ class Trainer:
                     from .reid import batch_hard_triplet_loss
 
                     loss = loss + batch_hard_triplet_loss(out.feat, y_B, self.cfg.triplet_margin)
-            if self.cfg.record == "train":
-                self.recorder.record(epoch, idx_B.to(self.world.device), logits_BC)
+            if recording and self.cfg.record == "train":
+                self.recorder.record(idx_B, logits_BC)
+            self._set_lr(epoch, step)
             self._step(loss)
             loss_sum += loss.detach() * len(y_B)
             correct += (logits_BC.detach().argmax(1) == y_B).sum()
@@ -366,7 +565,6 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
 
     @torch.no_grad()
     def _record_pass(self, epoch: int) -> None:
@@ -375,7 +573,7 @@ class Trainer:
             with self._autocast():
                 x_B = self._to_device(x_B)
                 logits_BC = self.module.logits(x_B) if self.cfg.task == "reid" else self.module(x_B)
-            self.recorder.record(epoch, idx_B.to(self.world.device), logits_BC)
+            self.recorder.record(idx_B, logits_BC)
 
     @torch.no_grad()
     def evaluate(self) -> dict:

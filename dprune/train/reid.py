@@ -47,14 +47,21 @@ def batch_hard_triplet_loss(feat_BD: torch.Tensor, pids_B: torch.Tensor, margin:
 
 
 class PKSampler:
-    """Batches of P identities x K images, split across ranks.
+    """Batches of P identities x K images, split across ranks, that use every image each epoch.
 
-    Every epoch, each identity's images are shuffled and cut into groups of K (an identity
-    with fewer than K images is drawn with replacement; a remainder short of K is skipped);
-    each batch takes one group from each of P identities drawn among those with groups left.  All ranks build the same sequence of batches from
-    (seed, epoch) and rank r takes batches r, r + W, r + 2W, ...; the sequence is cut to a
-    multiple of W, so every rank runs the same number of steps.  Samples are repeated and
-    skipped by design: the trajectory store's counts record it.
+    Every epoch, each identity's images are shuffled and cut into groups of K.  A remainder
+    shorter than K is completed to K by drawing again (seeded, without replacement where
+    possible) from the identity's other images, and an identity with fewer than K images is
+    drawn with replacement (as torchreid does for that case).  So every image of the
+    (possibly pruned) training set is seen at least once per epoch, and the number of steps
+    follows the number of images, not the number of full groups.  Each batch takes one
+    group from each of P identities drawn among those with groups left (more groups left,
+    more likely); once fewer than P identities have groups left, the batch is filled with
+    fresh groups of other identities.  All ranks build the same
+    sequence of batches from (seed, epoch) and rank r takes batches r, r + W, r + 2W, ...;
+    the sequence is topped up with batches of fresh groups to a multiple of W, so every rank
+    runs the same number of steps.
+    Samples are repeated by design: the trajectory store's counts record it.
 
     Yields lists of dataset positions (use as ``DataLoader(batch_sampler=...)``).
     """
@@ -72,22 +79,47 @@ class PKSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _groups(self, idx: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
+        """An identity's images in groups of K, the last one topped up from the others."""
+        k = self.k
+        if len(idx) < k:
+            return [rng.choice(idx, k, replace=True).tolist()]
+        idx = rng.permutation(idx)
+        groups = [idx[s : s + k].tolist() for s in range(0, len(idx), k)]
+        short = k - len(groups[-1])
+        if short:
+            others = idx[: len(idx) - len(groups[-1])]
+            groups[-1] += rng.choice(others, short, replace=short > len(others)).tolist()
+        return groups
+
     def _batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        queues = []  # per identity: its groups of K positions
-        for idx in self.by_pid:
-            idx = rng.permutation(idx) if len(idx) >= self.k else rng.choice(idx, self.k, replace=True)
-            queues.append([idx[s : s + self.k].tolist() for s in range(0, len(idx) - self.k + 1, self.k)])
+        queues = [self._groups(idx, rng) for idx in self.by_pid]
         batches = []
         available = [c for c, q in enumerate(queues) if q]
-        while len(available) >= self.p:
+        while available:
+            # Identities with more groups left are drawn first, so that groups run out together.
+            left = np.array([len(queues[c]) for c in available], float)
+            chosen = list(rng.choice(available, min(self.p, len(available)), replace=False, p=left / left.sum()))
+            if len(chosen) < self.p:
+                # Fewer than P identities have groups left: fill the batch with fresh groups of
+                # other identities, so that no image of the epoch is left out.
+                others = [c for c in range(len(queues)) if c not in chosen]
+                extra = rng.choice(others, self.p - len(chosen), replace=False)
+                for c in extra:
+                    queues[c].append(self._groups(self.by_pid[c], rng)[0])
+                chosen += list(extra)
             batch = []
-            for c in rng.choice(available, self.p, replace=False):
+            for c in chosen:
                 batch += queues[c].pop()
             batches.append(batch)
-            available = [c for c in available if queues[c]]
-        usable = len(batches) - len(batches) % self.world_size
-        return batches[:usable]
+            available = [c for c, q in enumerate(queues) if q]
+        while len(batches) % self.world_size:  # every rank runs the same number of steps
+            batch = []
+            for c in rng.choice(len(self.by_pid), self.p, replace=False):
+                batch += self._groups(self.by_pid[c], rng)[0]
+            batches.append(batch)
+        return batches
 
     def __iter__(self):
         return iter(self._batches()[self.rank :: self.world_size])
@@ -96,14 +128,9 @@ class PKSampler:
         return len(self._batches()) // self.world_size
 
 
-def step_lr_lambda(epochs: int, steps_per_epoch: int, warmup_epochs: int):
-    """BoT's schedule scaled to ``epochs``: linear warm-up from 1%, x0.1 at 1/3 and 7/12 of the run."""
-    warm = warmup_epochs * steps_per_epoch
-    milestones = [math.floor(epochs / 3) * steps_per_epoch, math.floor(epochs * 7 / 12) * steps_per_epoch]
-
-    def f(step: int) -> float:
-        if step < warm:
-            return 0.01 + 0.99 * step / warm
-        return 0.1 ** sum(step >= m for m in milestones)
-
-    return f
+def step_lr_factor(epochs: int, warmup_epochs: int, t: float) -> float:
+    """BoT's schedule at fractional epoch ``t``: linear warm-up from 1%, x0.1 at 1/3 and 7/12 of the run."""
+    if t < warmup_epochs:
+        return 0.01 + 0.99 * t / warmup_epochs
+    milestones = (math.floor(epochs / 3), math.floor(epochs * 7 / 12))
+    return 0.1 ** sum(t >= m for m in milestones)

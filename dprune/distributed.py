@@ -56,11 +56,31 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def world_of_process_group() -> World:
+    """The :class:`World` of an already initialised ``torch.distributed`` group (or one process)."""
+    if dist.is_available() and dist.is_initialized():
+        rank, size = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return World(rank, size, local, dev)
+    return World(0, 1, 0, torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+                 else torch.device("cpu"))
+
+
+def transport_device(world: World) -> torch.device:
+    """Where collectives need their tensors: the GPU for NCCL, the CPU for gloo."""
+    if world.distributed and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def gather_to_main(world: World, *tensors: torch.Tensor) -> list[torch.Tensor] | None:
     """Concatenate each tensor's rows from all ranks on rank 0 (other ranks get None).
 
     Batches may differ in length across ranks (the last batch), so lengths are exchanged
     first and rows padded to the longest.  Each rank holds at most world_size batches.
+    Tensors travel in their own dtype; 16-bit floats travel as their raw bits (gloo has no
+    bfloat16 gather), so nothing is upcast on the way.
     """
     if not world.distributed:
         return list(tensors)
@@ -71,10 +91,22 @@ def gather_to_main(world: World, *tensors: torch.Tensor) -> list[torch.Tensor] |
     longest = max(sizes)
     out = []
     for t in tensors:
-        padded = torch.zeros((longest,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
-        padded[: t.shape[0]] = t
+        bits = t.dtype in (torch.float16, torch.bfloat16)
+        wire = t.view(torch.int16) if bits else t
+        padded = torch.zeros((longest,) + tuple(wire.shape[1:]), dtype=wire.dtype, device=wire.device)
+        padded[: wire.shape[0]] = wire
         parts = [torch.empty_like(padded) for _ in range(world.world_size)] if world.is_main else None
         dist.gather(padded, parts, dst=0)
         if world.is_main:
-            out.append(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
+            joined = torch.cat([p[:s] for p, s in zip(parts, sizes)])
+            out.append(joined.view(t.dtype) if bits else joined)
     return out if world.is_main else None
+
+
+def broadcast_object(world: World, obj):
+    """``obj`` of rank 0, on every rank."""
+    if not world.distributed:
+        return obj
+    box = [obj if world.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

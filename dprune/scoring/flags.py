@@ -1,0 +1,53 @@
+"""Flags: which samples look mislabelled or flat, computed once, with the thresholds of ``params``.
+
+:func:`compute_flags` is the only place a flag is decided; ``scores.npz`` stores its result
+and the parameters it used, and selection (:mod:`dprune.select`) reads the flags from
+there.  The rules are also exposed as small functions over arrays, for users.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def mislabel_flags(soft_argmax_N, p_max_N, labels_N, *, min_confidence: float = 0.5):
+    """The paper's rule: the soft label disagrees with the given label, and is confident about it.
+
+    Flagged when ``soft_argmax != label`` and ``p_max >= min_confidence``.  With
+    ``min_confidence=0`` this is the plain rule (argmax deviates from the label).  Works on
+    numpy arrays or torch tensors; unobserved samples (argmax -1) are never flagged.
+    """
+    if not 0 <= min_confidence <= 1:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    return (soft_argmax_N >= 0) & (soft_argmax_N != labels_N) & (p_max_N >= min_confidence)
+
+
+def outlier_flags(entropy_N, margin_N, n_classes: int, *, entropy_threshold: float = 0.9, margin_threshold: float = 0.1):
+    """A flat soft label: ``entropy / log(C) >= entropy_threshold`` and ``margin <= margin_threshold``.
+
+    ``margin`` is top-1 minus top-2 probability of the soft label.  Such samples gave the
+    model no consistent signal over the trajectory (ambiguous, corrupt or off-distribution
+    images).  Never flagged when C = 1 or when the entropy is NaN.
+    """
+    if not 0 <= entropy_threshold <= 1:
+        raise ValueError(f"entropy_threshold must be in [0, 1], got {entropy_threshold}")
+    if not 0 <= margin_threshold <= 1:
+        raise ValueError(f"margin_threshold must be in [0, 1], got {margin_threshold}")
+    if n_classes < 2:
+        return entropy_N != entropy_N  # all False, same type as the input
+    h_norm = entropy_N / math.log(n_classes)
+    return (h_norm >= entropy_threshold) & (margin_N <= margin_threshold)
+
+
+def compute_flags(out: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, params: dict) -> dict[str, np.ndarray]:
+    """Add the flags to a scores dict holding the per-sample soft-label arrays.
+
+    Needs ``soft_argmax``, ``p_max``, ``margin`` and ``entropy_raw`` (the entropy of every
+    observed sample, finite or not; removed from ``out``).  Adds ``mislabel`` and ``outlier``.
+    """
+    out["mislabel"] = np.asarray(mislabel_flags(out["soft_argmax"], out["p_max"], labels_N, **params["mislabel"]))
+    ent = out.pop("entropy_raw")
+    with np.errstate(invalid="ignore"):
+        out["outlier"] = np.asarray(outlier_flags(ent, out["margin"], n_classes, **params["outlier"])) & ~np.isnan(ent)
+    return out

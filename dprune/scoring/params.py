@@ -1,0 +1,94 @@
+"""Every scorer and flag parameter: its type, default and valid range, declared once.
+
+``--param NAME.OPTION=VALUE`` on the command line and ``params={"NAME": {"OPTION": v}}`` in
+Python both go through :func:`merge_params`, which refuses unknown names, wrong types and
+out-of-range values before any work starts.  ``scores.npz`` records the merged parameters it
+was made with; selection reads the flags from it and never recomputes them.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from ..options import coerce, parse_value, split_assignment
+
+
+@dataclass(frozen=True)
+class Param:
+    type: Any
+    default: Any
+    valid: Callable[[Any], bool]
+    range: str
+    help: str
+
+
+def _unit(v) -> bool:
+    return 0 <= v <= 1
+
+
+PARAMS: dict[str, dict[str, Param]] = {
+    "el2n": {"epoch": Param(Optional[int], None, lambda v: True, "any epoch index (negative counts from the end)",
+                            "epoch to read (default: the last)")},
+    "tdds": {"window": Param(int, 10, lambda v: v >= 2, ">= 2", "epochs per window"),
+             "decay": Param(float, 0.9, lambda v: 0 < v < 1, "in (0, 1)", "weight decay of older windows")},
+    "dyn_unc": {"window": Param(int, 10, lambda v: v >= 2, ">= 2", "epochs per window")},
+    "dual": {"window": Param(int, 10, lambda v: v >= 2, ">= 2", "epochs per window (J)")},
+    "random": {"seed": Param(int, 0, lambda v: True, "any integer", "seed of the random scores")},
+    "mislabel": {"min_confidence": Param(float, 0.5, _unit, "in [0, 1]",
+                                         "soft-label probability the paper's argmax rule needs to flag")},
+    "confident": {"agree": Param(float, 0.5, _unit, "in [0, 1]",
+                                 "fraction of observed epochs whose prediction must be the suggested class "
+                                 "to relabel a flagged sample (else it is removed)")},
+    "outlier": {"entropy_threshold": Param(float, 0.9, _unit, "in [0, 1]", "normalised entropy H / log C at or above"),
+                "margin_threshold": Param(float, 0.1, _unit, "in [0, 1]", "top-1 minus top-2 probability at or below")},
+}
+
+
+def default_params() -> dict[str, dict]:
+    return {name: {k: p.default for k, p in opts.items()} for name, opts in PARAMS.items()}
+
+
+DEFAULT_PARAMS = default_params()
+
+
+def merge_params(params: Mapping[str, Mapping] | None) -> dict[str, dict]:
+    """The defaults with ``params`` applied, every value checked; a ``ValueError`` names what is wrong."""
+    merged = copy.deepcopy(DEFAULT_PARAMS)
+    if params is None:
+        return merged
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a mapping {{name: {{option: value}}}}, got {type(params).__name__}")
+    for name, opts in params.items():
+        if name not in PARAMS:
+            raise ValueError(f"no parameters for {name!r}; parametrised: {', '.join(PARAMS)}")
+        if not isinstance(opts, Mapping):
+            raise ValueError(f"parameters of {name} must be a mapping, got {opts!r}")
+        for opt, value in opts.items():
+            if opt not in PARAMS[name]:
+                raise ValueError(f"unknown parameter {name}.{opt}; valid: "
+                                 f"{', '.join(f'{name}.{o}' for o in PARAMS[name])}")
+            spec = PARAMS[name][opt]
+            value = coerce(value, spec.type, f"{name}.{opt}")
+            if value is not None and not spec.valid(value):
+                raise ValueError(f"{name}.{opt} must be {spec.range}, got {value!r}")
+            merged[name][opt] = value
+    return merged
+
+
+def parse_params(items: Iterable[str]) -> dict[str, dict]:
+    """``["tdds.window=5", "random.seed=3"]`` -> the merged, validated parameters."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, value = split_assignment(item, "--param NAME.OPTION=VALUE")
+        name, dot, opt = key.partition(".")
+        if not dot or not opt or not name:
+            raise ValueError(f"--param expects NAME.OPTION=VALUE, got {item!r}")
+        out.setdefault(name, {})[opt] = parse_value(value)
+    return merge_params(out)
+
+
+def param_help() -> str:
+    """One line per parameter, for ``--help``."""
+    return "; ".join(f"{n}.{o}={p.default!r} ({p.range})" for n, opts in PARAMS.items() for o, p in opts.items())
+

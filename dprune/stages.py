@@ -1,0 +1,258 @@
+"""Where the stages meet: train (recording), prune, retrain, prune inside a run, report.
+
+``dprune train``, ``dprune run`` and the benchmarks run training through :func:`train`, and
+prune through :func:`dprune.pruning.prune_store`; each stage knows whether its outputs are
+current from what it was given:
+
+* a training stage is current when its run directory holds a checkpoint of the same
+  configuration (fields, and the content of its manifest) with every epoch done; a
+  checkpoint of another configuration is refused by ``dprune train`` (naming the fields)
+  and, in a pipeline (``rerun_if_changed=True``), the stage starts over;
+* scores are current while the store's epochs they were made from are unchanged and the
+  methods and parameters are the same (:func:`dprune.scoring.scores_status`);
+* a manifest is rewritten from current scores every time (cheap); a retraining stage
+  compares the manifest's content, not its file.
+
+``dprune run`` (:func:`run_pipeline`) measures what users pay for the pruned model, in
+sample-epochs and wall time, three ways:
+
+1. **full**: the full-data baseline, trained once *with recording* of its first T epochs;
+2. **paper protocol**: the first T epochs of that run scored and pruned, then a retraining
+   from scratch on the kept samples with the corrected labels for the same E epochs
+   (the recording is free when a baseline is trained anyway);
+3. **prune-in-run**: one run that records T epochs, prunes, and carries on (``--prune-at``);
+   no second run at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .fileio import atomic_write_json, atomic_write_text
+from .manifest import export_list, load_manifest
+from .pruning import prune_store
+from .select import PruneSpec
+from .store import open_store
+from .train.config import TrainConfig
+from .train.loop import CheckpointError, Trainer
+
+
+@dataclass
+class Trained:
+    """A finished training stage."""
+
+    config: TrainConfig
+    metrics: list[dict]
+    seconds: float
+    """Wall time of the epochs (sum over its metrics; resumed runs count every epoch once)."""
+
+    @property
+    def cost(self) -> int:
+        """Sample-epochs: training samples the optimiser processed."""
+        return int(sum(m["samples_seen"] for m in self.metrics))
+
+
+def train(cfg: TrainConfig, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
+    """Train (resuming a killed run, returning a finished one as it is); see the module docstring."""
+    try:
+        metrics = Trainer(cfg, restart=restart).fit()
+    except CheckpointError:
+        if not rerun_if_changed or restart:
+            raise
+        metrics = Trainer(cfg, restart=True).fit()
+    return Trained(cfg, metrics, float(sum(m["seconds"] for m in metrics)))
+
+
+# ----------------------------------------------------------------------------------- dprune run
+# TrainConfig fields each pipeline stage sets itself; --set cannot override them.
+RUN_OWNED = {
+    "out": "each stage has its own folder under --out",
+    "manifest": "the pipeline writes and uses its own manifest",
+    "prune_at": "use --record-epochs (T)",
+    "record_epochs": "use --record-epochs (T)",
+    "frozen": "the pipeline trains",
+}
+
+
+@dataclass
+class RunConfig:
+    """``dprune run``: a base training configuration and the pipeline's own choices."""
+
+    out: Path
+    base: TrainConfig
+    """Every stage's training configuration before the stage sets its owned fields."""
+    record_epochs: int
+    baseline: bool = True
+
+    @property
+    def spec(self) -> PruneSpec:
+        return self.base.prune_spec()
+
+
+def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: bool = True) -> RunConfig:
+    """Map ``dprune run``'s options and ``--set FIELD=VALUE`` onto one :class:`TrainConfig`.
+
+    ``options`` are TrainConfig fields given by ``run``'s own options; ``sets`` win over them.
+    Fields the stages own (:data:`RUN_OWNED`) are refused in ``sets``.  Everything is
+    validated here, before any stage runs.
+    """
+    owned = sorted(set(sets) & set(RUN_OWNED))
+    if owned:
+        raise ValueError("; ".join(f"--set {k}: set by dprune run ({RUN_OWNED[k]})" for k in owned))
+    values = {**{k: v for k, v in options.items() if v is not None}, **sets}
+    if values.get("task") == "reid" and "model" not in values:
+        values["model"] = "resnet50"
+    base = TrainConfig(out=str(Path(out) / "full"), **values)
+    if not 1 <= record_epochs < base.epochs:
+        raise ValueError(f"--record-epochs must be in [1, --epochs) = [1, {base.epochs}), got {record_epochs}")
+    base.prune_spec()  # validate method, ratio, policy, detector, outliers now
+    return RunConfig(Path(out), base, record_epochs, baseline)
+
+
+def _stage(rc: RunConfig, name: str, **fields) -> TrainConfig:
+    return dataclasses.replace(rc.base, out=str(rc.out / name), **fields)
+
+
+def _summary(t: Trained) -> dict:
+    last = t.metrics[-1]
+    out = {"final": last["test_metric"], "best": max(m["test_metric"] for m in t.metrics)}
+    out.update({k: last[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP") if k in last})
+    return out
+
+
+def _say(rc: RunConfig, msg: str) -> None:
+    if rc.base.progress:
+        print(msg, flush=True)
+
+
+def run_pipeline(rc: RunConfig) -> str:
+    """Run every stage of ``dprune run``; return the report text (also OUT/report.md)."""
+    out, T, E = rc.out, rc.record_epochs, rc.base.epochs
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "pipeline.json", {"base": rc.base.to_dict(), "record_epochs": T, "baseline": rc.baseline})
+    spec = rc.spec
+    steps = 4 if rc.baseline else 1
+    full = paper = select_s = None
+    manifest_path = out / "manifest.json"
+    if rc.baseline:
+        _say(rc, f"[1/{steps}] full data: {E} epochs of {rc.base.model} on {rc.base.dataset}, recording the first {T}")
+        full = train(_stage(rc, "full", record_epochs=T), rerun_if_changed=True)
+        store = open_store(out / "full" / "trajectory")
+        _say(rc, f"[2/{steps}] scoring the first {T} epochs and pruning {spec.ratio:.0%} by {spec.method}")
+        t0 = time.perf_counter()
+        kept = len(prune_store(store, spec, manifest_path, first_epochs=T, progress=rc.base.progress).selection.kept)
+        select_s = time.perf_counter() - t0
+        _say(rc, f"[3/{steps}] paper protocol: retraining from scratch on the {kept} kept "
+                 f"samples for {E} epochs")
+        paper = train(_stage(rc, "pruned", record="off", manifest=str(manifest_path)), rerun_if_changed=True)
+    _say(rc, f"[{steps}/{steps}] prune-in-run: {T} recorded epochs on the full set, prune, {E - T} more on the kept set")
+    pir = train(_stage(rc, "prune-in-run", prune_at=T, record_epochs=T), rerun_if_changed=True)
+    if not rc.baseline:
+        shutil.copyfile(out / "prune-in-run" / "manifest.json", manifest_path)
+        shutil.copyfile(out / "prune-in-run" / "manifest.npz", manifest_path.with_suffix(".npz"))
+        store = open_store(out / "prune-in-run" / "trajectory")
+    return write_report(rc, store, full, paper, pir, select_s)
+
+
+def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | None, pir: Trained,
+                 select_s: float | None) -> str:
+    """``report.md``, ``report.json``, the score histogram and the accuracy curves of a pipeline."""
+    from .report import markdown_table, plot_accuracy_curves, plot_score_histogram
+    from .scoring import load_scores
+
+    out, T, E = rc.out, rc.record_epochs, rc.base.epochs
+    spec = rc.spec
+    N = store.n_samples
+    manifest_path = out / "manifest.json"
+    manifest = load_manifest(manifest_path, fingerprint=store.fingerprint, labels_N=store.labels)
+    m = manifest.data
+    export_list(manifest, store.sample_ids, out / "kept.tsv")
+    if rc.base.task == "reid":
+        _export_reid_list(rc.base, manifest, out / "train_list.txt")
+    full_cost = E * N
+    rows, curves = [], {}
+    if full is not None:
+        rec_cost = sum(x["samples_seen"] for x in full.metrics[:T])
+        rows.append({"run": "full data", "kept": N, "cost": full.cost, "rel": full.cost / full_cost,
+                     "seconds": full.seconds, **_summary(full)})
+        curves["full data"] = full.metrics
+        rows.append({"run": f"paper protocol: record {T} + retrain {E} ({spec.method} {spec.ratio:.0%})",
+                     "kept": len(manifest.kept), "cost": rec_cost + paper.cost,
+                     "rel": (rec_cost + paper.cost) / full_cost,
+                     "seconds": sum(x["seconds"] for x in full.metrics[:T]) + select_s + paper.seconds,
+                     **_summary(paper)})
+        curves["paper protocol (retrained)"] = paper.metrics
+    pir_manifest = load_manifest(out / "prune-in-run" / "manifest.json", fingerprint=store.fingerprint,
+                                 labels_N=store.labels)
+    rows.append({"run": f"prune-in-run at epoch {T} ({spec.method} {spec.ratio:.0%})", "kept": len(pir_manifest.kept),
+                 "cost": pir.cost, "rel": pir.cost / full_cost, "seconds": pir.seconds, **_summary(pir)})
+    curves["prune-in-run"] = pir.metrics
+
+    scores, _ = load_scores(store.run_dir / "scores.npz", n_samples=N)
+    pruned_mask = np.zeros(N, bool)
+    pruned_mask[m["pruned"]] = True
+    outlier_mask = np.zeros(N, bool)
+    outlier_mask[[o["index"] for o in m["removed_outliers"]]] = True
+    hist = plot_score_histogram(scores[spec.method], pruned_mask, outlier_mask, out / f"{spec.method}_histogram.png",
+                                name=spec.method, n_classes=store.n_classes)
+    acc_png = plot_accuracy_curves(curves, out / "accuracy.png")
+    metric = pir.metrics[-1]["metric_name"]
+    cols = [("run", "way to the model"), ("kept", "train samples after pruning"), ("cost", "sample-epochs"),
+            ("rel", "x one full training"), ("seconds", "wall s"), ("final", f"final {metric}"),
+            ("best", f"best {metric}")]
+    if rc.base.task == "reid":
+        cols += [("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"), ("mINP", "mINP")]
+    lines = [f"# dprune run: {rc.base.dataset}, {rc.base.model}, {E} epochs, scores from the first {T}", "",
+             markdown_table(rows, cols), ""]
+    pir_row = rows[-1]
+    headline = (f"- **prune-in-run costs {pir_row['rel']:.2f} of one full training** "
+                f"({pir_row['cost']:,} of {full_cost:,} sample-epochs)")
+    if full is not None:
+        headline += (f", final {metric} {pir_row['final']:.4f} vs {rows[0]['final']:.4f} on the full data; the "
+                     f"paper protocol costs {rows[1]['rel']:.2f} on its own (the recording is the baseline's first "
+                     f"{T} epochs: {1 + paper.cost / full_cost:.2f} counting the baseline) and reaches "
+                     f"{rows[1]['final']:.4f}")
+    lines.append(headline + ".")
+    lines.append(f"- pruned {m['n_pruned']} of {m['n_observed']} observed samples by `{spec.method}` ({spec.policy} "
+                 f"policy); removed {m['n_outliers']}; relabelled {len(m['relabelled'])}; kept {m['n_kept']}")
+    lines.append("- sample-epochs = training samples processed by the optimiser; wall s = the epochs' time "
+                 "(plus scoring and selection for the paper protocol; prune-in-run's includes its own)")
+    noise_file = out / ("full" if full is not None else "prune-in-run") / "label_noise.npz"
+    if noise_file.exists():
+        with np.load(noise_file) as z:
+            flipped, clean = z["flipped"], z["clean_labels"]
+        idx = np.asarray([int(i) for i in m["relabelled"]], np.int64)
+        lab = np.asarray(list(m["relabelled"].values()), np.int64)
+        flagged = np.zeros(N, bool)
+        flagged[idx] = True
+        tp = int((flagged & flipped).sum())
+        lines.append(f"- injected label noise: {int(flipped.sum())} wrong labels; relabelled {int(flagged.sum())}, of "
+                     f"which {tp} were wrong (precision {tp / max(1, flagged.sum()):.3f}, recall "
+                     f"{tp / max(1, flipped.sum()):.3f}); corrected labels right: "
+                     f"{int((lab == clean[idx]).sum())}/{len(idx)}")
+    lines += ["", f"![{spec.method}]({hist.name})", f"![accuracy]({acc_png.name})", "",
+              f"Files: manifest `{manifest_path}`, kept list `{out / 'kept.tsv'}`"
+              + (f", training list in the dataset's format `{out / 'train_list.txt'}`" if rc.base.task == "reid" else "")
+              + f", scores `{store.run_dir / 'scores.npz'}`."]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "report.md", text)
+    atomic_write_json(out / "report.json", {"rows": rows, "manifest": str(manifest_path), "record_epochs": T,
+                                            "epochs": E, "full_training_sample_epochs": full_cost})
+    return text + f"\nreport: {out / 'report.md'}\nplots: {hist}, {acc_png}\nmanifest: {manifest_path}\n"
+
+
+def _export_reid_list(cfg: TrainConfig, manifest, path: Path) -> None:
+    """The kept training images as ``relpath pid`` lines with the dataset's own pids, so other
+    ReID toolkits can train on the pruned, corrected set."""
+    from .data.reid import ReIDRecord, build_reid_dataset, export_list as export_reid
+
+    ds = build_reid_dataset(cfg.dataset, cfg.data_root)
+    original_pid = {label: pid for pid, label in ds.pid_map.items()}
+    records = [ReIDRecord(ds.train[i].relpath, original_pid[int(manifest.labels[i])], ds.train[i].camid)
+               for i in manifest.kept.tolist()]
+    export_reid(records, path)
