@@ -1,335 +1,267 @@
-"""Pruning quality: test accuracy after pruning by each scorer, at each ratio, over seeds.
+"""Pruning quality in the paper's protocol: does pruning by a trajectory score beat random pruning?
 
-For every seed:
+Protocol (arXiv 2412.10091; TDDS, CVPR 2024): per seed s, **one recorded full run** of E epochs
+(training seed s) gives the unpruned accuracy and, for free, every prefix trajectory: a score
+"at T" reads the first T epochs of that run (``score_store(first_epochs=T)``), as the paper
+scores the first 12 of 120 epochs.  Each cell selects by one scorer at one ratio (class policy;
+no relabelling or outlier removal: the ranking alone), writes the manifest, and **retrains from
+scratch** on the kept samples with training seed 1000 + s (a seed other than the scoring run's),
+for E epochs ("same epochs": fewer steps, the paper's protocol) or for as many steps as the full
+run ("same steps": E * N / kept epochs), then evaluates top-1 on the test set.  Ties are broken
+by a seeded stream of each scorer's own (never the random scorer's).  Prune-in-run cells train
+one run that records T epochs, prunes itself and carries on (``TrainConfig.prune_at``).
 
-1. **record**: train ``--record-epochs`` T epochs on the whole training set, recording every
-   sample's logits (``record="train"``, the paper's setting).  Every scorer except
-   ``forgetting_full`` reads this one trajectory.
-2. **full**: train the whole budget, ``--epochs`` E, on the whole training set, also
-   recording.  Its final test accuracy is the unpruned baseline (ratio 0), and its
-   trajectory gives ``forgetting_full``: forgetting events counted over the whole run, as
-   Toneva et al. do.  ``forgetting`` is the same count over the T-epoch trajectory.
-3. **cells**: for each scorer and ratio, ``select`` (``--policy``, class-balanced by default;
-   no relabelling, no outlier removal: this measures the ranking alone), write the manifest,
-   retrain from scratch for E epochs on the kept samples (``TrainConfig(manifest=...)``),
-   evaluate top-1 on the test set.
+Scorers: ``entropy``, ``el2n``, ``dual``, ``reverse_entropy`` (prunes the hardest: a sanity
+check) at T; ``aum`` and ``forgetting_full`` over the whole run (T = E); ``random``.
 
-``--trajectory prefix`` skips step 1: the scores come from the first T epochs of the full run
-(``score_store(first_epochs=T)``), the way the paper records them, and their cost is what the
-full run had cost had it stopped after T epochs.
+The quantity reported is the **paired difference** Δ(scorer − random) per seed (same seed, same
+ratio); the verdict rule: a scorer beats random at a ratio when Δ > 0 in at least 4 of 5
+seeds (3 of 3 where it has 3 seeds), loses to it when Δ < 0 as often, else "no difference".
 
-Cost of a score, in sample-epochs (training samples processed by the optimiser): T x N for
-the scorers of the T-epoch trajectory, E x N for ``forgetting_full``, 0 for ``random``.
-``el2n`` is one model's EL2N at epoch T (the trajectory's last); Paul et al. average 10 models
-at about 10% of training, which would cost 10 x T x N.
+Every cell is one JSON file under ``RESULTS/paper/cells/`` (resumable per cell; two processes
+may run side by side: a cell whose run another process holds is done later);
+``--report-only`` rebuilds ``RESULTS/paper/report.md`` and its figures from those files alone.
 
-Every finished cell is written at once to ``RESULTS/pruning_quality_<dataset>.json``; a rerun
-skips finished cells, and a killed training run resumes from its checkpoint in ``--work``.
-Runs with the same configuration but other ``--scorers`` / ``--ratios`` / ``--seeds`` add to
-the same file; the markdown table and the plot are rebuilt from everything in it.
+Commands (the committed results; ~2.5 h per process on this 2-core machine, two processes)::
 
-Commands (results in ``benchmarks/results/``; the ones that produced the committed results)::
-
-    # scikit-learn digits: every scorer at every ratio, 3 seeds (~4 min on 2 idle cores)
-    python benchmarks/pruning_quality.py --dataset digits --epochs 10 --record-epochs 3 --seeds 0 1 2
-    # Fashion-MNIST, 5,000-image class-stratified training subset, the full 10,000-image test set:
-    # every scorer at 30% (~18 min), then the whole ratio grid for entropy and random (~16 min)
-    python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
-        --batch-size 128 --seeds 0 1 --ratios 0.3
-    python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
-        --batch-size 128 --seeds 0 1 --scorers entropy random --ratios 0.1 0.2 0.3 0.4 0.5
-    # rebuild the table and plot from the JSON only
-    python benchmarks/pruning_quality.py --dataset fashion-mnist --n-train 5000 --epochs 10 --record-epochs 3 \\
-        --batch-size 128 --report-only
+    OMP_NUM_THREADS=1 python benchmarks/pruning_quality.py &
+    OMP_NUM_THREADS=1 python benchmarks/pruning_quality.py &
+    python benchmarks/pruning_quality.py --report-only
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (METRICS, ResultsFile, add_common_args, base_config, describe_setup,  # noqa: E402
-                     final_metrics, finish_common_args, fmt_pm, format_metrics, mean_std, sample_epochs, start,
-                     task_of, train, train_config)
+from _common import RESULTS_DIR, Cells, machine, mean_std, prepare_data, run_cells, train_config  # noqa: E402
 
-from dprune.scoring import METHODS  # noqa: E402
-from dprune.scoring import score_store  # noqa: E402
-from dprune.select import select, write_manifest  # noqa: E402
-from dprune.store import TrajectoryStore  # noqa: E402
-from dprune.train.config import TrainConfig  # noqa: E402
+from dprune.manifest import load_manifest, write_manifest  # noqa: E402
+from dprune.pruning import prune_store  # noqa: E402
+from dprune.scoring import load_or_score  # noqa: E402
+from dprune.select import PruneSpec, select  # noqa: E402
+from dprune.stages import train  # noqa: E402
+from dprune.store import open_store  # noqa: E402
 
-SCORERS = (*METHODS, "forgetting_full")
-FULL_RUN_SCORERS = {"forgetting_full": "forgetting"}  # scorer name -> library method on the full run
-DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
+# scorer -> (library method, score over the prefix of T epochs (True) or the whole run (False))
+SCORERS = {"entropy": ("entropy", True), "el2n": ("el2n", True), "dual": ("dual", True),
+           "reverse_entropy": ("entropy", True), "aum": ("aum", False), "forgetting_full": ("forgetting", False),
+           "random": ("random", False)}
+RETRAIN_SEED = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The experiment of issue 14 (or a small one for tests)."""
+
+    sizes: tuple = (None,)  # training-set sizes of the main grid (None: the whole set)
+    seeds5: tuple = (0, 1, 2, 3, 4)
+    seeds3: tuple = (0, 1, 2)
+    main5: tuple = ("entropy", "el2n", "random")
+    main3: tuple = ("dual", "aum", "forgetting_full", "reverse_entropy")
+    ratios: tuple = (0.3, 0.5, 0.7)
+    T: int = 2
+    cost_scorers: tuple = ("entropy", "el2n")
+    cost_Ts: tuple = (1, 2, 4, 6)
+    cost_ratio: float = 0.5
+    small_sizes: tuple = (5000, 15000)
+    small_scorers: tuple = ("entropy", "el2n", "random")
+    small_ratios: tuple = (0.3, 0.5)
+    steps_scorers: tuple = ("entropy", "random")
+    steps_ratio: float = 0.5
+    pir_ratios: tuple = (0.3, 0.5, 0.7)
+
+
+PLANS = {
+    "paper": Plan(),
+    "smoke": Plan(seeds5=(0, 1), seeds3=(0,), main5=("entropy", "random"), main3=("aum", "reverse_entropy"),
+                  ratios=(0.5,), T=1, cost_Ts=(1, 2), small_sizes=(600,), small_scorers=("entropy", "random"),
+                  small_ratios=(0.5,), pir_ratios=(0.5,)),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, epochs_help="E: epochs of the full run and of every retraining.", default_seeds=[0, 1])
-    p.add_argument("--policy", choices=("class", "global"), default="class", help="Selection policy.")
-    p.add_argument("--trajectory", choices=("own", "prefix"), default="own",
-                   help="own: a separate T-epoch run with its own (compressed) schedule; prefix: the first T epochs "
-                        "of the full E-epoch run, as the paper records them (cost counted as if it stopped there).")
-    p.add_argument("--scorers", nargs="+", choices=SCORERS, default=list(SCORERS), metavar="SCORER",
-                   help=f"Scorers to run (default all: {', '.join(SCORERS)}).")
-    p.add_argument("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS),
-                   help="Prune ratios in (0, 1); ratio 0 is the full run.")
-    args = p.parse_args(argv)
-    bad = [r for r in args.ratios if not 0 < r < 1]
-    if bad:
-        p.error(f"ratios must lie in (0, 1), got {bad}")
-    if not 2 <= args.record_epochs <= args.epochs:
-        p.error(f"--record-epochs must be in [2, --epochs] (the temporal scorers need 2 epochs), "
-                f"got {args.record_epochs}")
-    return finish_common_args(args, "pruning_quality")
+    p.add_argument("--plan", choices=sorted(PLANS), default="paper")
+    p.add_argument("--dataset", choices=("fashion-mnist", "digits"), default="fashion-mnist")
+    p.add_argument("--data-root", help="Folder of the Fashion-MNIST idx files (default: Debian's package).")
+    p.add_argument("--model", default="small_cnn")
+    p.add_argument("--epochs", type=int, default=6, help="E: epochs of every run.")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--max-steps-per-epoch", type=int, help="Cut every epoch short (smoke tests only).")
+    p.add_argument("--work", type=Path, default=Path("runs/bench/pruning_quality"))
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR / "pruning_quality")
+    p.add_argument("--report-only", action="store_true", help="Only rebuild the report from the cell files.")
+    return p.parse_args(argv)
 
 
-def experiment_config(args, data: dict) -> dict:
-    """What every cell depends on (seeds, scorers and ratios are the cells themselves)."""
-    return {**base_config(args, data), "policy": args.policy,
-            # Only recorded when not the default, so results files made before the option stay valid.
-            **({"trajectory": args.trajectory} if args.trajectory != "own" else {})}
+def experiment_config(a) -> dict:
+    return {"plan": a.plan, "plan_cells": dataclasses.asdict(PLANS[a.plan]), "dataset": a.dataset, "model": a.model,
+            "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "max_steps_per_epoch": a.max_steps_per_epoch,
+            "policy": "class", "retrain_seed": f"{RETRAIN_SEED} + s"}
 
 
-def cell_key(seed: int, scorer: str, ratio: float) -> str:
-    return f"seed{seed}/{scorer}/{ratio:g}"
+def size_name(n) -> str:
+    return "all" if n is None else f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
-class Sweep:
-    """The runs of one seed, trained lazily: only what an unfinished cell needs."""
+class Experiment:
+    def __init__(self, a, cells: Cells):
+        self.a, self.cells, self.plan = a, cells, PLANS[a.plan]
+        self._data: dict = {}
 
-    def __init__(self, args, seed: int, data_root: str | None, results: ResultsFile):
-        self.args, self.seed, self.data_root, self.results = args, seed, data_root, results
-        self.dir = args.work / f"seed{seed}"
-        self._scores: dict[str, tuple] = {}
+    def data(self, size) -> tuple[str | None, dict]:
+        if size not in self._data:
+            if self.a.dataset == "digits":
+                self._data[size] = prepare_data("digits", self.a.work)
+            else:
+                self._data[size] = prepare_data("fashion-mnist", self.a.work, n_train=size, source=self.a.data_root)
+        return self._data[size]
 
-    def config(self, name: str, **kw) -> TrainConfig:
-        return train_config(self.args, self.dir / name, seed=self.seed, data_root=self.data_root, **kw)
+    def config(self, size, name: str, seed: int, **kw):
+        a = self.a
+        root, _ = self.data(size)
+        return train_config(a.work / size_name(size) / f"seed{seed}" / name, seed=seed, data_root=root,
+                            dataset=a.dataset, model=a.model, epochs=kw.pop("epochs", a.epochs),
+                            batch_size=a.batch_size, lr=a.lr, max_steps=a.max_steps_per_epoch, **kw)
 
-    def source(self, which: str) -> tuple[TrajectoryStore, dict]:
-        """Train (or find) the ``record`` or ``full`` run, score it once; return (store, scores).
+    # --------------------------------------------------------------------------- cells
+    def recorded(self, size, seed: int):
+        """The recorded full run of a seed (trained once; every scorer reads it)."""
+        return train(self.config(size, "full", seed, record="train"))
 
-        With ``--trajectory prefix`` the ``record`` scores are the first T epochs of the full run.
-        """
-        if which not in self._scores:
-            prefix = which == "record" and self.args.trajectory == "prefix"
-            run = "full" if prefix else which
-            epochs = self.args.record_epochs if which == "record" else self.args.epochs
-            t0 = time.perf_counter()
-            metrics = train(self.config(run, epochs=self.args.epochs if prefix else epochs, record="train"))
-            wall = time.perf_counter() - t0
-            key = f"seed{self.seed}/{which}"
-            if key not in self.results.cells:
-                if prefix:  # what the run had cost had it stopped after T epochs
-                    cell = {"cost": sample_epochs(metrics[:epochs]), "epochs": epochs, "source": "full run prefix"}
-                else:
-                    cell = {**final_metrics(metrics, self.args.task), "cost": sample_epochs(metrics),
-                            "epochs": epochs, "wall_s": wall}
-                self.results.put(key, cell)
-            store = TrajectoryStore.open(self.dir / run / "trajectory")
-            methods = list(METHODS) if which == "record" else ["forgetting"]
-            t0 = time.perf_counter()
-            scores, backend = score_store(store, methods=methods, params={"random": {"seed": self.seed}},
-                                          first_epochs=epochs)
-            print(f"  scored {store.n_samples} samples x {epochs} epochs of the {run} run ({', '.join(methods)}) "
-                  f"in {time.perf_counter() - t0:.2f} s on {backend}", flush=True)
-            self._scores[which] = (store, scores)
-        return self._scores[which]
+    def record_cell(self, size, seed: int) -> dict:
+        run = self.recorded(size, seed)
+        return {"acc": run.metrics[-1]["test_metric"], "cost": run.cost,
+                "epoch_cost": [m["samples_seen"] for m in run.metrics], "wall_s": run.seconds,
+                "n_train": int(run.metrics[0]["samples_seen"])}
 
-    def baseline(self) -> None:
-        if f"seed{self.seed}/full" not in self.results.cells:
-            self.source("full")
+    def manifest(self, size, seed: int, scorer: str, T: int, ratio: float) -> tuple[Path, dict]:
+        """Select by ``scorer`` over the first ``T`` epochs of the seed's recorded run."""
+        run = self.recorded(size, seed)
+        store = open_store(Path(run.config.out) / "trajectory")
+        method, prefix = SCORERS[scorer]
+        first = T if prefix else None
+        spec = PruneSpec(method=method, ratio=ratio, policy="class", seed=seed)
+        params = {"random": {"seed": seed}}
+        path = Path(run.config.out).parent / "manifests" / f"{scorer}_T{T}_r{ratio:g}.json"
+        if scorer == "reverse_entropy":
+            scores, meta, _ = load_or_score(store, methods=["entropy"], params=params, first_epochs=first)
+            scores = dict(scores, reverse_entropy=-scores["entropy"])
+            sel = select(scores, store.labels, store.n_classes, spec, method="reverse_entropy")
+            write_manifest(path, sel, source_run=str(store.run_dir), made_from=store.identity(first),
+                           n_classes=store.n_classes, scores_meta=meta)
+        else:
+            done = prune_store(store, spec, path, params=params, first_epochs=first)
+            meta = done.scores_meta
+        return path, {"clipped": meta.get("clipped", {}), "score_epochs": first or store.epochs_completed}
 
-    def cell(self, scorer: str, ratio: float) -> None:
-        key = cell_key(self.seed, scorer, ratio)
-        if key in self.results.cells:
-            return
-        which = "full" if scorer in FULL_RUN_SCORERS else "record"
-        store, scores = self.source(which)
-        method = FULL_RUN_SCORERS.get(scorer, scorer)
-        sel = select(scores, store.labels, store.n_classes, method=method, ratio=ratio, policy=self.args.policy,
-                     seed=self.seed)
-        name = f"{scorer}_r{ratio:g}"
-        manifest = self.dir / "manifests" / f"{name}.json"
-        write_manifest(manifest, sel, source_run=str(store.run_dir), fingerprint=store.fingerprint,
-                       n_classes=store.n_classes, scorer_params={"random": {"seed": self.seed}})
-        t0 = time.perf_counter()
-        metrics = train(self.config(f"retrain/{name}", epochs=self.args.epochs, record="off",
-                                    manifest=str(manifest)))
-        wall = time.perf_counter() - t0
-        src = self.results.cells[f"seed{self.seed}/{which}"]
-        result = final_metrics(metrics, self.args.task)
-        self.results.put(key, {
-            **result, "n_kept": len(sel.kept), "n_pruned": len(sel.pruned),
-            "retrain_cost": sample_epochs(metrics), "wall_s": wall,
-            "score_source": "none" if scorer == "random" else
-                            f"first {src['epochs']} epochs of the full run" if src.get("source") == "full run prefix"
-                            else f"{which} run ({src['epochs']} epochs)",
-            "score_cost": 0 if scorer == "random" else src["cost"]})
-        print(f"  seed {self.seed} {scorer:>15} {ratio:.0%}: {format_metrics(result, self.args.task)} "
-              f"({len(sel.kept)} kept, {wall:.0f} s)", flush=True)
+    def retrain_cell(self, size, seed: int, scorer: str, T: int, ratio: float, mode: str) -> dict:
+        path, info = self.manifest(size, seed, scorer, T, ratio)
+        m = load_manifest(path)
+        rec = self.recorded(size, seed)
+        epochs = self.a.epochs
+        if mode == "steps":  # as many optimiser steps as the full run
+            epochs = max(1, round(self.a.epochs * m.data["n_samples"] / len(m.kept)))
+        name = f"retrain/{scorer}_T{T}_r{ratio:g}_{mode}"
+        run = train(self.config(size, name, RETRAIN_SEED + seed, record="off", manifest=str(path), epochs=epochs))
+        score_cost = 0 if scorer == "random" else sum(rec.metrics[k]["samples_seen"] for k in range(info["score_epochs"]))
+        return {"acc": run.metrics[-1]["test_metric"], "n_kept": len(m.kept), "epochs": epochs,
+                "retrain_cost": run.cost, "score_cost": score_cost, "wall_s": run.seconds, **info}
 
+    def pir_cell(self, size, seed: int, T: int, ratio: float) -> dict:
+        cfg = self.config(size, f"prune-in-run/entropy_T{T}_r{ratio:g}", RETRAIN_SEED + seed, record="train",
+                          record_epochs=T, prune_at=T, ratio=ratio, method="entropy", policy="class")
+        run = train(cfg)
+        m = load_manifest(Path(cfg.out) / "manifest.json")
+        return {"acc": run.metrics[-1]["test_metric"], "n_kept": len(m.kept), "cost": run.cost, "wall_s": run.seconds}
 
-# ---------------------------------------------------------------------------------- report
-def _collect(cells: dict, metric: str):
-    """{scorer: {ratio: {seed: value}}}, {seed: baseline value}, score cost per scorer, for one metric."""
-    acc, base, cost = {}, {}, {}
-    for key, v in cells.items():
-        parts = key.split("/")
-        seed = int(parts[0][4:])
-        if parts[1] == "full":
-            base[seed] = v[metric]
-        elif len(parts) == 3:
-            acc.setdefault(parts[1], {}).setdefault(float(parts[2]), {})[seed] = v[metric]
-            cost[parts[1]] = (v["score_source"], v["score_cost"])
-    return acc, base, cost
+    def overlap_cell(self, size, seed: int, ratio: float) -> dict:
+        """Spearman correlation of the scores and Jaccard overlap of the pruned sets, scorer pairs."""
+        from scipy.stats import spearmanr
 
+        p = self.plan
+        names = [s for s in p.main5 + p.main3 if s != "random"]
+        pruned, values = {}, {}
+        for s in names:
+            path, _ = self.manifest(size, seed, s, p.T, ratio)
+            pruned[s] = set(load_manifest(path).data["pruned"])
+            run = self.recorded(size, seed)
+            store = open_store(Path(run.config.out) / "trajectory")
+            method, prefix = SCORERS[s]
+            sc, _, _ = load_or_score(store, methods=[method], first_epochs=p.T if prefix else None)
+            values[s] = -sc[method] if s == "reverse_entropy" else sc[method]
+        out = {"scorers": names, "spearman": [], "jaccard": []}
+        for a_ in names:
+            out["spearman"].append([float(spearmanr(values[a_], values[b], nan_policy="omit")[0]) for b in names])
+            out["jaccard"].append([len(pruned[a_] & pruned[b]) / max(1, len(pruned[a_] | pruned[b])) for b in names])
+        return out
 
-def _tables(acc: dict, base: dict, name: str, n_seeds: int) -> list[str]:
-    """Markdown: the metric per scorer and ratio, then its change vs the unpruned run."""
-    scorers = [s for s in SCORERS if s in acc]
-    ratios = sorted({r for s in acc.values() for r in s})
-    b_mean, b_std, b_n = mean_std(base.values())
+    def todo(self) -> list:
+        p, E = self.plan, self.a.epochs
+        work = []
+        for size in p.sizes:
+            for s in p.seeds5:
+                work.append((f"record/{size_name(size)}/seed{s}", lambda size=size, s=s: self.record_cell(size, s)))
+            for s in p.seeds5:  # the 5-seed scorers first, seed by seed
+                for scorer in p.main5:
+                    for r in p.ratios:
+                        work.append(self._retrain(size, s, scorer, p.T, r, "epochs"))
+            for s in p.seeds3:
+                for scorer in p.main3:
+                    for r in p.ratios:
+                        work.append(self._retrain(size, s, scorer, p.T, r, "epochs"))
+                for scorer in p.cost_scorers:
+                    for T in p.cost_Ts:
+                        if T <= E:
+                            work.append(self._retrain(size, s, scorer, T, p.cost_ratio, "epochs"))
+                for scorer in p.steps_scorers:
+                    work.append(self._retrain(size, s, scorer, p.T, p.steps_ratio, "steps"))
+                for r in p.pir_ratios:
+                    work.append((f"pir/{size_name(size)}/seed{s}/entropy/T{p.T}/r{r:g}",
+                                 lambda size=size, s=s, r=r: self.pir_cell(size, s, p.T, r)))
+                work.append((f"overlap/{size_name(size)}/seed{s}/r0.5",
+                             lambda size=size, s=s: self.overlap_cell(size, s, 0.5)))
+        for size in p.small_sizes:
+            for s in p.seeds3:
+                work.append((f"record/{size_name(size)}/seed{s}", lambda size=size, s=s: self.record_cell(size, s)))
+                for scorer in p.small_scorers:
+                    for r in p.small_ratios:
+                        work.append(self._retrain(size, s, scorer, p.T, r, "epochs"))
+        return work
 
-    def line(scorer, paired: bool) -> str:
-        cells = []
-        for r in ratios:
-            per_seed = acc[scorer].get(r, {})
-            vals = [a - base[s] for s, a in per_seed.items() if s in base] if paired else list(per_seed.values())
-            cells.append(fmt_pm(*mean_std(vals)))
-        return "| " + " | ".join([f"`{scorer}`", *cells]) + " |"
-
-    head = ["| scorer | " + " | ".join(f"{r:.0%}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
-    partial = any(0 < len(acc[s].get(r, {})) < n_seeds for s in scorers for r in ratios)
-    seeds = f"n = {n_seeds}" + ("; a value without ± comes from one seed" if partial else "")
-    return [f"## {name} (%), mean ± std over seeds ({seeds})", "", *head,
-            f"| unpruned (0%) | {fmt_pm(b_mean, b_std, b_n)} |" + " |" * (len(ratios) - 1),
-            *(line(s, False) for s in scorers), "",
-            f"## {name}: change vs the unpruned run (percentage points, paired by seed)", "", *head,
-            *(line(s, True) for s in scorers), ""]
-
-
-def _recipe(cfg: dict) -> str:
-    how = ("the first T epochs of the full E-epoch run, the paper's setting" if cfg.get("trajectory") == "prefix"
-           else "a separate run with its own T-epoch schedule")
-    return (f"{describe_setup(cfg)} Trajectory: T = {cfg['record_epochs']} epochs ({how}; logits of the training "
-            f"forward pass). Every retraining: E = {cfg['epochs']} epochs from scratch on the kept "
-            f"samples. Selection: `{cfg['policy']}` policy, no relabelling, no outlier removal.")
-
-
-def write_report(results: ResultsFile, out_stem: Path) -> str:
-    """Write ``<stem>.md`` and ``<stem>.png`` from the results; return the markdown."""
-    cfg = results.data["config"]
-    d = cfg["dataset"]
-    task = task_of(cfg)
-    metrics = METRICS[task]
-    collected = {key: _collect(results.cells, key) for key in metrics}
-    main_key, (main_name, _) = next(iter(metrics.items()))  # the plotted metric
-    acc, base, cost = collected[main_key]
-    seeds = sorted(base)
-    tables = []
-    for key, (name, _) in metrics.items():
-        tables += _tables(*collected[key][:2], f"Test {name}", len(seeds))
-    n_train = d["n_train"]
-    full_cost = cfg["epochs"] * n_train
-    cost_rows = ["| scorer | scores from | sample-epochs to score | = epochs of the full set | "
-                 "share of one full training |", "|---|---|---|---|---|"]
-    for s in (s for s in SCORERS if s in cost):
-        src, c = cost[s]
-        cost_rows.append(f"| `{s}` | {src} | {c:,} | {c / n_train:.3g} | {c / full_cost:.0%} |")
-    walls = sum(v.get("wall_s", 0.0) for v in results.cells.values())
-    m = results.data.get("machine", {})
-    lines = [
-        f"# Pruning quality: {d['dataset']}",
-        "",
-        _recipe(cfg) + f" Seeds: {', '.join(map(str, seeds))} (seed = initialisation, data order, random scorer, "
-        "tie-breaks).",
-        "",
-        *tables,
-        "## Cost of the scores",
-        "",
-        f"Sample-epochs = training samples processed by the optimiser; one full training = E x N = {full_cost:,}. "
-        "Retraining on a pruned set costs (1 - ratio) of it on top. `el2n`: one model at epoch T (Paul et al. "
-        "average 10 models: 10x this cost).",
-        "",
-        *cost_rows,
-        "",
-        f"![{main_name} vs prune ratio]({out_stem.name}.png)",
-        "",
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} with "
-        f"{m.get('torch_threads', '?')} thread(s), one run at a time. Training wall time of all cells: "
-        f"{walls / 60:.1f} min.",
-        "",
-        "Commands:",
-        "",
-        "```bash",
-        *results.data.get("commands", []),
-        "```",
-    ]
-    text = "\n".join(lines) + "\n"
-    out_stem.with_suffix(".md").write_text(text)
-    _plot(acc, base, out_stem.with_suffix(".png"), ylabel=f"test {main_name} (%)",
-          title=f"{d['dataset']} ({n_train:,} train)")
-    return text
-
-
-def _plot(acc, base, path: Path, *, ylabel: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scorers = [s for s in SCORERS if s in acc]
-    ratios = sorted({r for s in acc.values() for r in s})
-    b_mean, b_std, _ = mean_std(base.values())
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    markers = "os^vD<>pXh*"
-    for i, s in enumerate(scorers):
-        measured = [r for r in ratios if acc[s].get(r)]
-        # A scorer run at one ratio only is a point, not a line drawn from the unpruned run.
-        xs = measured if len(measured) == 1 else [0.0] + measured
-        stats = [mean_std(acc[s][r].values())[:2] if r else (b_mean, b_std) for r in xs]
-        ys = np.array([m for m, _ in stats]) * 100
-        es = np.nan_to_num(np.array([e for _, e in stats])) * 100
-        style = dict(lw=2.2, color="k") if s == "entropy" else dict(lw=1.2, ls="--" if s == "random" else "-")
-        if len(measured) == 1:
-            style["ls"] = "none"
-        ax.errorbar(np.array(xs) * 100 + (i - len(scorers) / 2) * 0.15, ys, yerr=es, marker=markers[i % len(markers)],
-                    ms=4, capsize=2, label=s, **style)
-    ax.axhline(b_mean * 100, color="0.5", lw=0.8, ls=":", label="unpruned")
-    ax.set_xlabel("prune ratio (%)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"accuracy after pruning and retraining: {title}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    def _retrain(self, size, s, scorer, T, r, mode):
+        if not SCORERS[scorer][1]:
+            T = self.a.epochs  # scored over the whole run (or not at all: random)
+        key = f"retrain/{size_name(size)}/seed{s}/{scorer}/T{T}/r{r:g}/{mode}"
+        return key, lambda: self.retrain_cell(size, s, scorer, T, r, mode)
 
 
 def main(argv=None) -> str:
-    args = parse_args(argv)
-    data_root, results, stem = start(args, argv, "pruning_quality.py", "pruning_quality",
-                                     lambda data: experiment_config(args, data))
-    if not args.report_only:
-        t0 = time.perf_counter()
-        for seed in args.seeds:
-            print(f"seed {seed}", flush=True)
-            sweep = Sweep(args, seed, data_root, results)
-            sweep.baseline()
-            for scorer in args.scorers:
-                for ratio in args.ratios:
-                    sweep.cell(scorer, ratio)
-        print(f"sweep done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    text = write_report(results, stem)
-    print(text)
-    return text
+    a = parse_args(argv)
+    torch.set_num_threads(1)
+    cells = Cells(a.results_dir, experiment_config(a))
+    if not a.report_only:
+        cells.note_run({"machine": machine(), "command": " ".join(["python", "benchmarks/pruning_quality.py",
+                                                                  *(sys.argv[1:] if argv is None else argv)]),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        exp = Experiment(a, cells)
+        for size in (*PLANS[a.plan].sizes, *PLANS[a.plan].small_sizes):
+            exp.data(size)
+        run_cells(cells, exp.todo())
+    from pruning_report import write_report
+
+    return write_report(cells)
 
 
 if __name__ == "__main__":
-    main()
+    print(main())

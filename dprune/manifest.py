@@ -114,6 +114,15 @@ def decisions_digest(m: dict) -> str:
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
+def manifest_digest(path) -> str | None:
+    """The digest of the decisions in a manifest file (see :attr:`Manifest.digest`), None if unreadable."""
+    try:
+        m = read_json(Path(path), "manifest")
+        return decisions_digest(m)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _index_list(m: dict, key: str, N: int, path: Path) -> np.ndarray:
     v = m.get(key)
     if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):

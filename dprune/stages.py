@@ -57,8 +57,39 @@ class Trained:
         return int(sum(m["samples_seen"] for m in self.metrics))
 
 
+def finished(cfg: TrainConfig) -> Trained | None:
+    """The finished run of ``cfg`` in ``cfg.out``, read without taking its lock; None if there is none.
+
+    Finished: a checkpoint of the same configuration (and manifest content) with every epoch
+    done.  DeepSpeed runs are not read here (their checkpoint is a folder per rank).
+    """
+    import torch
+
+    from .manifest import manifest_digest
+    from .train.loop import CHECKPOINT, config_changes
+
+    path = Path(cfg.out) / CHECKPOINT
+    if cfg.backend != "ddp" or not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: let the trainer say why
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("epochs_done") != cfg.epochs:
+        return None
+    if config_changes(ckpt.get("config", {}), cfg) or ckpt["config"].get("epochs") != cfg.epochs:
+        return None
+    if cfg.manifest and ckpt.get("manifest_digest") != manifest_digest(cfg.manifest):
+        return None
+    metrics = list(ckpt["metrics"])
+    return Trained(cfg, metrics, float(sum(m["seconds"] for m in metrics)))
+
+
 def train(cfg: TrainConfig, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
     """Train (resuming a killed run, returning a finished one as it is); see the module docstring."""
+    done = None if restart else finished(cfg)
+    if done is not None:
+        return done
     try:
         metrics = Trainer(cfg, restart=restart).fit()
     except CheckpointError:

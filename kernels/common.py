@@ -14,7 +14,9 @@ class FusedStats(NamedTuple):
     turns this tuple into its own ``TrajectoryStats``.  Per sample [N]: ``n_obs`` (int64),
     ``nonfinite`` (bool), ``entropy``, ``entropy_prob``, ``p_max``, ``p_second``,
     ``soft_argmax`` (int64), ``p_label``; per epoch [E, N], float32: ``logp_label``,
-    ``correct``, ``logit_margin``, ``el2n``, ``tdds_div``.
+    ``correct``, ``logit_margin``, ``el2n``, ``tdds_div``; and, when asked for, ``p_avg`` [N, C]
+    float32, the mean over observed epochs of the probabilities (NaN rows for unobserved
+    samples), else None.
     """
 
     n_obs: torch.Tensor
@@ -30,6 +32,7 @@ class FusedStats(NamedTuple):
     logit_margin: torch.Tensor
     el2n: torch.Tensor
     tdds_div: torch.Tensor
+    p_avg: torch.Tensor | None = None
 
 
 def check_stats_inputs(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor) -> tuple[int, int, int]:

@@ -188,6 +188,13 @@ def _mean_block_update(z_sum, p_sum, denom, cols, cmask, y, m, s, t, top1, top2,
 
 
 @triton.jit
+def _store_p_avg(p_avg_ptr, p_sum, denom, n_obs, rows, rmask, cols, cmask, C):
+    """One class block of the mean probabilities; NaN rows for unobserved samples."""
+    pa = tl.where((n_obs > 0)[:, None], p_sum / denom[:, None], float("nan"))
+    tl.store(p_avg_ptr + rows[:, None] * C + cols[None, :], pa, mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
 def _fused_stats_kernel(
     z_ptr,  # [E, N, C] logits, fp16 / bf16 / fp32, contiguous
     cnt_ptr,  # [E, N] int32 observations per epoch (0 = unobserved)
@@ -206,12 +213,14 @@ def _fused_stats_kernel(
     margin_ptr,  # [E, N] fp32
     el2n_ptr,  # [E, N] fp32
     tdds_ptr,  # [E, N] fp32, zero-initialised (accumulated over class blocks)
+    p_avg_ptr,  # [N, C] fp32 mean probabilities (written when WITH_P_AVG)
     E,
     N,
     C,
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,
+    WITH_P_AVG: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -261,6 +270,8 @@ def _fused_stats_kernel(
             tl.full([BLOCK_N], float("-inf"), tl.float32), tl.zeros([BLOCK_N], tl.int32),
             tl.zeros([BLOCK_N], tl.float32), tl.zeros([BLOCK_N], tl.float32),
         )
+        if WITH_P_AVG:
+            _store_p_avg(p_avg_ptr, p_sum, denom, n_obs, rows, rmask, cols, cmask, C)
     else:
         # Pass 1: per-epoch online softmax over class blocks.
         for e in range(E):
@@ -323,6 +334,8 @@ def _fused_stats_kernel(
             m2, s2, t2, top1, top2, top_i, zy_mean, h_prob = _mean_block_update(
                 z_sum, p_sum, denom, cols, cmask, y, m2, s2, t2, top1, top2, top_i, zy_mean, h_prob
             )
+            if WITH_P_AVG:
+                _store_p_avg(p_avg_ptr, p_sum, denom, n_obs, rows, rmask, cols, cmask, C)
 
     lse2 = m2 + tl.log(s2)
     defined = (lse2 == lse2) & (tl.abs(lse2) != float("inf"))
@@ -351,7 +364,8 @@ def interpreter_active() -> bool:
     return isinstance(_fused_stats_kernel, triton.runtime.interpreter.InterpretedFunction)
 
 
-def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, block_c: int | None = None) -> FusedStats:
+def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, block_c: int | None = None,
+                with_p_avg: bool = False) -> FusedStats:
     """Every :class:`~.common.FusedStats` field in one kernel launch.
 
     Parameters
@@ -364,6 +378,8 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
         Given labels (not range-checked here; an out-of-range label matches no class).
     block_c : int, optional
         Class block size (a power of two), to force the several-block layout in tests.
+    with_p_avg : bool
+        Also return the mean probabilities [N, C] (``p_avg``); otherwise that field is None.
 
     All three tensors must be on one device: a CUDA GPU, or the CPU when Triton's
     interpreter is active.  Returns float32 / int64 / bool tensors on that device, equal to
@@ -394,13 +410,14 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
     logp_label, correct, margin, el2n = (f32(E, N) for _ in range(4))
     tdds = torch.zeros(E, N, dtype=torch.float32, device=dev)
     lse = f32(E, N) if not cfg.single_block else f32(1)
+    p_avg = f32(N, C) if with_p_avg else f32(1)
     grid = (triton.cdiv(N, cfg.block_n),)
     _fused_stats_kernel[grid](
         z, cnt, y, lse,
         n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
-        logp_label, correct, margin, el2n, tdds,
+        logp_label, correct, margin, el2n, tdds, p_avg,
         E, N, C,
-        BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, SINGLE_BLOCK=cfg.single_block,
+        BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, SINGLE_BLOCK=cfg.single_block, WITH_P_AVG=with_p_avg,
         num_warps=cfg.num_warps,
     )
     return FusedStats(
@@ -417,4 +434,5 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
         logit_margin=margin,
         el2n=el2n,
         tdds_div=tdds,
+        p_avg=p_avg if with_p_avg else None,
     )

@@ -319,7 +319,7 @@ def _row_is_finite(src, e, n, mode, z, scratch):
 @numba.njit(cache=True)
 def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
             n_obs_out, nonfinite_out, entropy_out, entropy_prob_out, p_max_out, p_second_out, soft_argmax_out,
-            p_label_out, logp_label_out, correct_out, margin_out, el2n_out, tdds_out):
+            p_label_out, logp_label_out, correct_out, margin_out, el2n_out, tdds_out, p_avg_out):
     """All statistics of sample ``n`` (label ``y``), using the scratch rows z, ex, z_sum, p_sum, prev [C]."""
     E = src.shape[0]
     C = z.size
@@ -382,6 +382,8 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
         p_second_out[n] = _NAN
         soft_argmax_out[n] = -1
         p_label_out[n] = _NAN
+        if p_avg_out.shape[0]:
+            p_avg_out[n, :] = _NAN
         return
 
     # A NaN or +-Inf in an observed row leaves its class's sum non-finite for good; so does a
@@ -425,13 +427,16 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
 
     for c in range(C):
         pa = p_sum[c] / denom
+        p_sum[c] = pa
         z[c] = pa * _log(pa) if pa > _ZERO else _ZERO
     entropy_prob_out[n] = -_sum(z)
+    if p_avg_out.shape[0]:
+        p_avg_out[n, :] = p_sum
 
 
 @numba.njit(cache=True)
 def _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
-           p_label, logp_label, correct, margin, el2n, tdds):
+           p_label, logp_label, correct, margin, el2n, tdds, p_avg):
     """Samples [b * BLOCK_SAMPLES, (b + 1) * BLOCK_SAMPLES) of the chunk, with their own scratch rows."""
     N, C = src.shape[1], src.shape[2]
     z = np.empty(C, np.float32)
@@ -442,7 +447,7 @@ def _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob
     for n in range(b * BLOCK_SAMPLES, min(N, (b + 1) * BLOCK_SAMPLES)):
         _sample(src, mode, counts, labels[n], n, z, ex, z_sum, p_sum, prev,
                 n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
-                logp_label, correct, margin, el2n, tdds)
+                logp_label, correct, margin, el2n, tdds, p_avg)
 
 
 # Two entry points over the same blocks: the serial one never touches numba's threading layer,
@@ -456,18 +461,19 @@ def _stats_parallel(
     labels,  # [N] int64 in [0, C)
     n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,  # [N] outputs
     logp_label, correct, margin, el2n, tdds,  # [E, N] float32 outputs
+    p_avg,  # [N, C] float32 mean probabilities, or [0, C] when not wanted
 ):
     for b in numba.prange((src.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
         _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
-               p_label, logp_label, correct, margin, el2n, tdds)
+               p_label, logp_label, correct, margin, el2n, tdds, p_avg)
 
 
 @numba.njit(nogil=True, cache=True)
 def _stats_serial(src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
-                  p_label, logp_label, correct, margin, el2n, tdds):
+                  p_label, logp_label, correct, margin, el2n, tdds, p_avg):
     for b in range((src.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
         _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
-               p_label, logp_label, correct, margin, el2n, tdds)
+               p_label, logp_label, correct, margin, el2n, tdds, p_avg)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -482,7 +488,8 @@ def _raw_bits(logits_ENC: torch.Tensor) -> tuple[np.ndarray, int]:
 
 
 def fused_stats_cpu(
-    logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, threads: int | None = None
+    logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, threads: int | None = None,
+    with_p_avg: bool = False,
 ) -> FusedStats:
     """Every :class:`~.common.FusedStats` field in one pass over the logits, on the CPU.
 
@@ -498,6 +505,9 @@ def fused_stats_cpu(
         Threads for this call (default: numba's, one per core).  ``1`` runs in the calling
         thread only, without numba's thread pool, for callers that already split work among
         their own threads (the kernel releases the GIL).
+    with_p_avg : bool
+        Also return the mean over observed epochs of the probabilities, [N, C] (NaN rows for
+        unobserved samples); otherwise that field is None.
 
     Returns float32 / int64 / bool CPU tensors, equal to
     :func:`dprune.scoring.stats.compute_stats` up to float32 rounding.  The first call in a
@@ -524,8 +534,9 @@ def fused_stats_cpu(
     entropy, entropy_prob, p_max, p_second, p_label = (f32(N) for _ in range(5))
     soft_argmax = np.empty(N, np.int64)
     logp_label, correct, margin, el2n, tdds = (f32(E, N) for _ in range(5))
+    p_avg_out = f32(N if with_p_avg else 0, C)
     outputs = (n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
-               logp_label, correct, margin, el2n, tdds)
+               logp_label, correct, margin, el2n, tdds, p_avg_out)
     if threads == 1:
         _stats_serial(src, mode, cnt, y, *outputs)
     else:
@@ -559,4 +570,5 @@ def fused_stats_cpu(
         logit_margin=t(margin),
         el2n=t(el2n),
         tdds_div=t(tdds),
+        p_avg=t(p_avg_out) if with_p_avg else None,
     )

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from dprune.scoring import METHODS, score_arrays, score_store
 from dprune.store import TrajectoryStore
+from dprune.synthetic import synthetic_trajectory
 from numpy_reference import reference_scores
 from strategies import random_trajectory
 
@@ -161,3 +162,51 @@ def test_first_epochs_scores_the_run_as_if_it_had_stopped_there(tmp_path):
     for bad in (0, E + 1):
         with pytest.raises(ValueError, match=rf"first_epochs must be in \[1, {E}\]"):
             score_store(store, first_epochs=bad)
+
+
+# ------------------------------------------------------------------------- confident learning
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 60), st.integers(2, 6), st.floats(0.1, 3.0), st.floats(0.0, 1.0))
+def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree):
+    from dprune.scoring.confident import confident_learning
+    from numpy_reference import reference_confident
+
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(C, alpha), N).astype(np.float32)
+    if N > 3:
+        p[1] = p[0]  # exact ties between samples
+    y = rng.integers(0, C, N)
+    valid = rng.random(N) > 0.1
+    got = confident_learning(p, y, valid, agree=agree, chunk_rows=7)
+    want = reference_confident(p.astype(np.float64), y, valid, agree=agree)
+    for k in ("confident", "confident_label", "confident_relabel"):
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    for k in ("label_margin", "p_avg_label"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_confident_detector_through_scoring_store_and_arrays(tmp_path):
+    from dprune.scoring.confident import confident_learning
+    from dprune.scoring.stats import compute_stats
+
+    t = synthetic_trajectory(400, 5, 4, noise_rate=0.2, seed=2)
+    arrays = score_arrays(t["logits"], t["counts"], t["labels"], methods=["entropy", "confident"])
+    st_ = compute_stats(torch.from_numpy(t["logits"]), torch.from_numpy(t["counts"]), torch.from_numpy(t["labels"]))
+    valid = arrays["n_observed"] > 0
+    direct = confident_learning(st_.p_avg.numpy(), t["labels"], valid)
+    np.testing.assert_array_equal(arrays["confident"], direct["confident"])
+    # Through a store, chunked, with the numba kernel's mean probabilities: the same flags.
+    store = TrajectoryStore.create(tmp_path / "s", t["labels"], 5, dtype="float32")
+    for e in range(4):
+        store.begin_epoch(e)
+        store.put(e, 0, t["logits"][e], t["counts"][e])
+        store.complete_epoch(e)
+    streamed, _ = score_store(TrajectoryStore.open(tmp_path / "s"), methods=["confident"], chunk_size=33)
+    np.testing.assert_array_equal(streamed["confident"], arrays["confident"])
+    np.testing.assert_allclose(streamed["label_margin"], arrays["label_margin"], rtol=1e-5, atol=1e-6)
+    # On this synthetic data the flags find the flipped labels, and most suggestions are right.
+    flipped = t["labels"] != t["true_labels"]
+    f = arrays["confident"]
+    precision, recall = (f & flipped).sum() / f.sum(), (f & flipped).sum() / flipped.sum()
+    assert precision > 0.8 and recall > 0.8, (precision, recall)
+    assert np.mean(arrays["confident_label"][f & flipped] == t["true_labels"][f & flipped]) > 0.9

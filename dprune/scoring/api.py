@@ -8,8 +8,10 @@ still current for a store; :func:`load_or_score` reuses a current file or rescor
 """
 from __future__ import annotations
 
+import functools
 import json
 import queue
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,21 +29,26 @@ from .scorers import SCORERS, clipped_windows
 from .stats import TrajectoryStats, compute_stats
 
 METHODS = tuple(SCORERS)
+# Detectors are asked for like scorers but give flags, not a ranking: "confident" is confident
+# learning over the mean probabilities (:mod:`.confident`).
+DETECTORS = ("confident",)
+DETECTOR_OUTPUTS = ("confident", "confident_label", "confident_relabel", "label_margin", "p_avg_label")
 FLAGS = ("soft_argmax", "p_label", "p_max", "margin", "mislabel", "outlier", "nonfinite", "n_observed")
 SCORES_FORMAT = 2
 SCORES_FILE = "scores.npz"
 
 
 def check_methods(methods: Iterable[str] | str | None) -> list[str]:
-    """Validate scorer names; ``None`` or ``"all"`` means every scorer."""
+    """Validate scorer and detector names; ``None`` or ``"all"`` means every one."""
     if methods is None or methods == "all":
-        return list(METHODS)
+        return list(METHODS + DETECTORS)
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in SCORERS]
+    unknown = [m for m in methods if m not in METHODS + DETECTORS]
     if unknown or not methods:
-        raise ValueError(f"unknown scoring method {', '.join(unknown) or '(none)'}; valid: {', '.join(METHODS)}")
+        raise ValueError(f"unknown scoring method {', '.join(unknown) or '(none)'}; valid: "
+                         f"{', '.join(METHODS + DETECTORS)}")
     return methods
 
 
@@ -68,6 +75,8 @@ def _scores_from_stats(st: TrajectoryStats, methods: list[str], params: dict, of
                        ) -> dict[str, np.ndarray]:
     out = {}
     for m in methods:
+        if m in DETECTORS:
+            continue
         kw = dict(params.get(m, {}))
         if m == "random":
             kw.update(offset=offset, n_total=n_total)
@@ -118,7 +127,16 @@ def score_arrays(
     z, c, y = _validate_arrays(logits_ENC, counts_EN, labels_N)
     st = compute_stats(z, c, y)
     out = _scores_from_stats(st, methods, params, 0, z.shape[1])
+    if "confident" in methods:
+        _detect(out, st.p_avg.numpy(), y.numpy(), params)
     return compute_flags(out, y.numpy(), z.shape[2], params)
+
+
+def _detect(out: dict, p_avg_NC, labels_N: np.ndarray, params: dict) -> None:
+    from .confident import confident_learning
+
+    valid = (out["n_observed"] > 0) & ~out["nonfinite"]
+    out.update(confident_learning(p_avg_NC, labels_N, valid, **params["confident"]))
 
 
 def default_chunk_size(n_epochs: int, n_classes: int, budget_bytes: int = 64 << 20) -> int:
@@ -167,6 +185,9 @@ def score_store(
     """
     backend_name, stats_fn = resolve_backend(backend)
     methods = check_methods(methods)
+    want_p_avg = "confident" in methods
+    if want_p_avg:
+        stats_fn = functools.partial(stats_fn, with_p_avg=True)
     params = merge_params(params)
     E, N, C = store.epochs_completed, store.n_samples, store.n_classes
     if E == 0:
@@ -190,14 +211,33 @@ def score_store(
         budget = _GPU_CHUNK_BYTES if device.type == "cuda" else _CPU_CHUNK_BYTES
         stream = _stream_stats(store, stats_fn, device, chunk_size or default_chunk_size(E, C, budget), E)
     parts: dict[str, list[np.ndarray]] = {}
+    p_avg = _spill(N, C, store.run_dir) if want_p_avg else None
     bar = _progress(N, "scoring", progress)
     for start, stop, st in stream:
         for k, v in _scores_from_stats(st, methods, params, start, N).items():
             parts.setdefault(k, []).append(v)
+        if p_avg is not None:
+            p_avg[start:stop] = st.p_avg.cpu().numpy()
         bar.update(stop - start)
     bar.close()
     out = {k: np.concatenate(v) for k, v in parts.items()}
+    if p_avg is not None:
+        _detect(out, p_avg, store.labels, params)
     return compute_flags(out, store.labels, C, params), backend_name
+
+
+# Mean probabilities larger than this go to an anonymous file beside the store, not to memory.
+_SPILL_BYTES = 256 << 20
+
+
+def _spill(N: int, C: int, directory) -> np.ndarray:
+    """float32 [N, C] for the mean probabilities: in memory when small, else an unnamed file in
+    ``directory`` (deleted by the system when closed), so memory stays bounded for any N."""
+    if N * C * 4 <= _SPILL_BYTES:
+        return np.empty((N, C), np.float32)
+    f = tempfile.TemporaryFile(dir=directory)
+    f.truncate(N * C * 4)
+    return np.memmap(f, np.float32, "r+", shape=(N, C))
 
 
 # fp32-equivalent bytes per chunk.  The CPU path works in cache-sized sub-chunks whatever the
@@ -340,7 +380,8 @@ def save_scores(path, scores: Mapping[str, np.ndarray], *, made_from: dict, meth
     return meta
 
 
-_KINDS = {"soft_argmax": "i", "n_observed": "i", "nonfinite": "b", "mislabel": "b", "outlier": "b"}
+_KINDS = {"soft_argmax": "i", "n_observed": "i", "nonfinite": "b", "mislabel": "b", "outlier": "b",
+          "confident": "b", "confident_relabel": "b", "confident_label": "i"}
 
 
 def load_scores(path, *, n_samples: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
@@ -405,7 +446,7 @@ def load_or_score(store, *, methods, params=None, first_epochs: int | None = Non
     path = Path(path) if path is not None else Path(store.run_dir) / SCORES_FILE
     made_from = store.identity(first_epochs)
     keep: list[str] = []
-    if path.exists():
+    if path.exists():  # reuse, or keep the file's methods when only methods are missing
         try:
             scores, meta = load_scores(path, n_samples=store.n_samples)
         except ValueError:
@@ -413,7 +454,7 @@ def load_or_score(store, *, methods, params=None, first_epochs: int | None = Non
         if meta and scores_status(meta, made_from, methods, params) is None:
             return scores, meta, None
         if meta and scores_status(meta, made_from, [], params) is None:
-            keep = [m for m in meta["methods"] if m in METHODS]
+            keep = [m for m in meta["methods"] if m in METHODS + DETECTORS]
     all_methods = list(dict.fromkeys(keep + methods))
     scores, ran = score_store(store, methods=all_methods, params=params, backend=backend, chunk_size=chunk_size,
                               progress=progress, first_epochs=first_epochs)

@@ -103,6 +103,7 @@ def summary_stats(store, chunk_size: int) -> Iterator[tuple[int, int, Trajectory
             soft_argmax=soft.soft_argmax,
             p_label=soft.p_label,
             **fields,
+            p_avg=torch.where(observed[:, None], p_avg, nan),
         )
 
 

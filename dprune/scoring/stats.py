@@ -30,6 +30,10 @@ class TrajectoryStats(NamedTuple):
     argmax z_e == y, else 0.0); ``logit_margin`` = z_e[y] - max_{k != y} z_e[k] (+Inf when C = 1);
     ``el2n`` = ||softmax(z_e) - onehot(y)||_2; ``tdds_div`` = sum_c |p_e,c (log p_e,c - log p_prev,c)|
     against the sample's previous *observed* epoch (NaN at its first observed epoch).
+
+    ``p_avg`` [N, C] float32: the mean over observed epochs of softmax(z_e) (NaN rows for
+    unobserved samples), which confident learning reads; the kernels return it only when
+    asked (else None).
     """
 
     n_obs: torch.Tensor
@@ -45,6 +49,7 @@ class TrajectoryStats(NamedTuple):
     logit_margin: torch.Tensor
     el2n: torch.Tensor
     tdds_div: torch.Tensor
+    p_avg: torch.Tensor | None = None
 
 
 PER_EPOCH_FIELDS = ("logp_label", "correct", "logit_margin", "el2n", "tdds_div")
@@ -56,7 +61,8 @@ def _entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
 
 
-def compute_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor) -> TrajectoryStats:
+def compute_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *,
+                  with_p_avg: bool = True) -> TrajectoryStats:
     """Reference statistics of a trajectory chunk (see :class:`TrajectoryStats`).
 
     Computed in float32 whatever the input dtype.  Inputs are assumed already validated
@@ -136,4 +142,5 @@ def compute_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: t
         logit_margin=per_epoch(logit_margin),
         el2n=per_epoch(el2n),
         tdds_div=tdds_div,
+        p_avg=torch.where(observed[:, None], p_avg, nan) if with_p_avg else None,
     )

@@ -178,7 +178,8 @@ class Trainer:
             self.query_set = ReIDImageDataset(self.reid.query, self.reid.root, self.eval_transform)
             self.gallery_set = ReIDImageDataset(self.reid.gallery, self.reid.root, self.eval_transform)
         else:
-            train, test = build_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed, image_size=cfg.image_size,
+            # The data are the same whatever the training seed (digits: its fixed seed-0 split).
+            train, test = build_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size,
                                         augment=cfg.augment)
             self.eval_transform = test.transform
             self.test_set = test

@@ -1,0 +1,161 @@
+"""Confident learning (Northcutt et al., 2021) over a trajectory's mean probabilities.
+
+Legend: N samples, C classes, n a chunk of rows.
+
+Input: ``p_avg_NC``, the mean over observed epochs of softmax(z_e) (p-bar), and the given
+labels y~.  The rule, as cleanlab's ``find_label_issues`` with ``prune_by_noise_rate``
+applies it to out-of-sample probabilities, here applied to the in-sample trajectory:
+
+1. per-class thresholds t_j = mean of p-bar_ij over the samples labelled j;
+2. a sample's confident class y^ is the most probable of its candidate classes
+   {j : p-bar_ij >= t_j - 1e-6}; samples with no candidate are not counted;
+3. the confident joint Q[y~, y^] counts them; its diagonal is raised to at least 1, then
+   each row is scaled to its class's size and the whole to N, and rounded keeping the row
+   totals (the "calibrated" joint); each class keeps at least one sample;
+4. for every given class k and every other class j, the Q[k, j] samples labelled k with the
+   largest p-bar_ij - p-bar_ik are flagged;
+5. a flagged sample whose most probable class is its given label is unflagged.
+
+Action: a flagged sample's suggested label is its most probable other class; it is to be
+relabelled when the trajectory agrees with it (p-bar of the suggestion >= ``agree``: on
+average over the epochs it held at least that much of the probability), else removed.
+
+Continuous scores (any threshold, e.g. for AUROC): ``label_margin`` = p-bar_y~ - max_{k != y~}
+p-bar_k (low = likely mislabelled) and ``p_avg_label`` = p-bar_y~.
+
+Memory: ``p_avg_NC`` may be a memory map; it is read in row chunks (steps 1-2) and one class's
+rows at a time (step 4), so memory stays bounded by the chunk and the largest class.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-6  # cleanlab's slack on the thresholds
+
+
+def round_preserving_row_totals(x_KK: np.ndarray) -> np.ndarray:
+    """Round each row to integers with the row's rounded total (largest remainders first)."""
+    out = np.floor(x_KK).astype(np.int64)
+    totals = np.rint(x_KK.sum(1)).astype(np.int64)
+    for r in range(len(x_KK)):
+        short = totals[r] - out[r].sum()
+        if short > 0:
+            rem = x_KK[r] - np.floor(x_KK[r])
+            out[r, np.argsort(-rem, kind="stable")[:short]] += 1
+    return out
+
+
+def calibrated_joint(joint_KK: np.ndarray, counts_K: np.ndarray) -> np.ndarray:
+    """Step 3 of the module docstring: integer counts [K, K] whose rows sum to the class sizes."""
+    q = joint_KK.astype(np.float64)
+    np.fill_diagonal(q, np.maximum(np.diag(q), 1))
+    q = q / q.sum(1, keepdims=True) * counts_K[:, None]
+    total = q.sum()
+    if total > 0:
+        q = q / total * counts_K.sum()
+    q = round_preserving_row_totals(q)
+    # Each class keeps at least one sample: shrink its off-diagonal counts if they take all.
+    for k in range(len(q)):
+        off = q[k].sum() - q[k, k]
+        room = max(counts_K[k] - 1, 0)
+        if off > room:
+            scaled = np.where(np.arange(len(q)) == k, 0.0, q[k] * room / off)
+            q[k] = round_preserving_row_totals(scaled[None])[0]
+            q[k, k] = counts_K[k] - q[k].sum()
+    return q
+
+
+def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, agree: float = 0.5,
+                       chunk_rows: int = 65536) -> dict[str, np.ndarray]:
+    """Flags and continuous label scores of confident learning (see the module docstring).
+
+    Parameters
+    ----------
+    p_avg_NC : array [N, C] (memory map allowed)
+        Mean probabilities; rows of invalid samples are ignored whatever they hold.
+    labels_N : int array [N]
+    valid_N : bool array [N]
+        Samples to judge (observed, finite); the others are never flagged and get NaN scores.
+    agree : float
+        p-bar of the suggested class needed to relabel rather than remove.
+
+    Returns
+    -------
+    dict of [N] arrays: ``confident`` (bool, flagged), ``confident_label`` (int64, the
+    suggestion; -1 when not flagged), ``confident_relabel`` (bool), ``label_margin`` and
+    ``p_avg_label`` (float32, NaN for invalid samples).
+    """
+    N, C = p_avg_NC.shape
+    y = np.asarray(labels_N, np.int64)
+    valid = np.asarray(valid_N, bool)
+    counts = np.bincount(y[valid], minlength=C).astype(np.int64)
+
+    # 1. thresholds
+    sums = np.zeros(C)
+    for a in range(0, N, chunk_rows):
+        b = min(a + chunk_rows, N)
+        v = valid[a:b]
+        rows = np.asarray(p_avg_NC[a:b], np.float64)[v]
+        np.add.at(sums, y[a:b][v], rows[np.arange(len(rows)), y[a:b][v]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+
+    # 2. confident classes, the joint, the continuous scores, the most probable other class
+    joint = np.zeros((C, C), np.int64)
+    margin = np.full(N, np.nan, np.float32)
+    p_label = np.full(N, np.nan, np.float32)
+    other = np.full(N, -1, np.int64)
+    label_is_top = np.zeros(N, bool)
+    for a in range(0, N, chunk_rows):
+        b = min(a + chunk_rows, N)
+        v = np.flatnonzero(valid[a:b])
+        if not len(v):
+            continue
+        p = np.asarray(p_avg_NC[a:b], np.float64)[v]
+        yy = y[a:b][v]
+        r = np.arange(len(v))
+        cand = p >= thresholds[None, :] - EPS
+        has = cand.any(1)
+        conf = np.where(cand, p, -np.inf).argmax(1)
+        np.add.at(joint, (yy[has], conf[has]), 1)
+        py = p[r, yy]
+        others = p.copy()
+        others[r, yy] = -np.inf
+        best_other = others.argmax(1)
+        margin[a + v] = py - others[r, best_other]
+        p_label[a + v] = py
+        other[a + v] = best_other
+        bumped = p.copy()
+        bumped[r, yy] += EPS
+        label_is_top[a + v] = bumped.argmax(1) == yy
+
+    # 3. calibrated joint -> how many to flag per (given class, other class)
+    q = calibrated_joint(joint, counts)
+
+    # 4. per given class, the largest margins towards each other class
+    flagged = np.zeros(N, bool)
+    for k in np.flatnonzero(counts):
+        need = [(j, int(q[k, j])) for j in range(C) if j != k and q[k, j] > 0]
+        if not need:
+            continue
+        idx = np.flatnonzero(valid & (y == k))
+        p = np.asarray(p_avg_NC[idx], np.float64)
+        for j, n in need:
+            order = np.argsort(-(p[:, j] - p[:, k]), kind="stable")
+            flagged[idx[order[:n]]] = True
+
+    # 5. the given label is the most probable class: not an issue
+    flagged &= ~label_is_top
+    suggestion = np.where(flagged, other, -1)
+    rows = np.flatnonzero(flagged)
+    p_sugg = np.zeros(N)
+    for a in range(0, len(rows), chunk_rows):
+        part = rows[a : a + chunk_rows]
+        p_sugg[part] = np.asarray(p_avg_NC[part], np.float64)[np.arange(len(part)), suggestion[part]]
+    return {
+        "confident": flagged,
+        "confident_label": suggestion,
+        "confident_relabel": flagged & (p_sugg >= agree),
+        "label_margin": margin,
+        "p_avg_label": p_label,
+    }
