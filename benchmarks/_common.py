@@ -131,6 +131,7 @@ class Cells:
     """
 
     def __init__(self, directory: Path, config: dict):
+        config = json.loads(json.dumps(config))  # as it reads back (tuples become lists)
         self.dir = Path(directory)
         (self.dir / "cells").mkdir(parents=True, exist_ok=True)
         cfg_path = self.dir / "config.json"
