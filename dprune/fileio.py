@@ -98,10 +98,10 @@ def open_npy_for_writing(path: Path, dtype, shape: tuple) -> np.memmap:
     try:
         if size:
             os.posix_fallocate(fd, 0, size)
-    except OSError:
+    except OSError as e:
         os.close(fd)
         path.unlink(missing_ok=True)
-        raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     return np.load(path, mmap_mode="r+", allow_pickle=False)
 

@@ -13,6 +13,8 @@ Two sources:
 from __future__ import annotations
 
 import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from .store import TrajectoryStore
 def _progress(total, desc, enabled):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="epoch", disable=not enabled)
+    return tqdm(total=total, desc=desc, unit="epoch", disable=not enabled, leave=False)
 
 
 def _load_array(path: Path, mmap: bool = True) -> np.ndarray:
@@ -32,6 +34,19 @@ def _load_array(path: Path, mmap: bool = True) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"cannot read {path}: {e}") from None
+
+
+@contextmanager
+def _removed_on_failure(out_dir):
+    """Delete ``out_dir`` if the import fails and the folder did not exist before it."""
+    out_dir = Path(out_dir)
+    existed = out_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 def read_labels_file(path) -> np.ndarray:
@@ -86,10 +101,15 @@ def import_arrays(src, out_dir, *, labels=None, n_classes: int | None = None, dt
         raise ValueError(f"counts must be [E, N] = [{E}, {N}], got shape {counts.shape}")
     if counts is not None and counts.dtype.kind not in "iuf":
         raise ValueError(f"counts must be numbers, got dtype {counts.dtype}")
-    store = TrajectoryStore.create(out_dir, labels, C, sample_ids=sample_ids, dtype=dtype, epochs_planned=E,
-                                   labels_source=str(src), overwrite=overwrite)
-    with store:
-        bar = _progress(E, "importing", progress)
+    with _removed_on_failure(out_dir):
+        store = TrajectoryStore.create(out_dir, labels, C, sample_ids=sample_ids, dtype=dtype, epochs_planned=E,
+                                       labels_source=str(src), overwrite=overwrite)
+        _fill_arrays(store, logits, counts, E, N, chunk_size, progress)
+    return store
+
+
+def _fill_arrays(store, logits, counts, E, N, chunk_size, progress) -> None:
+    with store, _progress(E, "importing", progress) as bar:
         for e in range(E):
             store.begin_epoch(e)
             for start in range(0, N, chunk_size):
@@ -98,8 +118,6 @@ def import_arrays(src, out_dir, *, labels=None, n_classes: int | None = None, dt
                 store.put(e, start, np.asarray(logits[e, start:stop]), c)
             store.complete_epoch(e)
             bar.update(1)
-        bar.close()
-    return store
 
 
 _EPOCH_FILE = re.compile(r"^(\d+)_Output\.npy$")
@@ -127,10 +145,15 @@ def import_tdds(src, out_dir, *, labels, n_samples: int | None = None, dtype: st
     labels = np.asarray(labels)
     N = n_samples if n_samples is not None else len(labels)
     labels = validate_labels(labels, C, N)
-    store = TrajectoryStore.create(out_dir, labels, C, sample_ids=sample_ids, dtype=dtype, epochs_planned=len(epochs),
-                                   labels_source="given", overwrite=overwrite)
-    with store:
-        bar = _progress(len(epochs), "importing", progress)
+    with _removed_on_failure(out_dir):
+        store = TrajectoryStore.create(out_dir, labels, C, sample_ids=sample_ids, dtype=dtype,
+                                       epochs_planned=len(epochs), labels_source="given", overwrite=overwrite)
+        _fill_tdds(store, src, epochs, C, progress)
+    return store
+
+
+def _fill_tdds(store, src, epochs, C, progress) -> None:
+    with store, _progress(len(epochs), "importing", progress) as bar:
         for e in epochs:
             out = _load_array(src / f"{e}_Output.npy")
             idx_path = src / f"{e}_Index.npy"
@@ -148,8 +171,6 @@ def import_tdds(src, out_dir, *, labels, n_samples: int | None = None, dtype: st
                 store.write(e, idx[s : s + 65536], np.asarray(out[s : s + 65536]))
             store.complete_epoch(e)
             bar.update(1)
-        bar.close()
-    return store
 
 
 def _check_fp16_range(out: np.ndarray, where) -> None:

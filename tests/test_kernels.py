@@ -385,7 +385,7 @@ def test_score_store_reader_stops_on_error(monkeypatch):
     with tempfile.TemporaryDirectory() as d:
         store = _store(d, z, c, y)
 
-        def failing(*args):
+        def failing(*args, **kw):
             raise RuntimeError("stats failed")
 
         monkeypatch.setattr("dprune.scoring.api.resolve_backend", lambda name: ("torch", failing))

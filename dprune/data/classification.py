@@ -249,11 +249,21 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
             or data.shape[1] != 3 * 32 * 32:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{path}: 'data' must be a uint8 array [N, 3072], got {desc}")
-    labels_N = np.asarray(batch[label_key])
-    integer = labels_N.size == 0 or np.issubdtype(labels_N.dtype, np.integer)
-    if labels_N.shape != (len(data),) or not integer:
-        raise ValueError(f"{path}: {label_key!r} must be {len(data)} ints, got "
-                         f"{labels_N.dtype} {labels_N.shape}")
+    raw = batch[label_key]
+    # Checked before any conversion: a small pickle can hold a list whose items are the same
+    # nested list again and again, which np.asarray would expand to gigabytes.
+    if isinstance(raw, np.ndarray):
+        ok = raw.ndim == 1 and (raw.size == 0 or np.issubdtype(raw.dtype, np.integer))
+        desc = f"{raw.dtype} {raw.shape}"
+    elif isinstance(raw, list):
+        ok = all(type(v) is int for v in raw)
+        desc = "a list of " + ", ".join(sorted({type(v).__name__ for v in raw[:1000]})) if raw else "an empty list"
+    else:
+        ok, desc = False, type(raw).__name__
+    if not ok or len(raw) != len(data):
+        raise ValueError(f"{path}: {label_key!r} must be {len(data)} ints, got {desc} of length "
+                         f"{len(raw) if hasattr(raw, '__len__') else '?'}")
+    labels_N = np.asarray(raw, dtype=np.int64)
     # Rows are the red, green then blue 32x32 planes, each row-major: exactly CHW.
     return data.reshape(-1, 3, 32, 32), labels_N.astype(np.int64)
 
@@ -382,8 +392,8 @@ def load_cub200(
         or the list files disagree on the image ids.
     """
     root = Path(root)
-    base = root / "CUB_200_2011" if (root / "CUB_200_2011").is_dir() else root
-    images_dir = base / "images"
+    base = resolve_under(root, "CUB_200_2011") if (root / "CUB_200_2011").is_dir() else root.resolve()
+    images_dir = resolve_under(base, "images")
     paths_by_id = _read_id_table(base / "images.txt")
     is_train_by_id = _read_id_table(base / "train_test_split.txt")
     class_by_id = _read_id_table(base / "image_class_labels.txt")
@@ -458,7 +468,7 @@ def _scan_class_folder(split_root: Path, class_name: str) -> list[tuple[Path, st
 def _image_folder_split(
     root: Path, split_name: str, classes: list[str] | None, transform: Transform | None
 ) -> FileImageDataset:
-    split_root = root / split_name
+    split_root = resolve_under(root, split_name)  # a split folder linked out of the root is refused
     with os.scandir(split_root) as entries:
         present = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     if classes is None:

@@ -241,22 +241,25 @@ def _read_msmt_list(base: Path, image_dir: str, list_name: str,
     if not list_path.is_file():
         raise ValueError(f"MSMT17: missing list file {list_name} under {base}")
     records = []
-    with open(list_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            where = f"MSMT17: {list_path}:{lineno}"
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not re.fullmatch(r"\d+", fields[1]):
-                raise ValueError(f"{where}: expected 'relpath pid', got {line.strip()!r}")
-            if fields[0].startswith(("/", "\\")) or re.match(r"[A-Za-z]:", fields[0]):
-                raise ValueError(f"{where}: refusing absolute path {fields[0]!r}")
-            rel = f"{image_dir}/{fields[0]}"
-            m = _MSMT_NAME.match(fields[0].rsplit("/", 1)[-1])
-            if m is None or int(m.group(3)) < 1:
-                raise ValueError(f"{where}: cannot parse the camera from file name {fields[0]!r}")
-            checker.check(rel, where)
-            records.append(ReIDRecord(rel, int(fields[1]), int(m.group(3)) - 1))
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"MSMT17: {list_path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        where = f"MSMT17: {list_path}:{lineno}"
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not re.fullmatch(r"\d+", fields[1]):
+            raise ValueError(f"{where}: expected 'relpath pid', got {line.strip()!r}")
+        if fields[0].startswith(("/", "\\")) or re.match(r"[A-Za-z]:", fields[0]):
+            raise ValueError(f"{where}: refusing absolute path {fields[0]!r}")
+        rel = f"{image_dir}/{fields[0]}"
+        m = _MSMT_NAME.match(fields[0].rsplit("/", 1)[-1])
+        if m is None or int(m.group(3)) < 1:
+            raise ValueError(f"{where}: cannot parse the camera from file name {fields[0]!r}")
+        checker.check(rel, where)
+        records.append(ReIDRecord(rel, int(fields[1]), int(m.group(3)) - 1))
     return records
 
 

@@ -29,6 +29,7 @@ result: a manifest already written for these T epochs is reused, not recomputed.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -406,7 +407,10 @@ class Trainer:
         if self.world.is_main:
             state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict(), **client}
-            atomic_write_with(self.out / CHECKPOINT, lambda f: torch.save(state, f))
+            # Serialised in memory first, so a full disk is a plain OSError (ENOSPC) on write.
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            atomic_write_with(self.out / CHECKPOINT, lambda f: f.write(buf.getbuffer()))
 
     # ------------------------------------------------------------------------ pruning inside the run
     def _prune(self) -> None:
