@@ -204,6 +204,36 @@ def load_manifest(path, *, fingerprint: dict | None = None, labels_N: np.ndarray
     return Manifest(data=m, kept=kept, labels=labels)
 
 
+def npz_is_current(path) -> bool:
+    """True when the ``.npz`` beside a manifest is the one its JSON vouches for."""
+    path = Path(path)
+    try:
+        m = read_json(path, "manifest")
+        npz = path.with_name(m["npz"])
+        return npz.exists() and hashlib.sha256(npz.read_bytes()).hexdigest() == m.get("npz_sha256")
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+
+
+def rewrite_npz(manifest: Manifest, path) -> None:
+    """Rebuild the ``.npz`` of a loaded manifest from its JSON (after a kill between the two writes)."""
+    path = Path(path)
+    m = dict(manifest.data)
+    rel = np.asarray(sorted(int(i) for i in m["relabelled"]), np.int64)
+    arrays = {"kept": manifest.kept, "pruned": np.asarray(m["pruned"], np.int64), "relabel_index": rel,
+              "relabel_label": manifest.labels[rel],
+              "outlier_index": np.asarray([o["index"] for o in m["removed_outliers"]], np.int64),
+              "unobserved": np.asarray(m.get("unobserved", []), np.int64),
+              "unscored": np.asarray(m.get("unscored", []), np.int64), "labels": manifest.labels}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    m["npz"] = path.with_suffix(".npz").name
+    m["npz_sha256"] = hashlib.sha256(data).hexdigest()
+    atomic_write_json(path, m)
+    atomic_write_with(path.with_suffix(".npz"), lambda f: f.write(data))
+
+
 def export_list(manifest: Manifest, sample_ids: list[str], path) -> int:
     """Write the kept samples as ``index<TAB>sample_id<TAB>label`` lines; return the count."""
     from .fileio import atomic_write_text

@@ -240,3 +240,18 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_a_torn_pair_is_repaired_from_the_json(tmp_path, monkeypatch):
+    from dprune.manifest import npz_is_current, rewrite_npz
+
+    scores, t = scored(N=60, noise=0.2)
+    y = t["labels"]
+    sel = select(scores, y, 5, method="entropy", ratio=0.3, relabel=True, outliers=0.05)
+    path = tmp_path / "m.json"
+    write_manifest(path, sel, source_run="r", made_from=made_from(60), n_classes=5)
+    good = (tmp_path / "m.npz").read_bytes()
+    (tmp_path / "m.npz").unlink()
+    assert not npz_is_current(path)
+    rewrite_npz(load_manifest(path, labels_N=y), path)
+    assert npz_is_current(path) and (tmp_path / "m.npz").read_bytes() == good

@@ -51,7 +51,7 @@ from ..data import IndexedDataset, build_dataset, class_dependent_noise, symmetr
 from ..distributed import World, barrier, broadcast_object, close_world, init_world
 from ..fileio import atomic_savez, atomic_write_json, atomic_write_with
 from ..locking import DirLock, watch_parent
-from ..manifest import Manifest, load_manifest
+from ..manifest import Manifest, load_manifest, npz_is_current, rewrite_npz
 from ..models import build_model
 from ..recorder import Recorder
 from ..store import StoreError, fingerprint
@@ -261,8 +261,9 @@ class Trainer:
                                         weight_decay=cfg.weight_decay, nesterov=True)
             self._lr_factor = lambda t, steps: cosine_lr_factor(cfg, t, steps)
         # The learning rate is set before every step from the fractional epoch (see the module
-        # docstring); the torch optimizer's param groups are the ones DeepSpeed steps too.
-        self._param_groups = optimizer.param_groups
+        # docstring) on the torch optimizer, which DeepSpeed steps too.  Its param_groups are
+        # read anew every time: load_state_dict (resume) replaces the list.
+        self._torch_optimizer = optimizer
         self.amp_dtype = None
         if cfg.backend == "deepspeed":
             import deepspeed
@@ -298,7 +299,7 @@ class Trainer:
 
     def _set_lr(self, epoch: int, step: int) -> None:
         f = self._lr_factor(epoch + step / self.steps_per_epoch, self.steps_per_epoch)
-        for g in self._param_groups:
+        for g in self._torch_optimizer.param_groups:
             g["lr"] = self.cfg.lr * f
 
     def _deepspeed_config(self) -> dict:
@@ -438,6 +439,8 @@ class Trainer:
                 m = load_manifest(path, fingerprint=self.fingerprint, labels_N=self.given_labels)
                 if m.data.get("made_from") == made_from and m.data.get("selection") == spec.to_dict():
                     self._log(f"reusing {path} (made at epoch {T} before the run was interrupted)")
+                    if not npz_is_current(path):  # killed between the JSON and the npz
+                        rewrite_npz(m, path)
                     return m.digest
             except ValueError:
                 pass
