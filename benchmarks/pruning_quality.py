@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, Cells, machine, mean_std, prepare_data, run_cells, train_config  # noqa: E402
+from _common import RESULTS_DIR, Cells, machine, prepare_data, run_cells, train_config  # noqa: E402
 
 from dprune.manifest import load_manifest, write_manifest  # noqa: E402
 from dprune.pruning import prune_store  # noqa: E402

@@ -153,3 +153,24 @@ def test_score_and_prune_on_the_first_epochs(tmp_path, traj):
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
     assert a["n_pruned"] == b["n_pruned"] == 60
     assert "[1, 5]" in run("score", tmp_path / "run", "--first-epochs", 6, ok=False).output
+
+
+def test_run_set_options_reach_every_stage(tmp_path):
+    """--set wins over run's own options: pass recording into a summary store, 3 epochs not 2."""
+    from dprune.store import SummaryStore, open_store
+
+    out = tmp_path / "p"
+    run("run", "--out", out, "--record-epochs", 1, "--epochs", 2, "--batch-size", 256, "--set", "record=pass",
+        "--set", "store=summary", "--set", "epochs=3", "--set", "progress=false")
+    for stage in ("full", "prune-in-run"):
+        store = open_store(out / stage / "trajectory")
+        assert isinstance(store, SummaryStore) and store.epochs_completed == 1
+        assert (store.counts() == 1).all()  # pass recording sees every sample once, unaugmented
+        metrics = json.loads((out / stage / "metrics.json").read_text())
+        assert len(metrics) == 3
+    assert len(json.loads((out / "pruned" / "metrics.json").read_text())) == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["epochs"] == 3 and report["record_epochs"] == 1
+    assert "full data" in (out / "report.md").read_text()
+    store = open_store(out / "full" / "trajectory")
+    assert json.loads(run("inspect", store.run_dir, "--json").output)["kind"] == "summary"

@@ -168,6 +168,7 @@ def test_blocked_equals_dense_with_many_ties(data):
                  dense, 1e-12)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_blocked_on_cuda_equals_dense():
     case = _random_case(np.random.default_rng(1), 300, 5000, 64, 100, 6)

@@ -23,9 +23,7 @@ from dprune.locking import DirLock, LockedError
 from dprune.scoring import load_scores
 from dprune.store import TrajectoryStore
 from dprune.synthetic import synthetic_trajectory
-from dprune.train import TrainConfig
-from dprune.train.loop import Trainer
-from test_train import N_DIGITS_TRAIN, expected_counts, kill_process_tree, launch
+from test_train import N_DIGITS_TRAIN, expected_counts, launch
 
 
 def cli(*args, ok=True, env=None):

@@ -1,5 +1,4 @@
 """Selection policies, relabelling, outliers and the manifest files."""
-import json
 
 import numpy as np
 import pytest

@@ -194,8 +194,9 @@ def score_store(
         raise ValueError(f"{store.run_dir} has no complete epoch to score")
     summary = store.KIND == "summary"
     if first_epochs is not None:
-        if summary:
-            raise ValueError("first_epochs needs a full store: a summary store keeps only running totals")
+        if summary and first_epochs != E:
+            raise ValueError(f"first_epochs={first_epochs} needs a full store: a summary store keeps only running "
+                             f"totals of its {E} epochs (record only the first {first_epochs} with record_epochs)")
         if not 1 <= first_epochs <= E:
             raise ValueError(f"first_epochs must be in [1, {E}] (the completed epochs), got {first_epochs}")
         E = first_epochs
