@@ -129,6 +129,32 @@ def _bits(typingctx, x):
     return types.int64(x), codegen
 
 
+def _pointer_to(element):
+    def typer(typingctx, addr):
+        if not isinstance(addr, types.Integer):
+            return None
+        ptr = types.CPointer(element)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(ptr))
+
+        return ptr(addr), codegen
+
+    return typer
+
+
+@intrinsic
+def _u16_at(typingctx, addr):
+    """An address as a pointer to uint16 (rows of fp16 / bf16 logits)."""
+    return _pointer_to(types.uint16)(typingctx, addr)
+
+
+@intrinsic
+def _u32_at(typingctx, addr):
+    """An address as a pointer to uint32 (rows of fp32 logits)."""
+    return _pointer_to(types.uint32)(typingctx, addr)
+
+
 @intrinsic
 def _half_to_f32(typingctx, h):
     """float16 bits (the low 16 bits of an integer) to the float32 value: LLVM's exact fpext
@@ -213,26 +239,36 @@ def _max(x):
     return m
 
 
-@numba.njit(cache=True)
-def _load_row(src, e, n, mode, y, z, z_sum):
-    """Row ``src[e, n]`` (raw bits) as float32 into ``z``, added into ``z_sum``; return the max
-    over the classes other than ``y`` (ignoring NaN; -Inf when there is none)."""
-    s = src[e, n]
+@numba.njit(inline="always", cache=True)
+def _convert_row(src, e, n, mode, z, z_sum):
+    """Row n of epoch e (raw bits at ``src[0][e] + n * src[1]``) as float32 into ``z``, added into ``z_sum``."""
+    addr = src[0][e] + n * src[1]
+    C = z.size
+    if mode == _FP32:
+        s32 = numba.carray(_u32_at(addr), (C,))
+        for c in range(C):
+            v = _as_f32(s32[c])
+            z[c] = v
+            z_sum[c] += v
+        return
+    s = numba.carray(_u16_at(addr), (C,))
     if mode == _FP16:
-        for c in range(z.size):
+        for c in range(C):
             v = _half_to_f32(s[c])
             z[c] = v
             z_sum[c] += v
-    elif mode == _BF16:
-        for c in range(z.size):
+    else:
+        for c in range(C):
             v = _as_f32(np.int64(s[c]) << 16)
             z[c] = v
             z_sum[c] += v
-    else:
-        for c in range(z.size):
-            v = _as_f32(s[c])
-            z[c] = v
-            z_sum[c] += v
+
+
+@numba.njit(cache=True)
+def _load_row(src, e, n, mode, y, z, z_sum):
+    """Row n of epoch e as float32 into ``z``, added into ``z_sum``; return the max over the
+    classes other than ``y`` (ignoring NaN; -Inf when there is none)."""
+    _convert_row(src, e, n, mode, z, z_sum)
     z_y = z[y]
     z[y] = _NEG_INF  # one vectorised pass rather than two around y
     m_o = _max(z)
@@ -321,7 +357,7 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
             n_obs_out, nonfinite_out, entropy_out, entropy_prob_out, p_max_out, p_second_out, soft_argmax_out,
             p_label_out, logp_label_out, correct_out, margin_out, el2n_out, tdds_out, p_avg_out):
     """All statistics of sample ``n`` (label ``y``), using the scratch rows z, ex, z_sum, p_sum, prev [C]."""
-    E = src.shape[0]
+    E = counts.shape[0]
     C = z.size
     z_sum[:] = _ZERO
     p_sum[:] = _ZERO
@@ -375,28 +411,52 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
 
     n_obs_out[n] = n_obs
     if n_obs == 0:
-        nonfinite_out[n] = False
-        entropy_out[n] = _NAN
+        _unobserved(n, nonfinite_out, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out)
         entropy_prob_out[n] = _NAN
-        p_max_out[n] = _NAN
-        p_second_out[n] = _NAN
-        soft_argmax_out[n] = -1
-        p_label_out[n] = _NAN
         if p_avg_out.shape[0]:
             p_avg_out[n, :] = _NAN
         return
+    nonfinite_out[n] = _nonfinite(src, mode, counts, n, z_sum, z, ex)
+    _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out)
+    denom = _F32(n_obs)
+    for c in range(C):
+        pa = p_sum[c] / denom
+        p_sum[c] = pa
+        z[c] = pa * _log(pa) if pa > _ZERO else _ZERO
+    entropy_prob_out[n] = -_sum(z)
+    if p_avg_out.shape[0]:
+        p_avg_out[n, :] = p_sum
 
-    # A NaN or +-Inf in an observed row leaves its class's sum non-finite for good; so does a
-    # finite overflow, so the samples this flags are confirmed row by row (p_sum is free here).
-    nonfinite = False
-    if not _all_finite(z_sum):
-        for e in range(E):
-            if counts[e, n] > 0 and not _row_is_finite(src, e, n, mode, z, ex):
-                nonfinite = True
-                break
-    nonfinite_out[n] = nonfinite
 
-    # Soft label: softmax of the mean observed logits, as the reference computes it.
+@numba.njit(cache=True)
+def _unobserved(n, nonfinite_out, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out):
+    nonfinite_out[n] = False
+    entropy_out[n] = _NAN
+    p_max_out[n] = _NAN
+    p_second_out[n] = _NAN
+    soft_argmax_out[n] = -1
+    p_label_out[n] = _NAN
+
+
+@numba.njit(cache=True)
+def _nonfinite(src, mode, counts, n, z_sum, z, scratch):
+    """Whether an observed row of sample n holds NaN or +-Inf.
+
+    A NaN or +-Inf in an observed row leaves its class's sum non-finite for good; so does a
+    finite overflow, so the samples the sum flags are confirmed row by row.
+    """
+    if _all_finite(z_sum):
+        return False
+    for e in range(counts.shape[0]):
+        if counts[e, n] > 0 and not _row_is_finite(src, e, n, mode, z, scratch):
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out):
+    """The soft label's statistics: softmax of the mean observed logits, as the reference computes them."""
+    C = z.size
     denom = _F32(n_obs)
     for c in range(C):
         z[c] = z_sum[c] / denom
@@ -425,20 +485,48 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
         soft_argmax_out[n] = 0
         p_label_out[n] = _NAN
 
-    for c in range(C):
-        pa = p_sum[c] / denom
-        p_sum[c] = pa
-        z[c] = pa * _log(pa) if pa > _ZERO else _ZERO
-    entropy_prob_out[n] = -_sum(z)
-    if p_avg_out.shape[0]:
-        p_avg_out[n, :] = p_sum
+
+@numba.njit(cache=True)
+def _soft_block(b, src, mode, counts, labels, n_obs_out, nonfinite, entropy, p_max, p_second, soft_argmax, p_label,
+                C):
+    """The soft-label statistics only, for samples of block b: a sum of each sample's observed
+    rows, then one softmax (no per-epoch softmax: what the entropy score needs)."""
+    N = counts.shape[1]
+    z = np.empty(C, np.float32)
+    ex = np.empty(C, np.float32)
+    z_sum = np.empty(C, np.float32)
+    for n in range(b * BLOCK_SAMPLES, min(N, (b + 1) * BLOCK_SAMPLES)):
+        z_sum[:] = _ZERO
+        k = 0
+        for e in range(counts.shape[0]):
+            if counts[e, n] > 0:
+                _convert_row(src, e, n, mode, z, z_sum)
+                k += 1
+        n_obs_out[n] = k
+        if k == 0:
+            _unobserved(n, nonfinite, entropy, p_max, p_second, soft_argmax, p_label)
+            continue
+        nonfinite[n] = _nonfinite(src, mode, counts, n, z_sum, z, ex)
+        _soft_label(z_sum, k, labels[n], n, z, ex, entropy, p_max, p_second, soft_argmax, p_label)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _soft_parallel(src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, C):
+    for b in numba.prange((counts.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
+        _soft_block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, C)
+
+
+@numba.njit(nogil=True, cache=True)
+def _soft_serial(src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, C):
+    for b in range((counts.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
+        _soft_block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, C)
 
 
 @numba.njit(cache=True)
 def _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
            p_label, logp_label, correct, margin, el2n, tdds, p_avg):
     """Samples [b * BLOCK_SAMPLES, (b + 1) * BLOCK_SAMPLES) of the chunk, with their own scratch rows."""
-    N, C = src.shape[1], src.shape[2]
+    N, C = counts.shape[1], p_avg.shape[1]
     z = np.empty(C, np.float32)
     ex = np.empty(C, np.float32)
     z_sum = np.empty(C, np.float32)
@@ -455,7 +543,7 @@ def _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob
 # layer numba picked (its fallback, "workqueue", must not be entered from two threads at once).
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _stats_parallel(
-    src,  # [E, N, C] logits as raw bits: uint16 (fp16, bf16) or uint32 (fp32)
+    src,  # (addresses [E] of row 0 of each epoch, bytes per row): rows of C raw bits, uint16 or uint32
     mode,  # _FP16, _BF16 or _FP32
     counts,  # [E, N] int32 observations (0 = unobserved)
     labels,  # [N] int64 in [0, C)
@@ -463,7 +551,7 @@ def _stats_parallel(
     logp_label, correct, margin, el2n, tdds,  # [E, N] float32 outputs
     p_avg,  # [N, C] float32 mean probabilities, or [0, C] when not wanted
 ):
-    for b in numba.prange((src.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
+    for b in numba.prange((counts.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
         _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
                p_label, logp_label, correct, margin, el2n, tdds, p_avg)
 
@@ -471,25 +559,108 @@ def _stats_parallel(
 @numba.njit(nogil=True, cache=True)
 def _stats_serial(src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
                   p_label, logp_label, correct, margin, el2n, tdds, p_avg):
-    for b in range((src.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
+    for b in range((counts.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
         _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
                p_label, logp_label, correct, margin, el2n, tdds, p_avg)
 
 
 # ----------------------------------------------------------------------------- launcher
-def _raw_bits(logits_ENC: torch.Tensor) -> tuple[np.ndarray, int]:
-    """The logits as a numpy array of their raw bits (no copy when contiguous), and the encoding."""
+_MODES = {np.dtype(np.float16): _FP16, np.dtype(np.float32): _FP32}
+
+
+def _rows_of_tensor(logits_ENC: torch.Tensor):
+    """``(addresses, row bytes)`` of a contiguous [E, N, C] tensor, its encoding, and the tensor
+    (which must stay alive while the kernel reads it)."""
     z = logits_ENC.contiguous()
-    if z.dtype == torch.float16:
-        return z.view(torch.int16).numpy().view(np.uint16), _FP16
-    if z.dtype == torch.bfloat16:
-        return z.view(torch.int16).numpy().view(np.uint16), _BF16
-    return z.view(torch.int32).numpy().view(np.uint32), _FP32
+    mode = {torch.float16: _FP16, torch.bfloat16: _BF16, torch.float32: _FP32}[z.dtype]
+    E, N, C = z.shape
+    row = C * z.element_size()
+    return (np.arange(E, dtype=np.int64) * (N * row) + z.data_ptr(), row), mode, z
+
+
+def _rows_of_epochs(epochs_nC, n: int, C: int):
+    """``(addresses, row bytes)`` of E arrays [n, C] (e.g. memory-mapped slices), and their encoding."""
+    dtypes = {np.dtype(a.dtype) for a in epochs_nC}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in _MODES:
+        raise ValueError(f"epoch arrays must share one dtype, float16 or float32, got {sorted(map(str, dtypes))}")
+    dt = next(iter(dtypes))
+    for a in epochs_nC:
+        if a.shape != (n, C) or (n > 1 and a.strides[0] != C * dt.itemsize) or (C > 1 and a.strides[1] != dt.itemsize):
+            raise ValueError(f"epoch arrays must be C-contiguous rows [n, C] = [{n}, {C}], got {a.shape} {a.strides}")
+    return (np.array([a.ctypes.data for a in epochs_nC], np.int64), C * dt.itemsize), _MODES[dt]
+
+
+def _run(serial, parallel, threads, *args) -> None:
+    if threads == 1:
+        serial(*args)
+        return
+    # With numba's OpenMP layer, starting numba's threads (its first get_num_threads) and
+    # setting their count also set the OpenMP count torch uses (one libgomp): read torch's
+    # count first and restore it, or the caller's training changes speed.
+    torch_threads = torch.get_num_threads()
+    caller_threads = numba.get_num_threads()  # per OS thread in numba: restored for this one
+    if threads is not None:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        # Dynamic scheduling, one block of samples at a time: a static split would wait for
+        # the thread whose core is busiest (these machines are shared).
+        with numba.parallel_chunksize(1):
+            parallel(*args)
+    finally:
+        numba.set_num_threads(caller_threads)
+        torch.set_num_threads(torch_threads)
+
+
+def _check_labels(y: np.ndarray, C: int) -> None:
+    # Labels index the rows unchecked inside the kernel: an out-of-range one would read out of bounds.
+    if len(y) and (y.min() < 0 or y.max() >= C):
+        raise ValueError(f"labels must be in [0, {C}), got min {y.min()}, max {y.max()}")
+
+
+def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with_p_avg: bool,
+             soft_only: bool) -> FusedStats:
+    E, N = cnt.shape
+
+    def f32(*shape):
+        return np.empty(shape, np.float32)
+
+    n_obs = np.empty(N, np.int64)
+    nonfinite = np.empty(N, np.bool_)
+    entropy, p_max, p_second, p_label = (f32(N) for _ in range(4))
+    soft_argmax = np.empty(N, np.int64)
+    t = torch.from_numpy
+    if soft_only:
+        _run(_soft_serial, _soft_parallel, threads, src, mode, cnt, y, n_obs, nonfinite, entropy, p_max, p_second,
+             soft_argmax, p_label, C)
+        nan_N, empty = t(np.full(N, np.nan, np.float32)), t(f32(0, N))
+        return FusedStats(t(n_obs), t(nonfinite), t(entropy), nan_N, t(p_max), t(p_second), t(soft_argmax),
+                          t(p_label), empty, empty, empty, empty, empty, None)
+    entropy_prob = f32(N)
+    logp_label, correct, margin, el2n, tdds = (f32(E, N) for _ in range(5))
+    p_avg_out = f32(N if with_p_avg else 0, C)
+    _run(_stats_serial, _stats_parallel, threads, src, mode, cnt, y, n_obs, nonfinite, entropy, entropy_prob, p_max,
+         p_second, soft_argmax, p_label, logp_label, correct, margin, el2n, tdds, p_avg_out)
+    return FusedStats(
+        n_obs=t(n_obs),
+        nonfinite=t(nonfinite),
+        entropy=t(entropy),
+        entropy_prob=t(entropy_prob),
+        p_max=t(p_max),
+        p_second=t(p_second),
+        soft_argmax=t(soft_argmax),
+        p_label=t(p_label),
+        logp_label=t(logp_label),
+        correct=t(correct),
+        logit_margin=t(margin),
+        el2n=t(el2n),
+        tdds_div=t(tdds),
+        p_avg=t(p_avg_out) if with_p_avg else None,
+    )
 
 
 def fused_stats_cpu(
     logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, threads: int | None = None,
-    with_p_avg: bool = False,
+    with_p_avg: bool = False, soft_only: bool = False,
 ) -> FusedStats:
     """Every :class:`~.common.FusedStats` field in one pass over the logits, on the CPU.
 
@@ -508,6 +679,11 @@ def fused_stats_cpu(
     with_p_avg : bool
         Also return the mean over observed epochs of the probabilities, [N, C] (NaN rows for
         unobserved samples); otherwise that field is None.
+    soft_only : bool
+        Only the soft label's statistics (``n_obs``, ``nonfinite``, ``entropy``, ``p_max``,
+        ``p_second``, ``soft_argmax``, ``p_label``): a sum of the observed rows and one softmax
+        per sample, no per-epoch softmax; ``entropy_prob`` is NaN and the per-epoch fields are
+        empty [0, N].
 
     Returns float32 / int64 / bool CPU tensors, equal to
     :func:`dprune.scoring.stats.compute_stats` up to float32 rounding.  The first call in a
@@ -520,55 +696,34 @@ def fused_stats_cpu(
     if C == 0:
         raise ValueError("logits must have at least one class")
     y = labels_N.to(torch.int64).contiguous().numpy()
-    # Labels index the rows unchecked inside the kernel: an out-of-range one would read out of bounds.
-    if N and (y.min() < 0 or y.max() >= C):
-        raise ValueError(f"labels must be in [0, {C}), got min {y.min()}, max {y.max()}")
-    src, mode = _raw_bits(logits_ENC)
+    _check_labels(y, C)
+    src, mode, keep = _rows_of_tensor(logits_ENC)
     cnt = counts_EN.to(torch.int32).contiguous().numpy()
+    out = _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, soft_only=soft_only)
+    del keep  # the kernel has finished reading it
+    return out
 
-    def f32(*shape):
-        return np.empty(shape, np.float32)
 
-    n_obs = np.empty(N, np.int64)
-    nonfinite = np.empty(N, np.bool_)
-    entropy, entropy_prob, p_max, p_second, p_label = (f32(N) for _ in range(5))
-    soft_argmax = np.empty(N, np.int64)
-    logp_label, correct, margin, el2n, tdds = (f32(E, N) for _ in range(5))
-    p_avg_out = f32(N if with_p_avg else 0, C)
-    outputs = (n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
-               logp_label, correct, margin, el2n, tdds, p_avg_out)
-    if threads == 1:
-        _stats_serial(src, mode, cnt, y, *outputs)
-    else:
-        # With numba's OpenMP layer, starting numba's threads (its first get_num_threads) and
-        # setting their count also set the OpenMP count torch uses (one libgomp): read torch's
-        # count first and restore it, or the caller's training changes speed.
-        torch_threads = torch.get_num_threads()
-        caller_threads = numba.get_num_threads()  # per OS thread in numba: restored for this one
-        if threads is not None:
-            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            # Dynamic scheduling, one block of samples at a time: a static split would wait for
-            # the thread whose core is busiest (these machines are shared).
-            with numba.parallel_chunksize(1):
-                _stats_parallel(src, mode, cnt, y, *outputs)
-        finally:
-            numba.set_num_threads(caller_threads)
-            torch.set_num_threads(torch_threads)
-    t = torch.from_numpy
-    return FusedStats(
-        n_obs=t(n_obs),
-        nonfinite=t(nonfinite),
-        entropy=t(entropy),
-        entropy_prob=t(entropy_prob),
-        p_max=t(p_max),
-        p_second=t(p_second),
-        soft_argmax=t(soft_argmax),
-        p_label=t(p_label),
-        logp_label=t(logp_label),
-        correct=t(correct),
-        logit_margin=t(margin),
-        el2n=t(el2n),
-        tdds_div=t(tdds),
-        p_avg=t(p_avg_out) if with_p_avg else None,
-    )
+def fused_stats_epochs(
+    epochs_nC, counts_EN: np.ndarray, labels_N: np.ndarray, *, threads: int | None = None, with_p_avg: bool = False,
+    soft_only: bool = False,
+) -> FusedStats:
+    """:func:`fused_stats_cpu` over E separate arrays [n, C] (one per epoch), read in place.
+
+    For memory-mapped epoch files: the kernel reads each observed row from the mapping
+    directly (page cache -> registers), with no stacked [E, n, C] copy.  ``epochs_nC``: float16
+    or float32 arrays with contiguous rows; ``counts_EN`` [E, n] and ``labels_N`` [n].
+    """
+    E = len(epochs_nC)
+    cnt = np.ascontiguousarray(counts_EN, dtype=np.int32)
+    y = np.ascontiguousarray(labels_N, dtype=np.int64)
+    if E == 0 or cnt.shape[0] != E or y.ndim != 1 or cnt.shape[1] != len(y):
+        raise ValueError(f"expected E >= 1 epoch arrays [n, C], counts [E, n] and labels [n]; got {E} arrays, "
+                         f"counts {cnt.shape}, labels {y.shape}")
+    n = len(y)
+    C = epochs_nC[0].shape[1] if epochs_nC[0].ndim == 2 else 0
+    if C < 1:
+        raise ValueError("logits must have at least one class")
+    src, mode = _rows_of_epochs(epochs_nC, n, C)
+    _check_labels(y, C)
+    return _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, soft_only=soft_only)

@@ -393,3 +393,54 @@ def test_score_store_reader_stops_on_error(monkeypatch):
         with pytest.raises(RuntimeError, match="stats failed"):
             score_store(store, chunk_size=4)
         assert threading.active_count() == before
+
+
+# ------------------------------------------------------------------------------ soft-label tier, epoch arrays
+SOFT_FIELDS = ("n_obs", "nonfinite", "entropy", "p_max", "p_second", "soft_argmax", "p_label")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("E, N, C", [(1, 1, 2), (3, 37, 7), (4, 50, 1041)])
+def test_numba_soft_only_equals_the_reference_soft_label(E, N, C, dtype):
+    z, c, y = trajectory(E * N + C, E, N, C, dtype=dtype, nonfinite=True)
+    got = fused_stats_cpu(z, c, y, soft_only=True)
+    want = compute_stats(z, c, y)
+    for f in SOFT_FIELDS:
+        g, w = getattr(got, f), getattr(want, f)
+        if g.is_floating_point():
+            assert torch.isclose(g, w, rtol=RTOL, atol=ATOL, equal_nan=True).all(), f
+        elif f == "soft_argmax":  # undefined soft labels: any index, masked by the scorers
+            ok = (g == w) | torch.isnan(want.p_max)
+            assert ok.all(), f
+        else:
+            assert torch.equal(g, w), f
+    assert torch.isnan(got.entropy_prob).all() and got.logp_label.shape == (0, N)
+
+
+def test_epoch_arrays_read_in_place_equal_the_stacked_tensor():
+    from dprune.kernels.fused_stats_cpu import fused_stats_epochs
+
+    z, c, y = trajectory(3, 4, 29, 11, dtype=torch.float16)
+    # Each epoch in an array of its own, rows of a wider buffer (as slices of mapped files are).
+    epochs = [np.ascontiguousarray(z[e].numpy()) for e in range(4)]
+    for soft in (False, True):
+        got = fused_stats_epochs(epochs, c.numpy(), y.numpy(), soft_only=soft, with_p_avg=not soft)
+        want = fused_stats_cpu(z, c, y, soft_only=soft, with_p_avg=not soft)
+        for f in want._fields:
+            a, b = getattr(got, f), getattr(want, f)
+            assert (a is None and b is None) or torch.equal(a, b) or torch.allclose(a, b, equal_nan=True), f
+    with pytest.raises(ValueError, match="C-contiguous rows"):
+        fused_stats_epochs([e[:, ::2] for e in epochs], c.numpy(), y.numpy())
+    with pytest.raises(ValueError, match="one dtype"):
+        fused_stats_epochs([epochs[0].astype(np.float32)] + epochs[1:], c.numpy(), y.numpy())
+
+
+def test_entropy_alone_is_scored_from_the_soft_label_tier():
+    z, c, y = trajectory(13, 3, 41, 9, nonfinite=True)
+    with tempfile.TemporaryDirectory() as d:
+        store = _store(d, z, c, y)
+        soft, _ = score_store(store, methods=["entropy"], chunk_size=8)
+        full, _ = score_store(store, chunk_size=8)
+    for k in ("entropy", "soft_argmax", "p_max", "margin", "mislabel", "outlier", "nonfinite", "n_observed"):
+        np.testing.assert_allclose(np.asarray(soft[k], np.float64), np.asarray(full[k], np.float64), rtol=1e-5,
+                                   atol=1e-6, equal_nan=True, err_msg=k)

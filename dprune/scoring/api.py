@@ -22,7 +22,7 @@ import torch
 
 from ..fileio import atomic_savez, read_npz
 from ..labels import validate_labels
-from .backends import backend_device, resolve_backend
+from .backends import backend_device, epochs_stats, resolve_backend
 from .flags import compute_flags
 from .params import merge_params
 from .scorers import SCORERS, clipped_windows
@@ -160,11 +160,14 @@ def score_store(
     ----------
     store : TrajectoryStore or SummaryStore
         A :class:`~dprune.store.TrajectoryStore` is read once, ``chunk_size`` samples at a
-        time: a reader thread fills the next chunk's host buffer while the current chunk is
-        scored, and on a GPU the buffers are pinned and copied on a second CUDA stream, so
-        the copy of chunk i + 1 overlaps the kernel on chunk i.  A
-        :class:`~dprune.store.SummaryStore` already holds the statistics accumulated during
-        training and is scored without a trajectory pass.
+        time.  On a CPU the kernel reads each observed row straight from the memory-mapped
+        epoch files (no intermediate copy) and the chunk's pages leave the process's memory
+        once scored, so memory stays bounded by the chunk at any N.  On a GPU a reader thread
+        fills pinned host buffers that are copied on a second CUDA stream, so the copy of
+        chunk i + 1 overlaps the kernel on chunk i.  A :class:`~dprune.store.SummaryStore`
+        already holds the statistics accumulated during training and is scored without a
+        trajectory pass.  When only ``entropy`` (and ``random``) are asked for, only the soft
+        label is computed: a sum of each sample's rows and one softmax, no per-epoch softmax.
     methods, params
         As for :func:`score_arrays`.
     chunk_size : int, optional
@@ -186,8 +189,7 @@ def score_store(
     backend_name, stats_fn = resolve_backend(backend)
     methods = check_methods(methods)
     want_p_avg = "confident" in methods
-    if want_p_avg:
-        stats_fn = functools.partial(stats_fn, with_p_avg=True)
+    soft_only = set(methods) <= SOFT_METHODS
     params = merge_params(params)
     E, N, C = store.epochs_completed, store.n_samples, store.n_classes
     if E == 0:
@@ -207,10 +209,13 @@ def score_store(
 
         stream = summary_stats(store, chunk_size or default_chunk_size(E, C))
         backend_name = "summary"
+    elif backend_device(backend_name).type == "cuda":
+        stats_fn = functools.partial(stats_fn, with_p_avg=want_p_avg)
+        stream = _stream_stats_gpu(store, stats_fn, chunk_size or default_chunk_size(E, C, _GPU_CHUNK_BYTES), E)
     else:
-        device = backend_device(backend_name)
-        budget = _GPU_CHUNK_BYTES if device.type == "cuda" else _CPU_CHUNK_BYTES
-        stream = _stream_stats(store, stats_fn, device, chunk_size or default_chunk_size(E, C, budget), E)
+        kw = {"with_p_avg": want_p_avg, "soft_only": soft_only} if backend_name == "numba" else {"with_p_avg": want_p_avg}
+        stream = _stream_stats_cpu(store, epochs_stats(backend_name, stats_fn), kw,
+                                   chunk_size or default_chunk_size(E, C, _CPU_CHUNK_BYTES), E)
     parts: dict[str, list[np.ndarray]] = {}
     p_avg = _spill(N, C, store.run_dir) if want_p_avg else None
     bar = _progress(N, "scoring", progress)
@@ -241,26 +246,33 @@ def _spill(N: int, C: int, directory) -> np.ndarray:
     return np.memmap(f, np.float32, "r+", shape=(N, C))
 
 
-# fp32-equivalent bytes per chunk.  The CPU path works in cache-sized sub-chunks whatever the
-# chunk; a GPU needs large chunks so that the per-chunk scorers (small kernels) and the
-# device-to-host copy of the scores are amortised.
-_CPU_CHUNK_BYTES = 64 << 20
+# fp32-equivalent bytes of trajectory per chunk.  On a CPU the kernel reads the mapped files in
+# place, so a chunk only sizes its outputs and the per-chunk scorers; a GPU needs large chunks so
+# that the per-chunk scorers (small kernels) and the device-to-host copies are amortised.
+_CPU_CHUNK_BYTES = 256 << 20
 _GPU_CHUNK_BYTES = 512 << 20
+# Scorers that need only the soft label (the mean logits), not each epoch's softmax.
+SOFT_METHODS = {"entropy", "random"}
 
 
-def _stream_stats(store, stats_fn, device: torch.device, chunk_size: int, n_epochs: int):
+def _stream_stats_cpu(store, stats_fn, kw: dict, chunk_size: int, n_epochs: int):
     """Yield ``(start, stop, TrajectoryStats)`` of the first ``n_epochs`` epochs of a full store,
-    reading ahead in a thread."""
-    on_gpu = device.type == "cuda"
-    # A GPU holds one buffer being read, one being copied and one whose copy is queued.
-    with _ChunkReader(store, chunk_size, n_epochs, n_buffers=3 if on_gpu else 2, pin=on_gpu) as reader:
-        if not on_gpu:
-            for start, stop, logits, counts, release in reader:
-                st = stats_fn(torch.from_numpy(logits), torch.from_numpy(counts),
-                              torch.from_numpy(store.labels[start:stop]))
-                release()
-                yield start, stop, st
-            return
+    the kernel reading the memory-mapped rows in place; each chunk's pages are released after."""
+    views = store.epoch_views(range(n_epochs))
+    for start in range(0, store.n_samples, chunk_size):
+        stop = min(start + chunk_size, store.n_samples)
+        counts = np.stack([c[start:stop] for _, c in views])
+        st = stats_fn([z[start:stop] for z, _ in views], counts, store.labels[start:stop], **kw)
+        store.release(start, stop)
+        yield start, stop, st
+
+
+def _stream_stats_gpu(store, stats_fn, chunk_size: int, n_epochs: int):
+    """Yield ``(start, stop, TrajectoryStats)`` of the first ``n_epochs`` epochs of a full store on
+    the GPU, reading ahead in a thread into pinned buffers copied on a second stream."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    # One buffer being read, one being copied and one whose copy is queued.
+    with _ChunkReader(store, chunk_size, n_epochs, n_buffers=3, pin=True) as reader:
         copy_stream = torch.cuda.Stream(device)
         pending = None
         for start, stop, logits, counts, release in reader:
@@ -326,6 +338,7 @@ class _ChunkReader:
                 if buf is None:
                     return
                 logits, counts = self._store.read(start, stop, epochs=self._epochs, out=buf)
+                self._store.release(start, stop)
                 self._ready.put((start, stop, logits, counts, buf))
             self._ready.put(self._DONE)
         except BaseException as e:  # re-raised in the consuming thread

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .stats import TrajectoryStats, compute_stats
@@ -71,6 +72,24 @@ def _as_trajectory_stats(kernel) -> StatsFn:
     stats.__doc__ = kernel.__doc__
     stats.kernel = kernel
     return stats
+
+
+def epochs_stats(name: str, stats_fn: StatsFn) -> Callable[..., TrajectoryStats]:
+    """``stats(epochs_nC, counts_EN, labels_N, **kw)`` over E separate epoch arrays, on the CPU.
+
+    ``numba`` reads the arrays in place (:func:`dprune.kernels.fused_stats_cpu.fused_stats_epochs`);
+    any other backend gets them stacked into one [E, n, C] tensor.
+    """
+    if name == "numba":
+        from dprune.kernels.fused_stats_cpu import fused_stats_epochs
+
+        return _as_trajectory_stats(fused_stats_epochs)
+
+    def stacked(epochs_nC, counts_EN, labels_N, **kw):
+        return stats_fn(torch.from_numpy(np.stack(epochs_nC)), torch.from_numpy(counts_EN),
+                        torch.from_numpy(labels_N), **kw)
+
+    return stacked
 
 
 def backend_device(name: str) -> torch.device:

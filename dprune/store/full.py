@@ -24,6 +24,7 @@ reads are slices of those maps, so memory stays proportional to the chunk, not t
 """
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -74,6 +75,7 @@ class TrajectoryStore(RunDirStore):
                                   np.load(counts, mmap_mode="r", allow_pickle=False))
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot map epoch {epoch}: {e}") from None
+        _advise(self._views[epoch][0], mmap.MADV_SEQUENTIAL)
 
     # ------------------------------------------------------------------ writing
     def _begin(self, epoch: int) -> None:
@@ -187,6 +189,17 @@ class TrajectoryStore(RunDirStore):
         """
         return [self._views[e] for e in self._epochs(epochs)]
 
+    def release(self, start: int, stop: int) -> None:
+        """Drop samples ``[start, stop)`` of every mapped epoch from this process's memory.
+
+        The pages stay in the system's page cache (a later read is cheap), but leave the
+        process's resident set, so reading a store of any size takes memory proportional to
+        the chunk read, not to the store.
+        """
+        row = self.n_classes * self.dtype.itemsize
+        for z, _ in self._views.values():
+            _advise(z, mmap.MADV_DONTNEED, z.offset + start * row, (stop - start) * row)
+
     def read(self, start: int, stop: int, epochs: Sequence[int] | None = None, out: np.ndarray | None = None):
         """Samples ``[start, stop)`` of the completed epochs: (logits [E, n, C] in the store dtype, counts [E, n]).
 
@@ -221,6 +234,22 @@ class TrajectoryStore(RunDirStore):
             stop = min(start + chunk_size, self.n_samples)
             logits, counts = self.read(start, stop, epochs, out=buf)
             yield start, stop, logits, counts
+
+
+def _advise(mm: np.memmap, advice: int, start: int = 0, length: int | None = None) -> None:
+    """``madvise`` on a numpy memmap's mapping (page-aligned inward); a no-op where unsupported."""
+    m = getattr(mm, "_mmap", None)
+    if m is None or not hasattr(m, "madvise"):
+        return
+    page = mmap.PAGESIZE
+    end = len(m) if length is None else min(len(m), start + length)
+    a = -(-start // page) * page
+    b = (end // page) * page if end < len(m) else end
+    if b > a:
+        try:
+            m.madvise(advice, a, b - a)
+        except (OSError, ValueError):
+            pass
 
 
 def _check_counts(c: np.ndarray) -> np.ndarray:
