@@ -7,16 +7,23 @@ import torch
 
 
 class FusedStats(NamedTuple):
-    """Per-sample trajectory statistics as the fused kernels return them (plain tensors).
+    """Everything the scorers need, per sample; per-epoch entries are NaN where unobserved.
 
-    The fields, dtypes and NaN placement are those of the torch reference,
-    ``dprune.scoring.stats.compute_stats``, which documents each one; ``dprune.scoring``
-    turns this tuple into its own ``TrajectoryStats``.  Per sample [N]: ``n_obs`` (int64),
-    ``nonfinite`` (bool), ``entropy``, ``entropy_prob``, ``p_max``, ``p_second``,
-    ``soft_argmax`` (int64), ``p_label``; per epoch [E, N], float32: ``logp_label``,
-    ``correct``, ``logit_margin``, ``el2n``, ``tdds_div``; and, when asked for, ``p_avg`` [N, C]
-    float32, the mean over observed epochs of the probabilities (NaN rows for unobserved
-    samples), else None.
+    (``dprune.scoring`` calls this record ``TrajectoryStats``; its torch reference is
+    ``dprune.scoring.stats.compute_stats``, which the kernels must match.)
+
+    Per sample [N]: ``n_obs`` (int64, observed epochs), ``nonfinite`` (bool, an observed logit
+    is NaN or +-Inf), and from the soft label p = softmax(mean over observed epochs of z_e):
+    ``entropy`` (nats), ``p_max``, ``p_second`` (0 when C = 1), ``soft_argmax`` (int64, -1 if
+    unobserved), ``p_label``; ``entropy_prob`` = H(mean over observed epochs of softmax(z_e)).
+
+    Per epoch [E, N] (float32): ``logp_label`` = log softmax(z_e)[y]; ``correct`` (1.0 when
+    argmax z_e == y, else 0.0); ``logit_margin`` = z_e[y] - max_{k != y} z_e[k] (+Inf when C = 1);
+    ``el2n`` = ||softmax(z_e) - onehot(y)||_2; ``tdds_div`` = sum_c |p_e,c (log p_e,c - log p_prev,c)|
+    against the sample's previous *observed* epoch (NaN at its first observed epoch).
+
+    ``p_avg`` [N, C] float32, when asked for: the mean over observed epochs of softmax(z_e)
+    (NaN rows for unobserved samples), which confident learning reads; else None.
     """
 
     n_obs: torch.Tensor

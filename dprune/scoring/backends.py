@@ -43,7 +43,7 @@ def resolve_backend(backend: str = "auto") -> tuple[str, StatsFn]:
     if backend == "numba":
         from dprune.kernels.fused_stats_cpu import fused_stats_cpu
 
-        return "numba", _as_trajectory_stats(fused_stats_cpu)
+        return "numba", fused_stats_cpu
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             "backend 'triton' needs a CUDA GPU; on a CPU, set TRITON_INTERPRET=1 in the environment "
@@ -56,22 +56,7 @@ def resolve_backend(backend: str = "auto") -> tuple[str, StatsFn]:
             "backend 'triton' on a CPU: dprune.kernels was imported before TRITON_INTERPRET=1 was set, "
             "so its kernels were compiled for a GPU; set the variable before the first import"
         )
-    return "triton", _as_trajectory_stats(fused_stats)
-
-
-def _as_trajectory_stats(kernel) -> StatsFn:
-    """The kernel's plain tuple of tensors as :class:`TrajectoryStats` (same fields, same order)."""
-
-    def stats(logits_ENC, counts_EN, labels_N, **kw) -> TrajectoryStats:
-        out = kernel(logits_ENC, counts_EN, labels_N, **kw)
-        if out._fields != TrajectoryStats._fields:
-            raise RuntimeError(f"kernel fields {out._fields} differ from TrajectoryStats {TrajectoryStats._fields}")
-        return TrajectoryStats(*out)
-
-    stats.__name__ = stats.__qualname__ = getattr(kernel, "__name__", "kernel")
-    stats.__doc__ = kernel.__doc__
-    stats.kernel = kernel
-    return stats
+    return "triton", fused_stats
 
 
 def epochs_stats(name: str, stats_fn: StatsFn) -> Callable[..., TrajectoryStats]:
@@ -83,7 +68,7 @@ def epochs_stats(name: str, stats_fn: StatsFn) -> Callable[..., TrajectoryStats]
     if name == "numba":
         from dprune.kernels.fused_stats_cpu import fused_stats_epochs
 
-        return _as_trajectory_stats(fused_stats_epochs)
+        return fused_stats_epochs
 
     def stacked(epochs_nC, counts_EN, labels_N, **kw):
         return stats_fn(torch.from_numpy(np.stack(epochs_nC)), torch.from_numpy(counts_EN),

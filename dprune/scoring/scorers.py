@@ -133,6 +133,22 @@ def tdds(s: TrajectoryStats, *, window: int = 10, decay: float = 0.9) -> torch.T
     return _masked(s, out)
 
 
+def _label_prob_windows(s: TrajectoryStats, name: str, window: int, per_window) -> torch.Tensor:
+    """Mean over the sliding windows of ``per_window(p [rows, K windows, J])`` of each sample's
+    label probabilities over its T observed epochs, J = min(window, T); NaN with T < 2."""
+    if window < 2:
+        raise ValueError(f"{name} window must be >= 2, got {window}")
+    p, n = _compact(s.logp_label.exp(), ~torch.isnan(s.logp_label))
+    out = torch.full(n.shape, float("nan"), device=p.device)
+    for T in torch.unique(n).tolist():
+        if T < 2:
+            continue
+        rows = torch.nonzero(n == T)[:, 0]
+        win = p[rows, :T].unfold(1, min(window, T), 1)  # [rows, T - J + 1, J]
+        out[rows] = per_window(win).mean(1)
+    return _masked(s, out)
+
+
 def dyn_unc(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
     """Dynamic uncertainty (He et al., 2023): mean over sliding windows of std(p_e[y]).
 
@@ -140,19 +156,7 @@ def dyn_unc(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
     population std.  Fluctuating label probability = uncertain = kept.  NaN with fewer than 2
     observed epochs.
     """
-    if window < 2:
-        raise ValueError(f"dyn_unc window must be >= 2, got {window}")
-    p, n = _compact(s.logp_label.exp(), ~torch.isnan(s.logp_label))
-    out = torch.full(n.shape, float("nan"), device=p.device)
-    for T in torch.unique(n).tolist():
-        if T < 2:
-            continue
-        rows = torch.nonzero(n == T)[:, 0]
-        pt = p[rows, :T]
-        J = min(window, T)
-        stds = torch.stack([pt[:, k : k + J].std(1, unbiased=False) for k in range(T - J + 1)], 1)
-        out[rows] = stds.mean(1)
-    return _masked(s, out)
+    return _label_prob_windows(s, "dyn_unc", window, lambda w: w.std(-1, unbiased=False))
 
 
 def dual(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
@@ -165,19 +169,7 @@ def dual(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
     kept.  The authors score the first 30 of 200 epochs with J = 10.  NaN with fewer than 2
     observed epochs.
     """
-    if window < 2:
-        raise ValueError(f"dual window must be >= 2, got {window}")
-    p, n = _compact(s.logp_label.exp(), ~torch.isnan(s.logp_label))
-    out = torch.full(n.shape, float("nan"), device=p.device)
-    for T in torch.unique(n).tolist():
-        if T < 2:
-            continue
-        rows = torch.nonzero(n == T)[:, 0]
-        pt = p[rows, :T]
-        J = min(window, T)
-        win = pt.unfold(1, J, 1)  # [rows, T - J + 1, J]
-        out[rows] = (win.std(-1, unbiased=True) * (1 - win.mean(-1))).mean(1)
-    return _masked(s, out)
+    return _label_prob_windows(s, "dual", window, lambda w: w.std(-1, unbiased=True) * (1 - w.mean(-1)))
 
 
 def random(s: TrajectoryStats, *, seed: int = 0, offset: int = 0, n_total: int | None = None) -> torch.Tensor:

@@ -13,44 +13,13 @@ registers.  Per-epoch outputs are E*N*4 bytes each, a factor C smaller than the 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
+from dprune.kernels.common import FusedStats
 
-class TrajectoryStats(NamedTuple):
-    """Everything the scorers need, per sample; per-epoch entries are NaN where unobserved.
-
-    Per sample [N]: ``n_obs`` (int64, observed epochs), ``nonfinite`` (bool, an observed logit
-    is NaN or +-Inf), and from the soft label p = softmax(mean over observed epochs of z_e):
-    ``entropy`` (nats), ``p_max``, ``p_second`` (0 when C = 1), ``soft_argmax`` (int64, -1 if
-    unobserved), ``p_label``; ``entropy_prob`` = H(mean over observed epochs of softmax(z_e)).
-
-    Per epoch [E, N] (float32): ``logp_label`` = log softmax(z_e)[y]; ``correct`` (1.0 when
-    argmax z_e == y, else 0.0); ``logit_margin`` = z_e[y] - max_{k != y} z_e[k] (+Inf when C = 1);
-    ``el2n`` = ||softmax(z_e) - onehot(y)||_2; ``tdds_div`` = sum_c |p_e,c (log p_e,c - log p_prev,c)|
-    against the sample's previous *observed* epoch (NaN at its first observed epoch).
-
-    ``p_avg`` [N, C] float32: the mean over observed epochs of softmax(z_e) (NaN rows for
-    unobserved samples), which confident learning reads; the kernels return it only when
-    asked (else None).
-    """
-
-    n_obs: torch.Tensor
-    nonfinite: torch.Tensor
-    entropy: torch.Tensor
-    entropy_prob: torch.Tensor
-    p_max: torch.Tensor
-    p_second: torch.Tensor
-    soft_argmax: torch.Tensor
-    p_label: torch.Tensor
-    logp_label: torch.Tensor
-    correct: torch.Tensor
-    logit_margin: torch.Tensor
-    el2n: torch.Tensor
-    tdds_div: torch.Tensor
-    p_avg: torch.Tensor | None = None
-
+# One record of the statistics for the reference and the kernels alike: the kernels (leaves)
+# define it, with every field documented; scoring calls it TrajectoryStats.
+TrajectoryStats = FusedStats
 
 PER_EPOCH_FIELDS = ("logp_label", "correct", "logit_margin", "el2n", "tdds_div")
 
