@@ -79,8 +79,8 @@ def gather_to_main(world: World, *tensors: torch.Tensor) -> list[torch.Tensor] |
 
     Batches may differ in length across ranks (the last batch), so lengths are exchanged
     first and rows padded to the longest.  Each rank holds at most world_size batches.
-    Tensors travel in their own dtype; 16-bit floats travel as their raw bits (gloo has no
-    bfloat16 gather), so nothing is upcast on the way.
+    Tensors travel in their own dtype, nothing upcast; bfloat16 travels as the same bits
+    viewed as float16 (gloo has no bfloat16, and a gather does no arithmetic on them).
     """
     if not world.distributed:
         return list(tensors)
@@ -91,8 +91,8 @@ def gather_to_main(world: World, *tensors: torch.Tensor) -> list[torch.Tensor] |
     longest = max(sizes)
     out = []
     for t in tensors:
-        bits = t.dtype in (torch.float16, torch.bfloat16)
-        wire = t.view(torch.int16) if bits else t
+        bits = t.dtype == torch.bfloat16
+        wire = t.view(torch.float16) if bits else t
         padded = torch.zeros((longest,) + tuple(wire.shape[1:]), dtype=wire.dtype, device=wire.device)
         padded[: wire.shape[0]] = wire
         parts = [torch.empty_like(padded) for _ in range(world.world_size)] if world.is_main else None

@@ -9,4 +9,4 @@ config=${DS_CONFIG:-$here/ds_config.json}
 hostargs=()
 if [ -n "${HOSTFILE:-}" ]; then hostargs=(--hostfile "$HOSTFILE"); fi
 if [ -n "${NUM_GPUS:-}" ]; then hostargs+=(--num_gpus "$NUM_GPUS"); fi
-exec deepspeed "${hostargs[@]}" --module dprune.train --backend deepspeed --deepspeed-config "$config" "$@"
+exec deepspeed "${hostargs[@]}" --no_local_rank --module dprune train --backend deepspeed --deepspeed-config "$config" "$@"

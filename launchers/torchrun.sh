@@ -6,4 +6,4 @@ set -euo pipefail
 if [ -z "${NPROC:-}" ]; then
   NPROC=$(python -c "import torch; print(torch.cuda.device_count() or 2)")
 fi
-exec torchrun --standalone --nproc_per_node="$NPROC" -m dprune.train "$@"
+exec torchrun --standalone --nproc_per_node="$NPROC" -m dprune train "$@"

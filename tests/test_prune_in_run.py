@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,10 +115,12 @@ def test_two_ranks_prune_in_the_run_and_agree_on_the_kept_set(tmp_path):
 
 
 def test_deepspeed_prunes_in_the_run(tmp_path):
+    """With the launchers' config: ZeRO 1 and bf16, so bf16 logits are gathered over gloo."""
     pytest.importorskip("deepspeed")
     out = tmp_path / "ds"
+    config = Path(__file__).resolve().parent.parent / "launchers" / "ds_config.json"
     finish(launch(["--epochs", 2, "--prune-at", 1, "--ratio", 0.3, "--batch-size", 64, "--backend", "deepspeed",
-                   "--zero-stage", 1], out))
+                   "--deepspeed-config", config], out))
     m = load_manifest(out / "manifest.json")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics[1]["samples_seen"] == len(m.kept) + len(m.kept) % 2
