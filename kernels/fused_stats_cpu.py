@@ -264,6 +264,25 @@ def _convert_row(src, e, n, mode, z, z_sum):
             z_sum[c] += v
 
 
+@numba.njit(inline="always", cache=True)
+def _add_row(src, e, n, mode, z_sum):
+    """Row n of epoch e added into ``z_sum`` (float32), and nothing else: the soft-label tier."""
+    addr = src[0][e] + n * src[1]
+    C = z_sum.size
+    if mode == _FP32:
+        s32 = numba.carray(_u32_at(addr), (C,))
+        for c in range(C):
+            z_sum[c] += _as_f32(s32[c])
+        return
+    s = numba.carray(_u16_at(addr), (C,))
+    if mode == _FP16:
+        for c in range(C):
+            z_sum[c] += _half_to_f32(s[c])
+    else:
+        for c in range(C):
+            z_sum[c] += _as_f32(np.int64(s[c]) << 16)
+
+
 @numba.njit(cache=True)
 def _load_row(src, e, n, mode, y, z, z_sum):
     """Row n of epoch e as float32 into ``z``, added into ``z_sum``; return the max over the
@@ -500,7 +519,7 @@ def _soft_block(b, src, mode, counts, labels, n_obs_out, nonfinite, entropy, p_m
         k = 0
         for e in range(counts.shape[0]):
             if counts[e, n] > 0:
-                _convert_row(src, e, n, mode, z, z_sum)
+                _add_row(src, e, n, mode, z_sum)
                 k += 1
         n_obs_out[n] = k
         if k == 0:

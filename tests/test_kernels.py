@@ -439,3 +439,23 @@ def test_entropy_alone_is_scored_from_the_soft_label_tier():
     for k in ("entropy", "soft_argmax", "p_max", "margin", "mislabel", "outlier", "nonfinite", "n_observed"):
         np.testing.assert_allclose(np.asarray(soft[k], np.float64), np.asarray(full[k], np.float64), rtol=1e-5,
                                    atol=1e-6, equal_nan=True, err_msg=k)
+
+
+# ------------------------------------------------------------------------------ per-epoch scorers (numba)
+@pytest.mark.parametrize("E, N, C, window", [(1, 5, 3, 10), (2, 40, 4, 2), (6, 61, 7, 3), (12, 33, 5, 10)])
+def test_per_epoch_scorer_kernel_equals_the_torch_scorers(E, N, C, window):
+    from dprune.kernels.epoch_scores_cpu import NAMES, epoch_scores_cpu
+    from dprune.scoring.scorers import SCORERS
+
+    z, c, y = trajectory(E + N, E, N, C, p_unobserved=0.4, nonfinite=True)
+    st = compute_stats(z, c, y)
+    invalid = ((st.n_obs == 0) | st.nonfinite).numpy()
+    for el2n_epoch in (None, 0, -2 % E):
+        got = epoch_scores_cpu(st.logp_label.numpy(), st.correct.numpy(), st.logit_margin.numpy(), st.el2n.numpy(),
+                               st.tdds_div.numpy(), invalid, methods=list(NAMES), el2n_epoch=el2n_epoch,
+                               tdds_window=window, tdds_decay=0.7, dyn_unc_window=window, dual_window=window)
+        kw = {"el2n": {"epoch": el2n_epoch}, "tdds": {"window": window, "decay": 0.7}, "dyn_unc": {"window": window},
+              "dual": {"window": window}}
+        for name in NAMES:
+            want = SCORERS[name](st, **kw.get(name, {})).numpy()
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)

@@ -71,11 +71,24 @@ def _validate_arrays(logits_ENC, counts_EN, labels_N):
     return z, c.to(torch.int32), y
 
 
-def _scores_from_stats(st: TrajectoryStats, methods: list[str], params: dict, offset: int, n_total: int
-                       ) -> dict[str, np.ndarray]:
+def _scores_from_stats(st: TrajectoryStats, methods: list[str], params: dict, offset: int, n_total: int, *,
+                       cpu_kernel: bool = False) -> dict[str, np.ndarray]:
+    """Scores and soft-label arrays of one chunk; ``cpu_kernel``: the per-epoch scorers by the
+    numba kernel (:mod:`dprune.kernels.epoch_scores_cpu`) instead of the torch reference."""
     out = {}
+    if cpu_kernel:
+        from dprune.kernels.epoch_scores_cpu import NAMES, epoch_scores_cpu
+
+        per_epoch = [m for m in methods if m in NAMES]
+        if per_epoch:
+            out.update(epoch_scores_cpu(
+                st.logp_label.numpy(), st.correct.numpy(), st.logit_margin.numpy(), st.el2n.numpy(),
+                st.tdds_div.numpy(), ((st.n_obs == 0) | st.nonfinite).numpy(), methods=per_epoch,
+                el2n_epoch=params["el2n"]["epoch"], tdds_window=params["tdds"]["window"],
+                tdds_decay=params["tdds"]["decay"], dyn_unc_window=params["dyn_unc"]["window"],
+                dual_window=params["dual"]["window"]))
     for m in methods:
-        if m in DETECTORS:
+        if m in DETECTORS or m in out:
             continue
         kw = dict(params.get(m, {}))
         if m == "random":
@@ -218,9 +231,10 @@ def score_store(
                                    chunk_size or default_chunk_size(E, C, _CPU_CHUNK_BYTES), E)
     parts: dict[str, list[np.ndarray]] = {}
     p_avg = _spill(N, C, store.run_dir) if want_p_avg else None
+    cpu_kernel = backend_name in ("numba", "summary")
     bar = _progress(N, "scoring", progress)
     for start, stop, st in stream:
-        for k, v in _scores_from_stats(st, methods, params, start, N).items():
+        for k, v in _scores_from_stats(st, methods, params, start, N, cpu_kernel=cpu_kernel).items():
             parts.setdefault(k, []).append(v)
         if p_avg is not None:
             p_avg[start:stop] = st.p_avg.cpu().numpy()

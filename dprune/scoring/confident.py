@@ -94,9 +94,8 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     sums = np.zeros(C)
     for a in range(0, N, chunk_rows):
         b = min(a + chunk_rows, N)
-        v = valid[a:b]
-        rows = np.asarray(p_avg_NC[a:b], np.float64)[v]
-        np.add.at(sums, y[a:b][v], rows[np.arange(len(rows)), y[a:b][v]])
+        v = np.flatnonzero(valid[a:b])
+        np.add.at(sums, y[a + v], np.asarray(p_avg_NC[a + v, y[a + v]], np.float64))  # only p-bar at the label
     with np.errstate(invalid="ignore", divide="ignore"):
         thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
 
@@ -111,37 +110,38 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
         v = np.flatnonzero(valid[a:b])
         if not len(v):
             continue
-        p = np.asarray(p_avg_NC[a:b], np.float64)[v]
+        p = np.asarray(p_avg_NC[a:b])[v]  # float32, this chunk's own copy
         yy = y[a:b][v]
         r = np.arange(len(v))
         cand = p >= thresholds[None, :] - EPS
         has = cand.any(1)
         conf = np.where(cand, p, -np.inf).argmax(1)
         np.add.at(joint, (yy[has], conf[has]), 1)
-        py = p[r, yy]
-        others = p.copy()
-        others[r, yy] = -np.inf
-        best_other = others.argmax(1)
-        margin[a + v] = py - others[r, best_other]
+        py = p[r, yy].astype(np.float64)
+        p[r, yy] = -np.inf  # p is this chunk's own copy
+        best_other = p.argmax(1)
+        p_other = p[r, best_other].astype(np.float64)
+        margin[a + v] = py - p_other
         p_label[a + v] = py
         other[a + v] = best_other
-        bumped = p.copy()
-        bumped[r, yy] += EPS
-        label_is_top[a + v] = bumped.argmax(1) == yy
+        # The given label is the (first) most probable class once raised by EPS.
+        label_is_top[a + v] = (py + EPS > p_other) | ((py + EPS == p_other) & (yy < best_other))
 
     # 3. calibrated joint -> how many to flag per (given class, other class)
     q = calibrated_joint(joint, counts)
 
     # 4. per given class, the largest margins towards each other class
     flagged = np.zeros(N, bool)
+    by_class = np.argsort(np.where(valid, y, C), kind="stable")
+    starts = np.searchsorted(np.where(valid, y, C)[by_class], np.arange(C + 1))
     for k in np.flatnonzero(counts):
-        need = [(j, int(q[k, j])) for j in range(C) if j != k and q[k, j] > 0]
-        if not need:
+        cols = np.flatnonzero(q[k] > 0)
+        cols = cols[cols != k]
+        if not len(cols):
             continue
-        idx = np.flatnonzero(valid & (y == k))
+        quota = q[k, cols]
+        idx = by_class[starts[k] : starts[k + 1]]  # the valid samples labelled k, in index order
         p = np.asarray(p_avg_NC[idx], np.float64)
-        cols = np.array([j for j, _ in need])
-        quota = np.array([n for _, n in need])
         # All the class's margins at once: column j sorted (stably) by p-bar_ij - p-bar_ik,
         # and the first quota[j] rows of each column taken.
         order = np.argsort(-(p[:, cols] - p[:, k : k + 1]), axis=0, kind="stable")
