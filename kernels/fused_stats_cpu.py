@@ -659,22 +659,9 @@ def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with
     p_avg_out = f32(N if with_p_avg else 0, C)
     _run(_stats_serial, _stats_parallel, threads, src, mode, cnt, y, n_obs, nonfinite, entropy, entropy_prob, p_max,
          p_second, soft_argmax, p_label, logp_label, correct, margin, el2n, tdds, p_avg_out)
-    return FusedStats(
-        n_obs=t(n_obs),
-        nonfinite=t(nonfinite),
-        entropy=t(entropy),
-        entropy_prob=t(entropy_prob),
-        p_max=t(p_max),
-        p_second=t(p_second),
-        soft_argmax=t(soft_argmax),
-        p_label=t(p_label),
-        logp_label=t(logp_label),
-        correct=t(correct),
-        logit_margin=t(margin),
-        el2n=t(el2n),
-        tdds_div=t(tdds),
-        p_avg=t(p_avg_out) if with_p_avg else None,
-    )
+    return FusedStats(*map(t, (n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
+                               logp_label, correct, margin, el2n, tdds)),
+                      p_avg=t(p_avg_out) if with_p_avg else None)
 
 
 def fused_stats_cpu(
