@@ -10,10 +10,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from ..store import STORE_KINDS
+
 TASKS = ("classification", "reid")
 BACKENDS = ("ddp", "deepspeed")
 RECORD_MODES = ("train", "pass", "off")
-STORE_KINDS = ("full", "summary")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 NOISE_KINDS = ("none", "symmetric", "class")
 
@@ -100,7 +101,7 @@ class TrainConfig:
               f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check(self.record in RECORD_MODES, f"record must be one of {RECORD_MODES}, got {self.record!r}")
-        check(self.store in STORE_KINDS, f"store must be one of {STORE_KINDS}, got {self.store!r}")
+        check(self.store in STORE_KINDS, f"store must be one of {tuple(STORE_KINDS)}, got {self.store!r}")
         check(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         check(self.zero_stage in (0, 1, 2), f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
         check(self.noise_kind in NOISE_KINDS, f"noise_kind must be one of {NOISE_KINDS}, got {self.noise_kind!r}")
