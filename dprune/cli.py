@@ -75,11 +75,20 @@ def main(debug):
         os.environ["DPRUNE_DEBUG"] = "1"
 
 
+def _store_dir(run_dir: Path) -> Path:
+    """``run_dir`` itself, or the trajectory store of a ``dprune train --out`` folder."""
+    from .store import META
+
+    if not (run_dir / META).exists() and (run_dir / "trajectory" / META).exists():
+        return run_dir / "trajectory"
+    return run_dir
+
+
 def _open_store(run_dir):
-    """The full or summary store in ``run_dir``, read-only (a snapshot)."""
+    """The full or summary store in ``run_dir`` (or its ``trajectory/``), read-only (a snapshot)."""
     from .store import open_store
 
-    return open_store(run_dir, "r")
+    return open_store(_store_dir(Path(run_dir)), "r")
 
 
 def _check_new_output(path: Path, what: str) -> Path:
@@ -164,6 +173,8 @@ def _summary_lines(scores: dict, methods) -> list[str]:
 def score_cmd(run_dir, methods, params, backend, chunk_size, first_epochs, quiet):
     """Score every sample of RUN_DIR's trajectory; write RUN_DIR/scores.npz.
 
+    RUN_DIR is a trajectory store, or a `dprune train --out` folder (its trajectory/ is used).
+
     The file holds one float32 array [N] per scorer (higher = more important, NaN = no score)
     and the flags soft_argmax, p_label, p_max, margin, mislabel, outlier, nonfinite,
     n_observed.  Load it with numpy.load(RUN_DIR / "scores.npz").
@@ -175,11 +186,11 @@ def score_cmd(run_dir, methods, params, backend, chunk_size, first_epochs, quiet
     store = _open_store(run_dir)
     scores, ran = score_store(store, methods=methods, params=params, backend=backend, chunk_size=chunk_size,
                               progress=not quiet, first_epochs=first_epochs)
-    meta = save_scores(run_dir / SCORES_FILE, scores, made_from=store.identity(first_epochs), methods=methods,
-                       params=params)
+    path = store.run_dir / SCORES_FILE
+    meta = save_scores(path, scores, made_from=store.identity(first_epochs), methods=methods, params=params)
     if not quiet:
         click.echo(f"scored {store.n_samples} samples over {meta['made_from']['epochs']} epochs with the "
-                   f"{ran} backend -> {run_dir / SCORES_FILE}")
+                   f"{ran} backend -> {path}")
         click.echo("\n".join(_summary_lines(scores, methods)))
         for m, why in meta["clipped"].items():
             click.echo(f"note: {m}: {why}")
@@ -281,7 +292,7 @@ def inspect_cmd(run_dir, as_json):
         info["coverage_per_epoch"] = seen.mean(1).round(4).tolist()
         info["never_observed"] = int((~seen.any(0)).sum())
         info["mean_observations_per_epoch"] = round(float(counts.sum(0).mean() / E), 4)
-    scores_path = run_dir / SCORES_FILE
+    scores_path = store.run_dir / SCORES_FILE
     if scores_path.exists():
         try:
             scores, meta = load_scores(scores_path, n_samples=store.n_samples)

@@ -174,3 +174,11 @@ def test_run_set_options_reach_every_stage(tmp_path):
     assert "full data" in (out / "report.md").read_text()
     store = open_store(out / "full" / "trajectory")
     assert json.loads(run("inspect", store.run_dir, "--json").output)["kind"] == "summary"
+
+
+def test_commands_accept_a_train_out_folder_for_its_trajectory(tmp_path):
+    run("train", "--out", tmp_path / "r", "--epochs", 1, "--batch-size", 256, "--no-progress")
+    run("score", tmp_path / "r", "-q", "-m", "entropy")
+    assert (tmp_path / "r" / "trajectory" / "scores.npz").exists()
+    assert json.loads(run("inspect", tmp_path / "r", "--json").output)["n_samples"] == 1437
+    run("prune", tmp_path / "r", "-r", 0.2, "-o", tmp_path / "m.json", "-q")
