@@ -209,3 +209,21 @@ def test_streaming_memory_is_bounded_by_the_chunk(tmp_path):
     tracemalloc.stop()
     chunk_bytes = E * 1000 * C * 2
     assert peak < 4 * chunk_bytes, f"peak {peak} bytes for a {chunk_bytes}-byte chunk"
+
+
+def test_a_reader_keeps_its_snapshot_while_the_writer_rolls_back_and_records_again(tmp_path):
+    store = make_store(tmp_path, N=6, C=3, dtype="float32")
+    for e in range(2):
+        store.begin_epoch(e)
+        store.write(e, np.arange(6), np.full((6, 3), float(e)))
+        store.complete_epoch(e)
+    reader = TrajectoryStore.open(tmp_path / "run")
+    old = reader.identity()
+    store.rollback(1)
+    store.begin_epoch(1)
+    store.write(1, np.arange(6), np.full((6, 3), 7.0))
+    store.complete_epoch(1)
+    np.testing.assert_array_equal(reader.read(0, 6)[0][1], 1.0)  # the snapshot's epoch, not the new one
+    fresh = TrajectoryStore.open(tmp_path / "run")
+    np.testing.assert_array_equal(fresh.read(0, 6)[0][1], 7.0)
+    assert fresh.identity() != old and fresh.identity(1) == reader.identity(1)  # epoch 0 unchanged
