@@ -27,6 +27,7 @@ import click
 import numpy as np
 
 from . import __version__
+from .select import DETECTORS
 
 
 def _one_line(e: BaseException) -> str:
@@ -219,9 +220,10 @@ def _outliers(value: str | None):
 @click.option("--relabel/--no-relabel", default=False, show_default=True,
               help="Act on the mislabel detector: relabel the flagged samples (and keep them), or remove them when "
                    "the detector has no agreed label.")
-@click.option("--detector", type=click.Choice(["argmax", "confident"]), default="argmax", show_default=True,
+@click.option("--detector", type=click.Choice(DETECTORS), default="argmax", show_default=True,
               help="'argmax': the paper's rule (soft-label argmax differs from the label, p_max >= "
-                   "mislabel.min_confidence); 'confident': confident learning over the trajectory.")
+                   "mislabel.min_confidence); 'confident': confident learning over the trajectory; 'aum': remove "
+                   "samples whose AUM is below the threshold samples' (needs dprune train --threshold-samples).")
 @click.option("--remove-outliers", "outliers", metavar="FRACTION|flagged",
               help="Also remove this fraction of observed samples with the flattest soft labels, or 'flagged': "
                    "those the outlier flag marks (thresholds: --param outlier.*).")
@@ -425,8 +427,8 @@ def _parse_sets(items) -> dict:
 @click.option("--method", default="entropy", show_default=True, help="Scorer that ranks the samples.")
 @click.option("--policy", type=click.Choice(["global", "class"]), default="class", show_default=True)
 @click.option("--relabel/--no-relabel", default=True, show_default=True, help="Act on the mislabel detector.")
-@click.option("--detector", type=click.Choice(["argmax", "confident"]), default="argmax", show_default=True,
-              help="Mislabel detector (see dprune prune --help).")
+@click.option("--detector", type=click.Choice(DETECTORS), default="argmax", show_default=True,
+              help="Mislabel detector (see dprune prune --help); 'aum' records with threshold samples.")
 @click.option("--remove-outliers", type=click.FloatRange(0, 1, max_open=True), default=0.01,
               show_default=True, help="Fraction of flattest soft labels to remove (0 = none).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,

@@ -34,14 +34,15 @@ MANIFEST_FORMAT = 2
 KIND = "dprune-manifest"
 
 
-def manifest_dict(sel: Selection, *, source_run: str, made_from: dict, n_classes: int, scores_meta: dict | None) -> dict:
+def manifest_dict(sel: Selection, *, source_run: str, made_from: dict, n_classes: int, scores_meta: dict | None,
+                  fingerprint: dict | None = None) -> dict:
     N = len(sel.labels_final)
     n_pruned = len(sel.pruned)
     return {
         "format_version": MANIFEST_FORMAT,
         "kind": KIND,
         "source_run": source_run,
-        "fingerprint": made_from["fingerprint"],
+        "fingerprint": fingerprint or made_from["fingerprint"],
         "made_from": made_from,
         "n_samples": N,
         "n_classes": int(n_classes),
@@ -64,21 +65,26 @@ def manifest_dict(sel: Selection, *, source_run: str, made_from: dict, n_classes
         "unscored": sel.unscored.tolist(),
         "nonfinite_pruned": sel.nonfinite_pruned.tolist(),
         "emptied_classes": sel.emptied_classes,
+        "threshold_samples": sel.threshold_index.tolist(),
+        "threshold_samples_note": ("trained in a fake class to set the AUM threshold, so not judged by "
+                                   "this manifest: kept, with their dataset labels") if len(sel.threshold_index) else "",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": shlex.join(sys.argv),
     }
 
 
 def write_manifest(path, sel: Selection, *, source_run: str, made_from: dict, n_classes: int,
-                   scores_meta: dict | None = None, extra: dict | None = None) -> dict:
+                   fingerprint: dict | None = None, scores_meta: dict | None = None, extra: dict | None = None) -> dict:
     """Write ``manifest.json`` and ``manifest.npz`` beside it (see the module docstring); return the JSON.
 
     ``made_from`` is the source store's identity (:meth:`dprune.store.RunDirStore.identity`),
-    ``scores_meta`` the ``__meta__`` of the scores used; ``extra`` adds entries to the JSON.
+    ``fingerprint`` the dataset's (default the store's, ``made_from["fingerprint"]``), ``n_classes``
+    its class count; ``scores_meta`` the ``__meta__`` of the scores used; ``extra`` adds entries to the JSON.
     """
     path = Path(path)
     npz_path = path.with_suffix(".npz")
-    m = manifest_dict(sel, source_run=source_run, made_from=made_from, n_classes=n_classes, scores_meta=scores_meta)
+    m = manifest_dict(sel, source_run=source_run, made_from=made_from, n_classes=n_classes, scores_meta=scores_meta,
+                      fingerprint=fingerprint)
     m.update(extra or {})
     buf = io.BytesIO()
     np.savez(buf, kept=sel.kept, pruned=sel.pruned, relabel_index=sel.relabel_index, relabel_label=sel.relabel_label,

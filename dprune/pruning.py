@@ -57,7 +57,13 @@ def prune_store(store, spec: PruneSpec, out_path, *, params=None, first_epochs: 
     scores, meta, ran = load_or_score(store, methods=spec.methods_needed(), params=params, first_epochs=first_epochs,
                                       backend=backend, progress=progress)
     sel = select(scores, store.labels, store.n_classes, spec)
+    _, n_classes, fp = store.data_labels()
     write_manifest(out_path, sel, source_run=str(Path(store.run_dir).resolve()), made_from=store.identity(first_epochs),
-                   n_classes=store.n_classes, scores_meta=meta, extra=extra)
-    manifest = load_manifest(out_path, fingerprint=store.fingerprint, labels_N=store.labels)
-    return Pruned(manifest, sel, scores, meta, ran)
+                   n_classes=n_classes, fingerprint=fp, scores_meta=meta, extra=extra)
+    return Pruned(load_store_manifest(out_path, store), sel, scores, meta, ran)
+
+
+def load_store_manifest(path, store) -> Manifest:
+    """Load a manifest made from ``store``'s dataset (refused otherwise), with its final labels."""
+    labels, _, fp = store.data_labels()
+    return load_manifest(path, fingerprint=fp, labels_N=labels)

@@ -69,11 +69,14 @@ class Recorder:
         Batches the writer may fall behind before ``record`` waits.
     world : World, optional
         Default: the initialised ``torch.distributed`` group, or a single process.
+    meta : dict, optional
+        Further entries for a new store's ``meta.json``.
     """
 
     def __init__(self, store_dir, *, labels=None, n_classes: int | None = None, sample_ids: Sequence[str] | None = None,
                  kind: str = "full", dtype: str = "float16", epochs: int = 0, queue_size: int = 8,
-                 world: World | None = None, labels_source: str = "", command: str | None = None):
+                 world: World | None = None, labels_source: str = "", command: str | None = None,
+                 meta: dict | None = None):
         self.world = world or world_of_process_group()
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -88,7 +91,7 @@ class Recorder:
                 self.store = open_or_create_store(kind, Path(store_dir), labels, n_classes, fold=SummaryFold(),
                                                   sample_ids=sample_ids, dtype=dtype, epochs_planned=epochs,
                                                   labels_source=labels_source, world_size=self.world.world_size,
-                                                  command=command)
+                                                  command=command, extra_meta=meta)
             except (ValueError, OSError) as e:
                 error = f"{type(e).__name__}: {e}"
         error = broadcast_object(self.world, error)  # every rank stops if rank 0 cannot open the store

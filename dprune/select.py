@@ -36,7 +36,7 @@ from typing import Optional, Union
 import numpy as np
 
 POLICIES = ("global", "class")
-DETECTORS = ("argmax", "confident")
+DETECTORS = ("argmax", "confident", "aum")
 # Tie-break streams: numpy SeedSequence entropy [seed, _TIEBREAK, crc32(scorer)] gives every
 # scorer its own stream, independent of the random scorer's default_rng(seed).
 _TIEBREAK = 0x7E1B
@@ -87,7 +87,9 @@ class PruneSpec:
 
     def methods_needed(self) -> list[str]:
         """Scorers the scores must hold for this selection."""
-        return list(dict.fromkeys([self.method] + (["entropy"] if isinstance(self.outliers, float) else [])))
+        extra = (["entropy"] if isinstance(self.outliers, float) else []) + \
+            ({"confident": ["confident"], "aum": ["aum"]}.get(self.detector, []) if self.relabel else [])
+        return list(dict.fromkeys([self.method] + extra))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +112,8 @@ class Selection:
     n_observed: int
     emptied_classes: list[int]
     params: dict = field(default_factory=dict)
+    threshold_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Threshold samples (kept, their real labels given back): not judged in the run that scored."""
 
 
 def n_to_prune(ratio: float, n_observed: int) -> int:
@@ -154,13 +158,15 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     observed = np.asarray(scores["n_observed"]) > 0
     nonfinite = np.asarray(scores["nonfinite"], dtype=bool) & observed
     n_observed = int(observed.sum())
+    # Threshold samples trained in a fake class: kept with their real labels, never judged.
+    thr = np.asarray(scores.get("threshold_sample", np.zeros(N, bool)), bool)
 
     # 2. outliers
     outlier = np.zeros(N, bool)
     reasons: dict[int, str] = {}
     if spec.outliers is not None:
         margin = np.asarray(scores["margin"], dtype=np.float64)
-        candidate = observed & ~nonfinite
+        candidate = observed & ~nonfinite & ~thr
         if spec.outliers == "flagged":
             outlier = np.asarray(scores["outlier"], bool) & candidate
             rule = "outlier flag of the scores"
@@ -184,10 +190,18 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     labels_final = labels_N.copy()
     relabelled = np.zeros(N, bool)
     if spec.relabel:
-        usable = observed & ~nonfinite & ~outlier
+        usable = observed & ~nonfinite & ~outlier & ~thr
         if spec.detector == "argmax":
             relabelled = np.asarray(scores["mislabel"], bool) & usable
             labels_final[relabelled] = np.asarray(scores["soft_argmax"])[relabelled]
+        elif spec.detector == "aum":
+            if "aum_mislabel" not in scores:
+                raise ValueError("the aum detector needs threshold samples (dprune train --threshold-samples) "
+                                 "and the aum score")
+            removed = np.asarray(scores["aum_mislabel"], bool) & usable
+            for i in np.flatnonzero(removed):
+                reasons[int(i)] = "mislabelled: AUM below the threshold samples' (Pleiss et al.)"
+            outlier |= removed
         else:
             for key in ("confident", "confident_label", "confident_relabel"):
                 if key not in scores:
@@ -202,8 +216,11 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
                                    f"{labels_N[i]}, suggested {int(scores['confident_label'][i])}")
             outlier |= removed
 
+    if thr.any():  # their dataset labels, which a manifest refers to (not a relabelling)
+        labels_final[thr] = np.asarray(scores["threshold_label"])[thr]
+
     # 4. pruning
-    pool = observed & ~outlier & ~relabelled
+    pool = observed & ~outlier & ~relabelled & ~thr
     unscored = pool & ~nonfinite & np.isnan(score)
     pool &= ~unscored
     key = np.where(nonfinite, -np.inf, score)
@@ -214,7 +231,7 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
         if n_prune > len(idx):
             raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable "
                              f"({n_observed} observed, {int(outlier.sum())} removed, {int(relabelled.sum())} "
-                             f"relabelled, {int(unscored.sum())} unscored)")
+                             f"relabelled, {int(unscored.sum())} unscored, {int(thr.sum())} threshold samples)")
         pruned_idx = idx[np.lexsort((tiebreak[idx], key[idx]))[:n_prune]]
     else:
         pruned_idx = _class_balanced(pool, observed & ~outlier, key, tiebreak, labels_final, n_classes, spec.ratio,
@@ -241,6 +258,7 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
         n_observed=n_observed,
         emptied_classes=[int(c) for c in emptied],
         params=spec.to_dict(),
+        threshold_index=np.flatnonzero(thr),
     )
 
 

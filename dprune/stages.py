@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import atomic_write_json, atomic_write_text
-from .manifest import export_list, load_manifest
-from .pruning import prune_store
+from .manifest import export_list
+from .pruning import load_store_manifest, prune_store
 from .select import PruneSpec
 from .store import open_store
 from .train.config import TrainConfig
@@ -138,6 +138,8 @@ def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: 
     values = {**{k: v for k, v in options.items() if v is not None}, **sets}
     if values.get("task") == "reid" and "model" not in values:
         values["model"] = "resnet50"
+    if values.get("detector") == "aum" and values.get("relabel", True):
+        values["threshold_samples"] = True  # the recording runs set the AUM threshold with them
     base = TrainConfig(out=str(Path(out) / "full"), **values)
     if not 1 <= record_epochs < base.epochs:
         raise ValueError(f"--record-epochs must be in [1, --epochs) = [1, {base.epochs}), got {record_epochs}")
@@ -180,7 +182,8 @@ def run_pipeline(rc: RunConfig) -> str:
         select_s = time.perf_counter() - t0
         _say(rc, f"[3/{steps}] paper protocol: retraining from scratch on the {kept} kept "
                  f"samples for {E} epochs")
-        paper = train(_stage(rc, "pruned", record="off", manifest=str(manifest_path)), rerun_if_changed=True)
+        paper = train(_stage(rc, "pruned", record="off", manifest=str(manifest_path), threshold_samples=False),
+                      rerun_if_changed=True)
     _say(rc, f"[{steps}/{steps}] prune-in-run: {T} recorded epochs on the full set, prune, {E - T} more on the kept set")
     pir = train(_stage(rc, "prune-in-run", prune_at=T, record_epochs=T), rerun_if_changed=True)
     if not rc.baseline:
@@ -200,7 +203,7 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
     spec = rc.spec
     N = store.n_samples
     manifest_path = out / "manifest.json"
-    manifest = load_manifest(manifest_path, fingerprint=store.fingerprint, labels_N=store.labels)
+    manifest = load_store_manifest(manifest_path, store)
     m = manifest.data
     export_list(manifest, store.sample_ids, out / "kept.tsv")
     if rc.base.task == "reid":
@@ -218,8 +221,7 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
                      "seconds": sum(x["seconds"] for x in full.metrics[:T]) + select_s + paper.seconds,
                      **_summary(paper)})
         curves["paper protocol (retrained)"] = paper.metrics
-    pir_manifest = load_manifest(out / "prune-in-run" / "manifest.json", fingerprint=store.fingerprint,
-                                 labels_N=store.labels)
+    pir_manifest = load_store_manifest(out / "prune-in-run" / "manifest.json", store)
     rows.append({"run": f"prune-in-run at epoch {T} ({spec.method} {spec.ratio:.0%})", "kept": len(pir_manifest.kept),
                  "cost": pir.cost, "rel": pir.cost / full_cost, "seconds": pir.seconds, **_summary(pir)})
     curves["prune-in-run"] = pir.metrics
@@ -261,9 +263,12 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
         lab = np.asarray(list(m["relabelled"].values()), np.int64)
         flagged = np.zeros(N, bool)
         flagged[idx] = True
+        n_relabelled = int(flagged.sum())
+        flagged[[o["index"] for o in m["removed_outliers"] if o["reason"].startswith("mislabelled")]] = True
         tp = int((flagged & flipped).sum())
-        lines.append(f"- injected label noise: {int(flipped.sum())} wrong labels; relabelled {int(flagged.sum())}, of "
-                     f"which {tp} were wrong (precision {tp / max(1, flagged.sum()):.3f}, recall "
+        lines.append(f"- injected label noise: {int(flipped.sum())} wrong labels; acted on as mislabelled "
+                     f"{int(flagged.sum())} (relabelled {n_relabelled}, removed {int(flagged.sum()) - n_relabelled}), "
+                     f"of which {tp} were wrong (precision {tp / max(1, flagged.sum()):.3f}, recall "
                      f"{tp / max(1, flipped.sum()):.3f}); corrected labels right: "
                      f"{int((lab == clean[idx]).sum())}/{len(idx)}")
     lines += ["", f"![{spec.method}]({hist.name})", f"![accuracy]({acc_png.name})", "",

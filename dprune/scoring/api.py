@@ -243,7 +243,7 @@ def score_store(
     out = {k: np.concatenate(v) for k, v in parts.items()}
     if p_avg is not None:
         _detect(out, p_avg, store.labels, params)
-    return compute_flags(out, store.labels, C, params), backend_name
+    return compute_flags(out, store.labels, C, params, store.meta.get("threshold_samples")), backend_name
 
 
 # Mean probabilities larger than this go to an anonymous file beside the store, not to memory.
@@ -409,7 +409,8 @@ def save_scores(path, scores: Mapping[str, np.ndarray], *, made_from: dict, meth
 
 
 _KINDS = {"soft_argmax": "i", "n_observed": "i", "nonfinite": "b", "mislabel": "b", "outlier": "b",
-          "confident": "b", "confident_relabel": "b", "confident_label": "i"}
+          "confident": "b", "confident_relabel": "b", "confident_label": "i", "threshold_sample": "b",
+          "threshold_label": "i", "aum_mislabel": "b"}
 
 
 def load_scores(path, *, n_samples: int | None = None) -> tuple[dict[str, np.ndarray], dict]:

@@ -40,14 +40,50 @@ def outlier_flags(entropy_N, margin_N, n_classes: int, *, entropy_threshold: flo
     return (h_norm >= entropy_threshold) & (margin_N <= margin_threshold)
 
 
-def compute_flags(out: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, params: dict) -> dict[str, np.ndarray]:
+def compute_flags(out: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, params: dict,
+                  threshold: dict | None = None) -> dict[str, np.ndarray]:
     """Add the flags to a scores dict holding the per-sample soft-label arrays.
 
     Needs ``soft_argmax``, ``p_max``, ``margin`` and ``entropy_raw`` (the entropy of every
-    observed sample, finite or not; removed from ``out``).  Adds ``mislabel`` and ``outlier``.
+    observed sample, finite or not; removed from ``out``).  Adds ``mislabel`` and ``outlier``;
+    with ``threshold`` (a store's threshold samples: ``{"class", "indices", "labels"}``) also
+    ``threshold_sample``, ``threshold_label`` and, when ``aum`` was scored, ``aum_mislabel``.
     """
     out["mislabel"] = np.asarray(mislabel_flags(out["soft_argmax"], out["p_max"], labels_N, **params["mislabel"]))
     ent = out.pop("entropy_raw")
     with np.errstate(invalid="ignore"):
         out["outlier"] = np.asarray(outlier_flags(ent, out["margin"], n_classes, **params["outlier"])) & ~np.isnan(ent)
+    if threshold:
+        _threshold_flags(out, threshold, params["aum_threshold"]["percentile"])
     return out
+
+
+def _threshold_flags(out: dict[str, np.ndarray], threshold: dict, percentile: float) -> None:
+    """Pleiss et al.'s rule: a sample whose AUM is at most the ``percentile`` of the threshold
+    samples' AUM (they are all mislabelled, into a fake class) is flagged ``aum_mislabel``.
+
+    The threshold samples themselves cannot be judged in this run: no flag is set on them, and
+    no flag may suggest the fake class for anyone (no image belongs to it).
+    """
+    N = len(out["n_observed"])
+    fake = int(threshold["class"])
+    idx = np.asarray(threshold["indices"], np.int64)
+    is_thr = np.zeros(N, bool)
+    is_thr[idx] = True
+    real = np.full(N, -1, np.int64)
+    real[idx] = np.asarray(threshold["labels"], np.int64)
+    out["threshold_sample"], out["threshold_label"] = is_thr, real
+    out["mislabel"] &= ~is_thr & (out["soft_argmax"] != fake)
+    for key in ("confident", "confident_relabel"):
+        if key in out:
+            out[key] &= ~is_thr
+    if "confident_label" in out:
+        out["confident_label"][is_thr] = -1
+        out["confident_relabel"] &= out["confident_label"] != fake
+    if "aum" in out:
+        margin = -np.asarray(out["aum"], np.float64)  # AUM itself (the score is its negative)
+        ref = margin[is_thr & np.isfinite(margin)]
+        alpha = np.percentile(ref, percentile) if len(ref) else np.nan
+        valid = (out["n_observed"] > 0) & ~out["nonfinite"]
+        with np.errstate(invalid="ignore"):
+            out["aum_mislabel"] = valid & ~is_thr & (margin <= alpha)

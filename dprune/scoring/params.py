@@ -40,6 +40,8 @@ PARAMS: dict[str, dict[str, Param]] = {
     "confident": {"agree": Param(float, 0.5, _unit, "in [0, 1]",
                                  "fraction of observed epochs whose prediction must be the suggested class "
                                  "to relabel a flagged sample (else it is removed)")},
+    "aum_threshold": {"percentile": Param(float, 99.0, lambda v: 0 <= v <= 100, "in [0, 100]",
+                                          "percentile of the threshold samples' AUM below which a sample is flagged")},
     "outlier": {"entropy_threshold": Param(float, 0.9, _unit, "in [0, 1]", "normalised entropy H / log C at or above"),
                 "margin_threshold": Param(float, 0.1, _unit, "in [0, 1]", "top-1 minus top-2 probability at or below")},
 }

@@ -135,6 +135,19 @@ class RunDirStore:
     def fingerprint(self) -> dict:
         return dict(self.meta["fingerprint"])
 
+    def data_labels(self) -> tuple[np.ndarray, int, dict]:
+        """The dataset's labels [N], class count and fingerprint, which manifests refer to.
+
+        The store's own, except in a run with threshold samples (``meta["threshold_samples"]``):
+        those were recorded in a fake last class and get their dataset labels back.
+        """
+        thr = self.meta.get("threshold_samples")
+        if not thr:
+            return self.labels, self.n_classes, self.fingerprint
+        labels = self.labels.copy()
+        labels[np.asarray(thr["indices"], np.int64)] = np.asarray(thr["labels"], np.int64)
+        return labels, int(thr["class"]), fingerprint(labels, self.sample_ids)
+
     def generation(self, epochs: int | None = None) -> str:
         """Identity of the content of the first ``epochs`` complete epochs (default all)."""
         k = self.epochs_completed if epochs is None else int(epochs)
@@ -152,10 +165,12 @@ class RunDirStore:
     @classmethod
     def create(cls, run_dir, labels, n_classes: int, *, sample_ids: Sequence[str] | None = None,
                dtype: str = "float16", epochs_planned: int = 0, labels_source: str = "", world_size: int = 1,
-               command: str | None = None, overwrite: bool = False, **kind_options):
+               command: str | None = None, overwrite: bool = False, extra_meta: dict | None = None, **kind_options):
         """Create an empty store for N = len(labels) samples and ``n_classes`` classes (C >= 2).
 
         Takes the directory's writer lock.  ``overwrite`` replaces an existing store.
+        ``extra_meta``: further entries for ``meta.json`` (what the recording run wants readers to
+        know, e.g. its threshold samples).
         """
         run_dir = Path(run_dir)
         if dtype not in DTYPES:
@@ -199,6 +214,10 @@ class RunDirStore:
                 "command": command if command is not None else shlex.join(sys.argv),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
+            clash = set(extra_meta or {}) & set(meta)
+            if clash:
+                raise ValueError(f"extra_meta cannot set {sorted(clash)}")
+            meta.update(extra_meta or {})
             store = cls(run_dir, meta, labels_N, sample_ids, lock, **kind_options)
             store._init_files()
             atomic_write_json(run_dir / META, store.meta)

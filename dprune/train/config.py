@@ -57,8 +57,9 @@ class TrainConfig:
     method: str = field(default="entropy", metadata={"help": "With --prune-at: the scorer that ranks samples (lowest pruned)."})
     policy: str = field(default="class", metadata={"help": "With --prune-at: class (prune each class in proportion, never empty one) or global."})
     relabel: bool = field(default=False, metadata={"help": "With --prune-at: act on the mislabel detector (relabel, or remove when its suggestion is not agreed)."})
-    detector: str = field(default="argmax", metadata={"help": "With --prune-at --relabel: argmax (the paper's rule) or confident (confident learning over the trajectory)."})
+    detector: str = field(default="argmax", metadata={"help": "With --prune-at --relabel: argmax (the paper's rule), confident (confident learning over the trajectory) or aum (needs --threshold-samples)."})
     remove_outliers: Optional[float] = field(default=None, metadata={"help": "With --prune-at: also remove this fraction of the flattest soft labels."})
+    threshold_samples: bool = field(default=False, metadata={"help": "Pleiss et al.'s threshold samples: a seeded 1/(C+1) of the training samples get a fake extra class, so the 99th percentile of their AUM is the data's own mislabel threshold (flag aum_mislabel, detector aum). They cannot be judged in this run; a manifest gives them back their labels."})
     label_noise: float = field(default=0.0, metadata={"help": 'Fraction of training labels to corrupt (for experiments).'})
     noise_kind: str = field(default="none", metadata={"help": 'none, symmetric (uniform to another class) or class (class c -> c+1).'})
     noise_seed: int = field(default=0, metadata={"help": 'Seed of the injected label noise.'})
@@ -115,6 +116,9 @@ class TrainConfig:
         check(not self.frozen or self.record == "pass", f"frozen needs record='pass', got {self.record!r}")
         check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
               f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
+        check(not self.threshold_samples or (self.task == "classification" and self.record != "off"
+                                             and self.manifest is None),
+              "threshold_samples needs a classification task with recording and no manifest")
         if self.prune_at is not None:
             check(1 <= self.prune_at < self.epochs, f"prune_at must be in [1, epochs) = [1, {self.epochs}), "
                                                      f"got {self.prune_at}")
@@ -125,6 +129,8 @@ class TrainConfig:
             check(self.manifest is None, "prune_at and manifest cannot be combined")
             check(not self.frozen, "prune_at needs training (not frozen)")
             self.prune_spec()  # validates ratio, method, policy, detector, outliers
+            check(not (self.relabel and self.detector == "aum") or self.threshold_samples,
+                  "detector aum needs threshold_samples (--threshold-samples)")
 
     def prune_spec(self):
         """The selection ``prune_at`` makes (a :class:`dprune.select.PruneSpec`)."""

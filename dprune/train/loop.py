@@ -194,12 +194,17 @@ class Trainer:
                 atomic_savez(self.out / "label_noise.npz", {"clean_labels": train.labels, "noisy_labels": labels,
                                                             "flipped": flipped})
         self.train_set = train
-        self.num_classes = train.num_classes
-        # The labels the run starts with (the dataset's, noise injected): the data's identity.
+        self.num_classes = self.real_classes = train.num_classes
+        # The dataset's labels (noise injected): the data's identity, which manifests refer to.
         self.given_labels = labels
         self.fingerprint = fingerprint(labels, train.sample_ids)
         indices = None
+        # The labels the run starts training with (and records against): the given ones, with
+        # threshold samples moved to their fake class, or a manifest's corrected ones.
         self.train_labels = labels
+        self.threshold = None
+        if cfg.threshold_samples:
+            self.train_labels = self._threshold_samples(train, labels)
         if cfg.manifest:
             m = load_manifest(cfg.manifest, fingerprint=self.fingerprint, labels_N=labels)
             self.manifest = m
@@ -213,6 +218,24 @@ class Trainer:
             self.query_loader = DataLoader(self.query_set, batch_size=128, shuffle=False, **loader_kw)
             self.gallery_loader = DataLoader(self.gallery_set, batch_size=128, shuffle=False, **loader_kw)
         self._make_loaders(indices, self.train_labels)
+
+    def _threshold_samples(self, train, labels: np.ndarray) -> np.ndarray:
+        """Move a seeded 1/(C+1) of the samples to a fake class C (Pleiss et al., 2020).
+
+        Their AUM, trained against a label no image deserves, gives the data's own threshold
+        for mislabelled samples.  The model and the store get C + 1 classes; the real labels of
+        the threshold samples are kept in the store's ``meta.json`` so a manifest can return them.
+        """
+        C, N = train.num_classes, len(labels)
+        rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, 0x5EED, 17]))
+        idx = np.sort(rng.choice(N, int(round(N / (C + 1))), replace=False))
+        self.threshold = {"class": C, "indices": idx.tolist(), "labels": labels[idx].tolist()}
+        labels = labels.copy()
+        labels[idx] = C
+        train.num_classes = self.num_classes = C + 1
+        if train.class_names is not None:
+            train.class_names = list(train.class_names) + ["(threshold samples)"]
+        return labels
 
     def _make_loaders(self, indices, labels) -> None:
         """The training loader (and the recording pass's) over ``indices`` with ``labels``."""
@@ -323,15 +346,15 @@ class Trainer:
     def _open_recorder(self) -> Recorder:
         """Resume the run's store (full or summary, per ``cfg.store``) or create it, and its recorder.
 
-        The store holds the labels the run starts with: the dataset's (noise injected), or a
-        manifest's corrected ones when retraining on a manifest.
+        The store holds the labels the run starts training with (``train_labels``).
         """
         cfg = self.cfg
-        labels = self.train_labels if cfg.manifest else self.given_labels
+        labels = self.train_labels
         rec = Recorder(self.out / TRAJECTORY, labels=labels, n_classes=self.num_classes,
                        sample_ids=self.train_set.sample_ids, kind=cfg.store, dtype=cfg.store_dtype,
                        epochs=cfg.record_epochs or cfg.epochs, world=self.world,
-                       labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"))
+                       labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
+                       meta={"threshold_samples": self.threshold} if self.threshold else None)
         if rec.store is not None and rec.store.fingerprint != fingerprint(labels, self.train_set.sample_ids):
             rec.close()
             raise StoreError(f"{self.out / TRAJECTORY} holds a trajectory of another dataset or label set; "
@@ -606,7 +629,8 @@ class Trainer:
         correct = total = 0
         for x_B, y_B, _ in self.test_loader:
             with self._autocast():
-                pred = self.module(self._to_device(x_B)).argmax(1).cpu()
+                # Threshold samples add a fake class: predictions are over the real ones.
+                pred = self.module(self._to_device(x_B))[:, : self.real_classes].argmax(1).cpu()
             correct += int((pred == y_B).sum())
             total += len(y_B)
         acc = correct / max(1, total)
