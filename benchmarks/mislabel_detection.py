@@ -152,6 +152,23 @@ class Experiment:
             out["scores"][k] = auc(s, flipped)
         return out
 
+    def threshold_cell(self, noise, seed, T) -> dict:
+        """AUM against threshold samples (Pleiss et al.): a run of its own, with 1/(C+1) of the
+        samples in a fake class.  Recall counts every flip, those among the threshold samples
+        (which this run cannot judge) as missed; AUROC/AP are over the judged samples."""
+        run = train(self.config(noise, seed, "record_threshold", train_seed=seed, record="train",
+                                threshold_samples=True))
+        store = open_store(Path(run.config.out) / "trajectory")
+        with np.load(Path(run.config.out) / "label_noise.npz") as z:
+            flipped = z["flipped"]
+        scores, _, _ = load_or_score(store, methods=["aum"], first_epochs=T)
+        judged = ~scores["threshold_sample"]
+        f = scores["aum_mislabel"]
+        return {"T": T, "cost": sum(m["samples_seen"] for m in run.metrics[:T]), "n_flipped": int(flipped.sum()),
+                "n_threshold": int((~judged).sum()), "flags": {"aum, threshold samples": prf(f, flipped)},
+                "scores": {"aum, threshold run": auc(scores["aum"][judged], flipped[judged])},
+                "final_acc_of_run": run.metrics[-1]["test_metric"]}
+
     # --------------------------------------------------------------------------- cleanlab
     def cleanlab_probs(self, noise, seed):
         """Out-of-sample probabilities [N, C] from K fold models, and their training cost."""
@@ -257,6 +274,11 @@ class Experiment:
                 for T in a.T:
                     work.append((f"detect/{nm}/seed{s}/T{T}", lambda noise=noise, s=s, T=T: self.detect_cell(noise, s, T)))
                 work.append((f"cleanlab/{nm}/seed{s}", lambda noise=noise, s=s: self.cleanlab_cell(noise, s)))
+        for noise in a.noise:  # threshold samples need a recording of their own: the first seed only
+            nm = name_of(*noise)
+            for T in a.T:
+                work.append((f"threshold/{nm}/seed{a.seeds[0]}/T{T}",
+                             lambda noise=noise, T=T: self.threshold_cell(noise, a.seeds[0], T)))
         for noise in a.noise:
             nm = name_of(*noise)
             for s in a.retrain_seeds:

@@ -1,6 +1,7 @@
 """The report of ``mislabel_detection.py``, from its cell files alone.
 
-Keys: ``detect/NOISE/seedS/TT``, ``cleanlab/NOISE/seedS``, ``retrain/NOISE/seedS/VARIANT``.
+Keys: ``detect/NOISE/seedS/TT``, ``threshold/NOISE/seedS/TT`` (AUM against threshold samples, a
+recording of its own), ``cleanlab/NOISE/seedS``, ``retrain/NOISE/seedS/VARIANT``.
 """
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ VARIANTS = {"noisy": "noisy labels, all samples", "oracle_remove": "oracle: the 
 def write_report(cells_obj) -> str:
     cells, cfg = cells_obj.all(), cells_obj.config
     out_dir = Path(cells_obj.dir)
-    det, cl, ret = {}, {}, {}
+    det, thr, cl, ret = {}, {}, {}, {}
     for key, v in cells.items():
         p = key.split("/")
-        if p[0] == "detect":
-            det.setdefault((p[1], int(p[3][1:])), {})[int(p[2][4:])] = v
+        if p[0] in ("detect", "threshold"):
+            (det if p[0] == "detect" else thr).setdefault((p[1], int(p[3][1:])), {})[int(p[2][4:])] = v
         elif p[0] == "cleanlab":
             cl.setdefault(p[1], {})[int(p[2][4:])] = v
         elif p[0] == "retrain":
@@ -47,11 +48,12 @@ def write_report(cells_obj) -> str:
         rows = ["| detector | T | flagged | precision | recall | F1 | suggested label right | cost | x cleanlab's cost |",
                 "|---|---|---|---|---|---|---|---|---|"]
         best = None
-        for T in sorted(t for n, t in det if n == nz):
-            vs = det[(nz, T)]
+        groups = [(T, det[(nz, T)]) for T in sorted(t for n, t in det if n == nz)] + \
+                 [(T, thr[(nz, T)]) for T in sorted(t for n, t in thr if n == nz)]
+        for T, vs in groups:
             names = list(next(iter(vs.values()))["flags"])
             for d in names:
-                g = lambda f, d=d: mean_std(v["flags"][d][f] for v in vs.values())  # noqa: E731
+                g = lambda f, d=d: mean_std(v["flags"][d].get(f, float("nan")) for v in vs.values())  # noqa: E731
                 cost = mean_std(v["cost"] for v in vs.values())[0]
                 f1 = g("f1")
                 rows.append(f"| dprune {d} | {T} | {g('flagged')[0]:.0f} | {fmt_pm(*g('precision'))} | "
@@ -65,8 +67,7 @@ def write_report(cells_obj) -> str:
                         f"{fmt_pm(*g('recall'))} | {fmt_pm(*g('f1'))} | "
                         f"{fmt_pm(*mean_std(v['suggestion_right'] for v in clv.values()))} | {cl_cost:,.0f} | 1.00 |")
         auc_rows = ["| score | T | AUROC | average precision |", "|---|---|---|---|"]
-        for T in sorted(t for n, t in det if n == nz):
-            vs = det[(nz, T)]
+        for T, vs in groups:
             for k in next(iter(vs.values()))["scores"]:
                 auc_rows.append(f"| dprune {k} | {T} | {fmt_pm(*mean_std(v['scores'][k]['auroc'] for v in vs.values()))} "
                                 f"| {fmt_pm(*mean_std(v['scores'][k]['ap'] for v in vs.values()))} |")
@@ -90,6 +91,12 @@ def write_report(cells_obj) -> str:
                             f"{fmt_pm(*mean_std(x['acc'] for x in vs.values()))} |")
         lines += [f"## {nz}", "", "### Detection of the flipped labels (%)", "", *rows, "", "### Continuous scores",
                   "", *auc_rows, "", "### Retraining with the same action for every detector", "", *ret_rows, ""]
+        thr_cells = [(key, c) for key, seeds in thr.items() if key[0] == nz for c in seeds.items()]
+        if thr_cells:
+            seed, v = thr_cells[0][1]
+            lines += [f"`aum, threshold samples` reads a recording of its own (seed {seed}) with {v['n_threshold']:,} "
+                      f"threshold samples in a fake class (Pleiss et al.), which it cannot judge: their flips count as "
+                      f"missed. That run's final top-1: {100 * v['final_acc_of_run']:.2f}%.", ""]
     runs = out_dir / "runs.json"
     mach = []
     if runs.exists():

@@ -59,7 +59,9 @@ def test_mislabel_detection_runs(tmp_path):
     assert cl["cost"] == 2 * 1 * 4 * 64  # every fold's training
     oracle = json.loads((tmp_path / "res" / "cells" / "retrain__symmetric0.2__seed0__oracle_remove.json").read_text())
     assert oracle["labels_right"] == 1.0 and oracle["n_kept"] == 1437 - det["n_flipped"]
-    assert "## Verdict" in text and "cleanlab, 2-fold" in text
+    thr = json.loads((tmp_path / "res" / "cells" / "threshold__symmetric0.2__seed0__T2.json").read_text())
+    assert thr["n_threshold"] == round(1437 / 11) and thr["cost"] == det["cost"]
+    assert "## Verdict" in text and "cleanlab, 2-fold" in text and "| dprune aum, threshold samples | 2 |" in text
 
 
 def test_gpu_check_says_it_skips_without_a_gpu():
