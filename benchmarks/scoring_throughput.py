@@ -159,14 +159,17 @@ def timed(fn, store, repeats: int) -> float:
 
 
 def peak_rss_growth_mib(store, *args) -> float:
-    """Peak RSS of ``dprune score`` beyond that of the same process once its libraries are loaded
-    (torch's CUDA build alone maps gigabytes, whatever the store)."""
-    code = ("import resource, sys; from dprune.cli import main; import dprune.kernels.fused_stats_cpu, "
-            "dprune.scoring.confident\n"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    """Peak RSS of ``dprune score`` above its RSS once its libraries are loaded (torch's CUDA build
+    alone maps gigabytes, whatever the store): the peak is reset after the imports (Linux
+    ``clear_refs`` 5) and read from ``VmHWM``; memory-mapped trajectory pages count while mapped."""
+    code = ("import sys; from dprune.cli import main; import dprune.kernels.fused_stats_cpu, dprune.scoring.confident\n"
+            "def kib(key):\n"
+            "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key))\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "base = kib('VmRSS:')\n"
             "sys.argv = ['dprune', 'score', sys.argv[1], '-q', *sys.argv[2:]]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
+            "print(kib('VmHWM:') - base)")
     r = subprocess.run([sys.executable, "-c", code, str(store.run_dir), *args], capture_output=True, text=True,
                        check=True)
     return int(r.stdout.strip().splitlines()[-1]) / 1024

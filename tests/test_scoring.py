@@ -177,7 +177,7 @@ def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree):
         p[1] = p[0]  # exact ties between samples
     y = rng.integers(0, C, N)
     valid = rng.random(N) > 0.1
-    got = confident_learning(p, y, valid, agree=agree, chunk_rows=7)
+    got = confident_learning(p, y, valid, agree=agree, chunk_bytes=7 * 4 * C)
     want = reference_confident(p.astype(np.float64), y, valid, agree=agree)
     for k in ("confident", "confident_label", "confident_relabel"):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)

@@ -23,8 +23,10 @@ average over the epochs it held at least that much of the probability), else rem
 Continuous scores (any threshold, e.g. for AUROC): ``label_margin`` = p-bar_y~ - max_{k != y~}
 p-bar_k (low = likely mislabelled) and ``p_avg_label`` = p-bar_y~.
 
-Memory: ``p_avg_NC`` may be a memory map; it is read in row chunks (steps 1-2) and one class's
-rows at a time (step 4), so memory stays bounded by the chunk and the largest class.
+Memory: ``p_avg_NC`` may be a memory map; it is read in row chunks of ``chunk_bytes`` (steps
+1-2) and one class's rows at a time (step 4), so the working memory stays bounded by the chunk
+and the largest class.  (The pages of a mapped ``p_avg_NC`` count in the process's RSS once
+read: file pages the system can reclaim.)
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def calibrated_joint(joint_KK: np.ndarray, counts_K: np.ndarray) -> np.ndarray:
 
 
 def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, agree: float = 0.5,
-                       chunk_rows: int = 65536) -> dict[str, np.ndarray]:
+                       chunk_bytes: int = 16 << 20) -> dict[str, np.ndarray]:
     """Flags and continuous label scores of confident learning (see the module docstring).
 
     Parameters
@@ -78,6 +80,8 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
         Samples to judge (observed, finite); the others are never flagged and get NaN scores.
     agree : float
         p-bar of the suggested class needed to relabel rather than remove.
+    chunk_bytes : int
+        Size of the float32 row chunks read at a time (their temporaries are a few times that).
 
     Returns
     -------
@@ -86,6 +90,7 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     ``p_avg_label`` (float32, NaN for invalid samples).
     """
     N, C = p_avg_NC.shape
+    chunk_rows = max(1, chunk_bytes // (4 * C))
     y = np.asarray(labels_N, np.int64)
     valid = np.asarray(valid_N, bool)
     counts = np.bincount(y[valid], minlength=C).astype(np.int64)
