@@ -18,9 +18,9 @@ The quantity reported is the **paired difference** Δ(scorer − random) per see
 ratio); the verdict rule: a scorer beats random at a ratio when Δ > 0 in at least 4 of 5
 seeds (3 of 3 where it has 3 seeds), loses to it when Δ < 0 as often, else "no difference".
 
-Every cell is one JSON file under ``RESULTS/paper/cells/`` (resumable per cell; two processes
-may run side by side: a cell whose run another process holds is done later);
-``--report-only`` rebuilds ``RESULTS/paper/report.md`` and its figures from those files alone.
+Every cell is one JSON file under ``benchmarks/results/pruning_quality/cells/`` (resumable per
+cell; two processes may run side by side: a cell whose run another process holds is done
+later); ``--report-only`` rebuilds ``report.md`` and its figures there from those files alone.
 
 Commands (the committed results; ~2.5 h per process on this 2-core machine, two processes)::
 
