@@ -78,3 +78,12 @@ def test_recording_overhead_runs():
     ro = load("recording_overhead")
     text = ro.main(["--configs", "fashion_mnist", "--steps", "2"])
     assert "| fashion_mnist | small_cnn | 128 |" in text and "summary" in text
+
+
+def test_scoring_throughput_runs(tmp_path):
+    st = load("scoring_throughput")
+    text = st.main(["--epochs", "2", "--classes", "7", "--samples", "300", "1200", "--repeats", "1",
+                    "--work", str(tmp_path)])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| what")]
+    assert len(rows) == 10 and all(r.count("|") == 8 for r in rows)
+    assert "dprune score --method entropy" in text and "Peak RSS" in text

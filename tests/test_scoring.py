@@ -175,6 +175,7 @@ def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree):
     p = rng.dirichlet(np.full(C, alpha), N).astype(np.float32)
     if N > 3:
         p[1] = p[0]  # exact ties between samples
+        p[2] = np.float32(1 / C)  # and between every class of one sample
     y = rng.integers(0, C, N)
     valid = rng.random(N) > 0.1
     got = confident_learning(p, y, valid, agree=agree, chunk_bytes=7 * 4 * C)

@@ -23,14 +23,19 @@ average over the epochs it held at least that much of the probability), else rem
 Continuous scores (any threshold, e.g. for AUROC): ``label_margin`` = p-bar_y~ - max_{k != y~}
 p-bar_k (low = likely mislabelled) and ``p_avg_label`` = p-bar_y~.
 
-Memory: ``p_avg_NC`` may be a memory map; it is read in row chunks of ``chunk_bytes`` (steps
-1-2) and one class's rows at a time (step 4), so the working memory stays bounded by the chunk
-and the largest class.  (The pages of a mapped ``p_avg_NC`` count in the process's RSS once
-read: file pages the system can reclaim.)
+Steps 2 and 4 are numba kernels (:mod:`dprune.kernels.confident_cpu`) that read the rows in
+place; the rest is arithmetic on [N] vectors and the [C, C] joint.
+
+Memory: ``p_avg_NC`` (float32) may be a memory map; it is read in place, in row chunks of
+``chunk_bytes`` (steps 1-2) and one class's rows at a time (step 4), so the working memory is
+a few [N] vectors and [C, C].  (The pages of a mapped ``p_avg_NC`` count in the process's RSS
+once read: file pages the system can reclaim.)
 """
 from __future__ import annotations
 
 import numpy as np
+
+from dprune.kernels.confident_cpu import confident_rows, flag_largest_margins
 
 EPS = 1e-6  # cleanlab's slack on the thresholds
 
@@ -90,6 +95,7 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     ``p_avg_label`` (float32, NaN for invalid samples).
     """
     N, C = p_avg_NC.shape
+    p32 = np.asarray(p_avg_NC) if p_avg_NC.dtype == np.float32 else np.asarray(p_avg_NC, np.float32)
     chunk_rows = max(1, chunk_bytes // (4 * C))
     y = np.asarray(labels_N, np.int64)
     valid = np.asarray(valid_N, bool)
@@ -104,53 +110,34 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     with np.errstate(invalid="ignore", divide="ignore"):
         thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
 
-    # 2. confident classes, the joint, the continuous scores, the most probable other class
-    joint = np.zeros((C, C), np.int64)
-    margin = np.full(N, np.nan, np.float32)
-    p_label = np.full(N, np.nan, np.float32)
-    other = np.full(N, -1, np.int64)
-    label_is_top = np.zeros(N, bool)
+    # 2. confident classes, the joint, the continuous scores, the most probable other class:
+    # one read of each valid row (the numba kernel), then whole-array arithmetic on [N] vectors.
+    conf = np.empty(N, np.int64)
+    other = np.empty(N, np.int64)
+    py = np.empty(N, np.float64)
+    p_other = np.empty(N, np.float64)
     for a in range(0, N, chunk_rows):
         b = min(a + chunk_rows, N)
-        v = np.flatnonzero(valid[a:b])
-        if not len(v):
-            continue
-        p = np.asarray(p_avg_NC[a:b])[v]  # float32, this chunk's own copy
-        yy = y[a:b][v]
-        r = np.arange(len(v))
-        cand = p >= thresholds[None, :] - EPS
-        has = cand.any(1)
-        conf = np.where(cand, p, -np.inf).argmax(1)
-        np.add.at(joint, (yy[has], conf[has]), 1)
-        py = p[r, yy].astype(np.float64)
-        p[r, yy] = -np.inf  # p is this chunk's own copy
-        best_other = p.argmax(1)
-        p_other = p[r, best_other].astype(np.float64)
-        margin[a + v] = py - p_other
-        p_label[a + v] = py
-        other[a + v] = best_other
-        # The given label is the (first) most probable class once raised by EPS.
-        label_is_top[a + v] = (py + EPS > p_other) | ((py + EPS == p_other) & (yy < best_other))
+        confident_rows(p32[a:b], y[a:b], valid[a:b], thresholds, EPS, conf[a:b],
+                       other[a:b], py[a:b], p_other[a:b])
+    has = valid & (conf >= 0)
+    joint = np.bincount(y[has] * C + conf[has], minlength=C * C).reshape(C, C).astype(np.int64)
+    margin = np.where(valid, py - p_other, np.nan).astype(np.float32)
+    p_label = np.where(valid, py, np.nan).astype(np.float32)
+    other[~valid] = -1
+    # The given label is the (first) most probable class once raised by EPS.
+    with np.errstate(invalid="ignore"):
+        label_is_top = valid & ((py + EPS > p_other) | ((py + EPS == p_other) & (y < other)))
 
     # 3. calibrated joint -> how many to flag per (given class, other class)
     q = calibrated_joint(joint, counts)
 
     # 4. per given class, the largest margins towards each other class
     flagged = np.zeros(N, bool)
-    by_class = np.argsort(np.where(valid, y, C), kind="stable")
-    starts = np.searchsorted(np.where(valid, y, C)[by_class], np.arange(C + 1))
-    for k in np.flatnonzero(counts):
-        cols = np.flatnonzero(q[k] > 0)
-        cols = cols[cols != k]
-        if not len(cols):
-            continue
-        quota = q[k, cols]
-        idx = by_class[starts[k] : starts[k + 1]]  # the valid samples labelled k, in index order
-        p = np.asarray(p_avg_NC[idx], np.float64)
-        # All the class's margins at once: column j sorted (stably) by p-bar_ij - p-bar_ik,
-        # and the first quota[j] rows of each column taken.
-        order = np.argsort(-(p[:, cols] - p[:, k : k + 1]), axis=0, kind="stable")
-        flagged[idx[order[np.arange(len(idx))[:, None] < quota[None, :]]]] = True
+    key = np.where(valid, y, C)
+    rows_by_class = np.argsort(key, kind="stable")  # the valid samples of each class, in index order
+    starts = np.searchsorted(key[rows_by_class], np.arange(C + 1))
+    flag_largest_margins(p32, rows_by_class, starts, q, flagged)
 
     # 5. the given label is the most probable class: not an issue
     flagged &= ~label_is_top
