@@ -7,7 +7,9 @@ seed s:
 - **one recorded run** of E epochs on the noisy labels (training seed s), a normal run; the
   detectors read its first T epochs (``--T``), so their cost is T x N sample-epochs;
 - **dprune's detectors**: ``confident`` (confident learning over the trajectory's mean
-  probabilities, :mod:`dprune.scoring.confident`), ``argmax`` (the paper's rule: soft-label
+  probabilities, :mod:`dprune.scoring.confident`, its default rule ``filter_by=noise_rate``),
+  ``confident, self_confidence`` (``selfconf`` in retraining: the same detector with
+  ``--param confident.filter_by=self_confidence``), ``argmax`` (the paper's rule: soft-label
   argmax != label with p_max >= 0.5) and ``argmax, any confidence`` (argmax != label);
   continuous scores for AUROC / AP: ``label_margin`` and ``p_avg_label`` (low = suspect),
   ``aum`` (-AUM: high = suspect), the soft label's ``p_label``;
@@ -16,13 +18,13 @@ seed s:
   on the out-of-sample probabilities; its cost is every fold's training;
 - **retraining** (seed 0 only; E epochs from scratch, training seed 1000 + s) with the same
   action for every detector: *remove* its flagged samples, and separately *relabel* them
-  where it proposes a label (confident: relabel when its suggestion holds p-bar >= 0.5, remove
+  where it proposes a label (confident, selfconf: relabel when its suggestion holds p-bar >= 0.5, remove
   otherwise; argmax: the soft-label argmax; cleanlab: the argmax of its out-of-sample
   probabilities); beside them the noisy labels, the clean labels, the true flips removed
   (oracle) and a random removal of as many samples as ``confident`` flags.
 
-Every cell is a JSON file under ``RESULTS/mislabel/cells/``; ``--report-only`` rebuilds
-``RESULTS/mislabel/report.md`` from them.
+Every cell is a JSON file under ``benchmarks/results/mislabel/cells/``; ``--report-only``
+rebuilds ``report.md`` there from them.
 
     OMP_NUM_THREADS=1 python benchmarks/mislabel_detection.py &   # two processes share the cells
     OMP_NUM_THREADS=1 python benchmarks/mislabel_detection.py &
@@ -44,15 +46,16 @@ from _common import RESULTS_DIR, Cells, auc, machine, prepare_data, prf, run_cel
 
 from dprune.data import IndexedDataset  # noqa: E402
 from dprune.manifest import write_manifest  # noqa: E402
-from dprune.scoring import load_or_score  # noqa: E402
+from dprune.scoring import load_or_score, score_store  # noqa: E402
 from dprune.select import Selection  # noqa: E402
 from dprune.stages import train  # noqa: E402
 from dprune.store import open_store  # noqa: E402
 from dprune.train.loop import Trainer  # noqa: E402
 
 RETRAIN_SEED = 1000
-REMOVE = ("oracle", "random", "confident", "argmax", "cleanlab")
-RELABEL = ("confident", "argmax", "cleanlab")
+REMOVE = ("oracle", "random", "confident", "selfconf", "argmax", "cleanlab")
+RELABEL = ("confident", "selfconf", "argmax", "cleanlab")
+SELF_CONFIDENCE = {"confident": {"filter_by": "self_confidence"}}
 
 
 def noise_setting(text: str) -> tuple[str, float]:
@@ -127,27 +130,32 @@ class Experiment:
         run, store, truth = self.recorded(noise, seed)
         scores, meta, _ = load_or_score(store, methods=["entropy", "aum", "confident"], first_epochs=T,
                                         params={"mislabel": {"min_confidence": 0.5}})
+        # The variant reads the same trajectory; scored apart (its flags share the names).
+        sc, _ = score_store(store, methods=["confident"], first_epochs=T, params=SELF_CONFIDENCE)
         y = store.labels
-        flags = {"confident": scores["confident"], "argmax": scores["mislabel"],
-                 "argmax, any confidence": (scores["soft_argmax"] >= 0) & (scores["soft_argmax"] != y)}
-        suggestion = {"confident": scores["confident_label"], "argmax": scores["soft_argmax"],
-                      "argmax, any confidence": scores["soft_argmax"]}
+        flags = {"confident": scores["confident"], "confident, self_confidence": sc["confident"],
+                 "argmax": scores["mislabel"], "argmax, any confidence": (scores["soft_argmax"] >= 0) &
+                 (scores["soft_argmax"] != y)}
+        suggestion = {"confident": scores["confident_label"], "confident, self_confidence": sc["confident_label"],
+                      "argmax": scores["soft_argmax"], "argmax, any confidence": scores["soft_argmax"]}
+        relabel = {"confident": scores["confident_relabel"], "confident, self_confidence": sc["confident_relabel"]}
         continuous = {"label_margin": -scores["label_margin"], "p_avg_label": -scores["p_avg_label"],
                       "aum": scores["aum"], "p_label": -scores["p_label"]}
         cost = sum(m["samples_seen"] for m in run.metrics[:T])
-        return scores, flags, suggestion, continuous, cost, truth
+        return flags, suggestion, relabel, continuous, cost, truth
 
     def detect_cell(self, noise, seed, T) -> dict:
-        scores, flags, suggestion, continuous, cost, truth = self.detectors(noise, seed, T)
+        flags, suggestion, relabel, continuous, cost, truth = self.detectors(noise, seed, T)
         flipped, clean = truth["flipped"], truth["clean_labels"]
         out = {"T": T, "cost": cost, "n_flipped": int(flipped.sum()), "flags": {}, "scores": {}}
         for k, f in flags.items():
             out["flags"][k] = {**prf(f, flipped), "suggestion_right": float((suggestion[k][f] == clean[f]).mean())
                                if f.any() else float("nan")}
-        relabel = flags["confident"] & scores["confident_relabel"]
-        out["flags"]["confident"]["relabelled"] = int(relabel.sum())
-        out["flags"]["confident"]["relabelled_right"] = float((scores["confident_label"][relabel] == clean[relabel]).mean()) \
-            if relabel.any() else float("nan")
+        for k, r in relabel.items():
+            r = flags[k] & r
+            out["flags"][k]["relabelled"] = int(r.sum())
+            out["flags"][k]["relabelled_right"] = float((suggestion[k][r] == clean[r]).mean()) if r.any() else \
+                float("nan")
         for k, s in continuous.items():
             out["scores"][k] = auc(s, flipped)
         return out
@@ -236,7 +244,7 @@ class Experiment:
                 if det == "oracle":
                     remove = flipped.copy()
                 else:
-                    _, flags, _, _, _, _ = self.detectors(noise, seed, a.retrain_T)
+                    flags = self.detectors(noise, seed, a.retrain_T)[0]
                     remove = np.zeros(N, bool)
                     remove[np.random.default_rng(seed).choice(N, int(flags["confident"].sum()), replace=False)] = True
             elif det == "cleanlab":
@@ -249,12 +257,13 @@ class Experiment:
                     labels[flags] = probs.argmax(1)[flags]
                     remove[:] = False
             else:
-                scores, flagsd, suggestion, _, _, _ = self.detectors(noise, seed, a.retrain_T)
-                f = flagsd[det]
+                flagsd, suggestion, agreed, _, _, _ = self.detectors(noise, seed, a.retrain_T)
+                name = {"selfconf": "confident, self_confidence"}.get(det, det)
+                f = flagsd[name]
                 remove = f.copy()
                 if action == "relabel":
-                    relabel = f & (scores["confident_relabel"] if det == "confident" else True)
-                    labels[relabel] = suggestion[det][relabel]
+                    relabel = f & agreed.get(name, True)
+                    labels[relabel] = suggestion[name][relabel]
                     remove = f & ~relabel
         manifest = self.seed_dir(noise, seed) / "manifests" / f"{variant}.json"
         custom_manifest(manifest, store, kept=np.flatnonzero(~remove), labels=labels, removed=np.flatnonzero(remove),
@@ -282,9 +291,8 @@ class Experiment:
         for noise in a.noise:
             nm = name_of(*noise)
             for s in a.retrain_seeds:
-                variants = ["noisy"] + [f"{d}_remove" for d in REMOVE] + [f"{d}_relabel" for d in RELABEL]
-                if noise == a.noise[0]:
-                    variants.append("clean")
+                variants = ["noisy"] + (["clean"] if noise == a.noise[0] else []) + \
+                    [f"{d}_{act}" for d in REMOVE for act in ("relabel", "remove") if act == "remove" or d in RELABEL]
                 for v in variants:
                     key = f"retrain/{'all' if v == 'clean' else nm}/seed{s}/{v}"
                     work.append((key, lambda noise=noise, s=s, v=v: self.retrain_cell(noise, s, v)))

@@ -12,9 +12,12 @@ from _common import fmt_pm, mean_std
 
 VARIANTS = {"noisy": "noisy labels, all samples", "oracle_remove": "oracle: the true flips removed",
             "random_remove": "random removal (as many as confident flags)",
-            "confident_remove": "dprune confident: flagged removed", "argmax_remove": "dprune argmax rule: flagged removed",
+            "confident_remove": "dprune confident: flagged removed",
+            "selfconf_remove": "dprune confident, self_confidence: flagged removed",
+            "argmax_remove": "dprune argmax rule: flagged removed",
             "cleanlab_remove": "cleanlab K-fold: flagged removed",
             "confident_relabel": "dprune confident: relabelled (removed where no agreed label)",
+            "selfconf_relabel": "dprune confident, self_confidence: relabelled (removed where no agreed label)",
             "argmax_relabel": "dprune argmax rule: relabelled", "cleanlab_relabel": "cleanlab K-fold: relabelled to its argmax",
             "clean": "clean labels (the ceiling)"}
 

@@ -88,7 +88,7 @@ def reference_scores(z, c, y, *, window=10, decay=0.9, el2n_epoch=None, seed=0, 
     return out
 
 
-def reference_confident(p, y, valid, agree=0.5):
+def reference_confident(p, y, valid, agree=0.5, filter_by="noise_rate"):
     """Confident learning, one sample and one class at a time (the rule in the docstring of
     ``dprune.scoring.confident``), written without the package's vectorised code."""
     N, C = p.shape
@@ -126,7 +126,12 @@ def reference_confident(p, y, valid, agree=0.5):
             q[k] = round_rows(scaled[None])[0]
             q[k, k] = counts[k] - q[k].sum()
     flagged = np.zeros(N, bool)
-    for k in range(C):
+    if filter_by == "self_confidence":
+        n_off = int(sum(joint[a, b] for a in range(C) for b in range(C) if a != b))
+        ranked = sorted((i for i in range(N) if valid[i]), key=lambda i: (p[i, y[i]], i))
+        for i in ranked[:n_off]:
+            flagged[i] = True
+    for k in range(C) if filter_by == "noise_rate" else ():
         members = [i for i in range(N) if valid[i] and y[i] == k]
         for j in range(C):
             if j == k or q[k, j] <= 0:
@@ -146,7 +151,7 @@ def reference_confident(p, y, valid, agree=0.5):
         out["p_avg_label"][i] = row[y[i]]
         bumped = row.copy()
         bumped[y[i]] += 1e-6
-        if flagged[i] and int(np.argmax(bumped)) != y[i]:
+        if flagged[i] and (filter_by == "self_confidence" or int(np.argmax(bumped)) != y[i]):
             out["confident"][i] = True
             out["confident_label"][i] = best_other
             out["confident_relabel"][i] = row[best_other] >= agree

@@ -54,7 +54,7 @@ def test_mislabel_detection_runs(tmp_path):
                     "--batch-size", "64", "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")])
     det = json.loads((tmp_path / "res" / "cells" / "detect__symmetric0.2__seed0__T2.json").read_text())
     assert det["n_flipped"] == round(0.2 * 1437) and det["cost"] == 2 * 4 * 64
-    assert set(det["flags"]) == {"confident", "argmax", "argmax, any confidence"}
+    assert set(det["flags"]) == {"confident", "confident, self_confidence", "argmax", "argmax, any confidence"}
     cl = json.loads((tmp_path / "res" / "cells" / "cleanlab__symmetric0.2__seed0.json").read_text())
     assert cl["cost"] == 2 * 1 * 4 * 64  # every fold's training
     oracle = json.loads((tmp_path / "res" / "cells" / "retrain__symmetric0.2__seed0__oracle_remove.json").read_text())

@@ -166,8 +166,9 @@ def test_first_epochs_scores_the_run_as_if_it_had_stopped_there(tmp_path):
 
 # ------------------------------------------------------------------------- confident learning
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 60), st.integers(2, 6), st.floats(0.1, 3.0), st.floats(0.0, 1.0))
-def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree):
+@given(st.integers(0, 2**31 - 1), st.integers(1, 60), st.integers(2, 6), st.floats(0.1, 3.0), st.floats(0.0, 1.0),
+       st.sampled_from(["noise_rate", "self_confidence"]))
+def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filter_by):
     from dprune.scoring.confident import confident_learning
     from numpy_reference import reference_confident
 
@@ -178,8 +179,8 @@ def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree):
         p[2] = np.float32(1 / C)  # and between every class of one sample
     y = rng.integers(0, C, N)
     valid = rng.random(N) > 0.1
-    got = confident_learning(p, y, valid, agree=agree, chunk_bytes=7 * 4 * C)
-    want = reference_confident(p.astype(np.float64), y, valid, agree=agree)
+    got = confident_learning(p, y, valid, agree=agree, filter_by=filter_by, chunk_bytes=7 * 4 * C)
+    want = reference_confident(p.astype(np.float64), y, valid, agree=agree, filter_by=filter_by)
     for k in ("confident", "confident_label", "confident_relabel"):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     for k in ("label_margin", "p_avg_label"):

@@ -16,6 +16,12 @@ applies it to out-of-sample probabilities, here applied to the in-sample traject
    largest p-bar_ij - p-bar_ik are flagged;
 5. a flagged sample whose most probable class is its given label is unflagged.
 
+The variant ``filter_by="self_confidence"`` (cleanlab's ``low_self_confidence``) keeps steps 1-2
+and flags instead the n valid samples with the lowest p-bar at their label, n = the confident
+joint's off-diagonal count (the samples whose confident class is not their label); ties: the
+lower index first.  It ranks by the continuous score, which separates the flipped labels better
+than the per-pair counts do on our benchmark (``benchmarks/mislabel_detection.py``).
+
 Action: a flagged sample's suggested label is its most probable other class; it is to be
 relabelled when the trajectory agrees with it (p-bar of the suggestion >= ``agree``: on
 average over the epochs it held at least that much of the probability), else removed.
@@ -73,7 +79,7 @@ def calibrated_joint(joint_KK: np.ndarray, counts_K: np.ndarray) -> np.ndarray:
 
 
 def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, agree: float = 0.5,
-                       chunk_bytes: int = 16 << 20) -> dict[str, np.ndarray]:
+                       filter_by: str = "noise_rate", chunk_bytes: int = 16 << 20) -> dict[str, np.ndarray]:
     """Flags and continuous label scores of confident learning (see the module docstring).
 
     Parameters
@@ -85,6 +91,8 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
         Samples to judge (observed, finite); the others are never flagged and get NaN scores.
     agree : float
         p-bar of the suggested class needed to relabel rather than remove.
+    filter_by : "noise_rate" or "self_confidence"
+        Steps 3-5 as above, or the variant (see the module docstring).
     chunk_bytes : int
         Size of the float32 row chunks read at a time (their temporaries are a few times that).
 
@@ -129,18 +137,23 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     with np.errstate(invalid="ignore"):
         label_is_top = valid & ((py + EPS > p_other) | ((py + EPS == p_other) & (y < other)))
 
-    # 3. calibrated joint -> how many to flag per (given class, other class)
-    q = calibrated_joint(joint, counts)
-
-    # 4. per given class, the largest margins towards each other class
     flagged = np.zeros(N, bool)
-    key = np.where(valid, y, C)
-    rows_by_class = np.argsort(key, kind="stable")  # the valid samples of each class, in index order
-    starts = np.searchsorted(key[rows_by_class], np.arange(C + 1))
-    flag_largest_margins(p32, rows_by_class, starts, q, flagged)
-
-    # 5. the given label is the most probable class: not an issue
-    flagged &= ~label_is_top
+    if filter_by == "self_confidence":
+        # The confident joint's off-diagonal count of the lowest p-bar at the label.
+        n_issues = int(joint.sum() - np.trace(joint))
+        flagged[np.argsort(np.where(valid, py, np.inf), kind="stable")[:n_issues]] = True
+    elif filter_by == "noise_rate":
+        # 3. calibrated joint -> how many to flag per (given class, other class)
+        q = calibrated_joint(joint, counts)
+        # 4. per given class, the largest margins towards each other class
+        key = np.where(valid, y, C)
+        rows_by_class = np.argsort(key, kind="stable")  # the valid samples of each class, in index order
+        starts = np.searchsorted(key[rows_by_class], np.arange(C + 1))
+        flag_largest_margins(p32, rows_by_class, starts, q, flagged)
+        # 5. the given label is the most probable class: not an issue
+        flagged &= ~label_is_top
+    else:
+        raise ValueError(f"filter_by must be noise_rate or self_confidence, got {filter_by!r}")
     suggestion = np.where(flagged, other, -1)
     rows = np.flatnonzero(flagged)
     p_sugg = np.zeros(N)

@@ -38,8 +38,13 @@ PARAMS: dict[str, dict[str, Param]] = {
     "mislabel": {"min_confidence": Param(float, 0.5, _unit, "in [0, 1]",
                                          "soft-label probability the paper's argmax rule needs to flag")},
     "confident": {"agree": Param(float, 0.5, _unit, "in [0, 1]",
-                                 "fraction of observed epochs whose prediction must be the suggested class "
-                                 "to relabel a flagged sample (else it is removed)")},
+                                 "mean probability (p-bar) of the suggested class needed to relabel a flagged "
+                                 "sample (else it is removed)"),
+                  "filter_by": Param(str, "noise_rate", lambda v: v in ("noise_rate", "self_confidence"),
+                                     "noise_rate or self_confidence",
+                                     "noise_rate: per class pair, the largest margins, as many as the calibrated "
+                                     "joint says; self_confidence: the lowest p-bar at the label, as many as the "
+                                     "confident joint's off-diagonal (cleanlab's filter_by names)")},
     "aum_threshold": {"percentile": Param(float, 99.0, lambda v: 0 <= v <= 100, "in [0, 100]",
                                           "percentile of the threshold samples' AUM below which a sample is flagged")},
     "outlier": {"entropy_threshold": Param(float, 0.9, _unit, "in [0, 1]", "normalised entropy H / log C at or above"),
