@@ -24,7 +24,7 @@ demo: install
 demo-reid: install
 	$(BIN)/dprune synth-reid runs/market-synth --layout market1501
 	$(BIN)/dprune run --task reid --dataset market1501 --root runs/market-synth --out runs/demo-reid \
-	  --model resnet18 --record-epochs 4 --epochs 8 --batch-size 16 --ratio 0.2 \
+	  --model resnet18 --record-epochs 4 --epochs 8 --batch-size 16 --ratio 0.5 \
 	  --set reid_height=64 --set reid_width=32
 
 clean:
