@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dprune import fileio
@@ -24,14 +24,18 @@ def made_from(N, sha="ab" * 32):
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10**6), st.integers(1, 60), st.integers(2, 7), st.floats(0, 0.999), st.sampled_from(["global", "class"]))
+@example(0, 1, 2, 0.5, "global")  # the one sample would be pruned: refused
 def test_prune_count_is_exact_and_sets_partition(seed, N, C, ratio, policy):
     z, c, y = random_trajectory(seed, 3, N, C)
     scores = score_arrays(z, c, y, methods=["entropy"])
     observed = scores["n_observed"] > 0
     try:
         sel = select(scores, y, C, method="entropy", ratio=ratio, policy=policy, seed=seed)
-    except ValueError as e:  # only legal when class balance makes the quota impossible
-        assert policy == "class" and "without emptying a class" in str(e)
+    except ValueError as e:  # legal when the quota would prune everything, or class balance makes it impossible
+        if "keeps no sample" in str(e):
+            assert n_to_prune(ratio, int(observed.sum())) == N
+        else:
+            assert policy == "class" and "without emptying a class" in str(e)
         return
     assert len(sel.pruned) == n_to_prune(ratio, int(observed.sum()))
     everything = np.sort(np.r_[sel.kept, sel.pruned, sel.outlier_index])
