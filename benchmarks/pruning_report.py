@@ -149,16 +149,16 @@ def write_report(cells_obj) -> str:
 
     # ------------------------------------------------------------------ same epochs vs same steps
     steps_rows = []
-    r = plan["steps_ratio"]
+    r_steps = plan["steps_ratio"]
     for sc in plan["steps_scorers"]:
         for mode in ("epochs", "steps"):
-            a = accs(main_size, sc, T_of(sc) if sc == "random" else T0, r, mode)
+            a = accs(main_size, sc, T_of(sc) if sc == "random" else T0, r_steps, mode)
             am, asd, an = mean_std(100 * x for x in a.values())
             eps = sorted({v["epochs"] for (sz, s, sc2, t, rr, m), v in ret.items()
-                          if (sz, sc2, rr, m) == (main_size, sc, r, mode)})
+                          if (sz, sc2, rr, m) == (main_size, sc, r_steps, mode)})
             steps_rows.append(f"| `{sc}` | same {mode} ({', '.join(map(str, eps))} epochs) | {am:.2f} ± {asd:.2f} ({an}) |")
-    d_steps = paired(ret, main_size, "entropy", T0, r, "steps")
-    d_epochs = paired(ret, main_size, "entropy", T0, r, "epochs")
+    d_steps = paired(ret, main_size, "entropy", T0, r_steps, "steps")
+    d_epochs = paired(ret, main_size, "entropy", T0, r_steps, "epochs")
 
     # ------------------------------------------------------------------ prune-in-run vs the paper protocol
     pir_rows = []
@@ -196,7 +196,7 @@ def write_report(cells_obj) -> str:
         claim.append(f"- Entropy at T = {T0} of {E} epochs vs random, prune {r:.0%}: "
                      f"**{verdict(paired(ret, main_size, 'entropy', T0, r))}**.")
     if d_steps:
-        claim.append(f"- Same claim when the pruned run gets the full run's steps (prune {r:.0%}): "
+        claim.append(f"- Same claim when the pruned run gets the full run's steps (prune {r_steps:.0%}): "
                      f"**{verdict(d_steps)}** (same epochs: {verdict(d_epochs)}).")
     for sc in ("el2n", "dual", "aum", "forgetting_full"):
         if sc in scorers:
@@ -268,7 +268,7 @@ def write_report(cells_obj) -> str:
         "",
         f"![delta vs size]({figs['size']})",
         "",
-        f"## Less data or less compute? Same epochs vs same steps (prune {r:.0%})",
+        f"## Less data or less compute? Same epochs vs same steps (prune {r_steps:.0%})",
         "",
         "| scorer | retraining | acc (%) |", "|---|---|---|", *steps_rows,
         "",
