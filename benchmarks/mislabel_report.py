@@ -61,7 +61,7 @@ def write_report(cells_obj) -> str:
                 f1 = g("f1")
                 rows.append(f"| dprune {d} | {T} | {g('flagged')[0]:.0f} | {fmt_pm(*g('precision'))} | "
                             f"{fmt_pm(*g('recall'))} | {fmt_pm(*f1)} | {fmt_pm(*g('suggestion_right'))} | {cost:,.0f} | "
-                            f"{cost / cl_cost:.2f} |" if cl_cost == cl_cost else "")
+                            + (f"{cost / cl_cost:.2f} |" if clv else "(no cleanlab cell yet) |"))
                 if cost <= cl_cost / 5 and (best is None or f1[0] > best[0]):
                     best = (f1[0], d, T, cost)
         if clv:
