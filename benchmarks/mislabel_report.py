@@ -107,7 +107,7 @@ def write_report(cells_obj) -> str:
             m = r["machine"]
             mach.append(f"- `{r['command']}` started {r['started']} on {m['cpu']} ({m['cores']} cores, load average "
                         f"{', '.join(f'{x:.1f}' for x in m['load_average'])})")
-    text = "\n".join(["\n".join(lines[:3]), "## Verdict", "", "Goal: F1 at least cleanlab's, at no more than 1/5 of "
+    text = "\n".join(["\n".join(lines[:3]), "", "## Verdict", "", "Goal: F1 at least cleanlab's, at no more than 1/5 of "
                       "its training cost.", "", *verdicts, "", *lines[3:], "## Runs", "", *mach]) + "\n"
     (out_dir / "report.md").write_text(text)
     return text
