@@ -53,6 +53,7 @@ from dprune.store import open_store  # noqa: E402
 from dprune.train.loop import Trainer  # noqa: E402
 
 RETRAIN_SEED = 1000
+RANDOM_REMOVAL_STREAM = 0x72616E64  # "rand": the random-removal baseline's own seed stream
 REMOVE = ("oracle", "random", "confident", "selfconf", "argmax", "cleanlab")
 RELABEL = ("confident", "selfconf", "argmax", "cleanlab")
 SELF_CONFIDENCE = {"confident": {"filter_by": "self_confidence"}}
@@ -246,7 +247,9 @@ class Experiment:
                 else:
                     flags = self.detectors(noise, seed, a.retrain_T)[0]
                     remove = np.zeros(N, bool)
-                    remove[np.random.default_rng(seed).choice(N, int(flags["confident"].sum()), replace=False)] = True
+                    # a stream of its own: default_rng(seed) is the noise's, whose first draws are the flips
+                    rng = np.random.default_rng((seed, RANDOM_REMOVAL_STREAM))
+                    remove[rng.choice(N, int(flags["confident"].sum()), replace=False)] = True
             elif det == "cleanlab":
                 from cleanlab.filter import find_label_issues
 
