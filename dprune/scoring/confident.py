@@ -19,8 +19,9 @@ applies it to out-of-sample probabilities, here applied to the in-sample traject
 The variant ``filter_by="self_confidence"`` (cleanlab's ``low_self_confidence``) keeps steps 1-2
 and flags instead the n valid samples with the lowest p-bar at their label, n = the confident
 joint's off-diagonal count (the samples whose confident class is not their label); ties: the
-lower index first.  It ranks by the continuous score, which separates the flipped labels better
-than the per-pair counts do on our benchmark (``benchmarks/mislabel_detection.py``).
+lower index first.  It ranks by the continuous score: on ``benchmarks/mislabel_detection.py``
+it finds symmetric noise better than the per-pair margins and class-dependent noise worse
+(``benchmarks/RESULTS.md``).
 
 Action: a flagged sample's suggested label is its most probable other class; it is to be
 relabelled when the trajectory agrees with it (p-bar of the suggestion >= ``agree``: on
