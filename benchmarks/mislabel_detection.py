@@ -16,7 +16,7 @@ seed s:
 - **cleanlab** as its users run it: K folds (``--folds``), each trained ``--cv-epochs`` epochs
   on K - 1 folds, predicting the held-out fold; ``find_label_issues`` (``prune_by_noise_rate``)
   on the out-of-sample probabilities; its cost is every fold's training;
-- **retraining** (seed 0 only; E epochs from scratch, training seed 1000 + s) with the same
+- **retraining** (``--retrain-seeds``, 0 and 1; E epochs from scratch, training seed 1000 + s) with the same
   action for every detector: *remove* its flagged samples, and separately *relabel* them
   where it proposes a label (confident, selfconf: relabel when its suggestion holds p-bar >= 0.5, remove
   otherwise; argmax: the soft-label argmax; cleanlab: the argmax of its out-of-sample
@@ -85,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--noise", type=noise_setting, nargs="+",
                    default=[noise_setting("symmetric:0.2"), noise_setting("class:0.2")])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--retrain-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--retrain-seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--max-steps-per-epoch", type=int)

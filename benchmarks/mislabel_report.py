@@ -82,7 +82,9 @@ def write_report(cells_obj) -> str:
             verdicts.append(f"- {nz}: dprune's best detector within 1/5 of cleanlab's cost (`{best[1]}`, T = {best[2]}, "
                             f"{best[3] / cl_cost:.2f}x) reaches F1 {100 * best[0]:.1f} against cleanlab's "
                             f"{100 * cl_f1[0]:.1f}: **goal {'met' if diff >= 0 else 'not met'}** ({diff:+.1f} points).")
-        ret_rows = ["| training set | samples | labels right (%) | relabelled | test top-1 (%) |", "|---|---|---|---|---|"]
+        ret_rows = ["| training set | samples | labels right (%) | relabelled | test top-1 (%) "
+                    "| Δ vs noisy labels, per seed (pp) |", "|---|---|---|---|---|---|"]
+        noisy_acc = {s: x["acc"] for s, x in ret.get((nz, "noisy"), {}).items()}
         for v in list(VARIANTS):
             key = ("all", v) if v == "clean" else (nz, v)
             if key not in ret:
@@ -91,7 +93,9 @@ def write_report(cells_obj) -> str:
             ret_rows.append(f"| {VARIANTS[v]} | {mean_std(x['n_kept'] for x in vs.values())[0]:,.0f} | "
                             f"{fmt_pm(*mean_std(x.get('labels_right', 1.0) for x in vs.values()))} | "
                             f"{mean_std(x.get('relabelled', 0) for x in vs.values())[0]:,.0f} | "
-                            f"{fmt_pm(*mean_std(x['acc'] for x in vs.values()))} |")
+                            f"{fmt_pm(*mean_std(x['acc'] for x in vs.values()))} | "
+                            + " ".join(f"{100 * (x['acc'] - noisy_acc[s]):+.2f}" for s, x in sorted(vs.items())
+                                       if s in noisy_acc and v != "noisy") + " |")
         lines += [f"## {nz}", "", "### Detection of the flipped labels (%)", "", *rows, "", "### Continuous scores",
                   "", *auc_rows, "", "### Retraining with the same action for every detector", "", *ret_rows, ""]
         thr_cells = [(key, c) for key, seeds in thr.items() if key[0] == nz for c in seeds.items()]

@@ -50,7 +50,8 @@ def test_mislabel_detection_runs(tmp_path):
     pytest.importorskip("cleanlab")
     ml = load("mislabel_detection")
     text = ml.main(["--dataset", "digits", "--epochs", "3", "--T", "1", "2", "--retrain-T", "2", "--folds", "2",
-                    "--cv-epochs", "1", "--seeds", "0", "--noise", "symmetric:0.2", "--max-steps-per-epoch", "4",
+                    "--cv-epochs", "1", "--seeds", "0", "--retrain-seeds", "0", "--noise", "symmetric:0.2",
+                    "--max-steps-per-epoch", "4",
                     "--batch-size", "64", "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")])
     det = json.loads((tmp_path / "res" / "cells" / "detect__symmetric0.2__seed0__T2.json").read_text())
     assert det["n_flipped"] == round(0.2 * 1437) and det["cost"] == 2 * 4 * 64
