@@ -24,7 +24,7 @@ seed s:
   (oracle) and a random removal of as many samples as ``confident`` flags.
 
 Every cell is a JSON file under ``benchmarks/results/mislabel/cells/``; ``--report-only``
-rebuilds ``report.md`` there from them.  The committed sweep: 45 cells, 3.1 h of one core.
+rebuilds ``report.md`` there from them.  The committed sweep: 68 cells, 4.5 h of one core.
 
     OMP_NUM_THREADS=1 python benchmarks/mislabel_detection.py &   # two processes share the cells
     OMP_NUM_THREADS=1 python benchmarks/mislabel_detection.py &
