@@ -129,11 +129,11 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
         b = min(a + chunk_rows, N)
         confident_rows(p32[a:b], y[a:b], valid[a:b], thresholds, EPS, conf[a:b],
                        other[a:b], py[a:b], p_other[a:b])
-    has = valid & (conf >= 0)
+    # The kernel leaves invalid rows at -1 (conf, other) and NaN (py, p_other).
+    has = conf >= 0
     joint = np.bincount(y[has] * C + conf[has], minlength=C * C).reshape(C, C).astype(np.int64)
-    margin = np.where(valid, py - p_other, np.nan).astype(np.float32)
-    p_label = np.where(valid, py, np.nan).astype(np.float32)
-    other[~valid] = -1
+    margin = (py - p_other).astype(np.float32)
+    p_label = py.astype(np.float32)
     # The given label is the (first) most probable class once raised by EPS.
     with np.errstate(invalid="ignore"):
         label_is_top = valid & ((py + EPS > p_other) | ((py + EPS == p_other) & (y < other)))
