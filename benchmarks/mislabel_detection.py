@@ -33,6 +33,7 @@ rebuilds ``report.md`` there from them.  The committed sweep: 68 cells, 4.5 h of
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -126,6 +127,7 @@ class Experiment:
         return run, store, truth
 
     # --------------------------------------------------------------------------- detection
+    @functools.lru_cache(maxsize=None)  # detection cells and every retraining variant ask for the same T
     def detectors(self, noise, seed, T):
         """dprune's flags, suggestions and continuous scores from the first T epochs."""
         run, store, truth = self.recorded(noise, seed)
