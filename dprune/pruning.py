@@ -14,7 +14,7 @@ import numpy as np
 from .manifest import Manifest, load_manifest, write_manifest
 from .scoring import load_or_score
 from .select import PruneSpec, Selection, select
-from .store import is_store_file
+from .rundir import check_output_path
 
 
 @dataclass
@@ -27,17 +27,6 @@ class Pruned:
     scores_meta: dict
     scored_with: str | None
     """The backend that computed the scores, or None when ``scores.npz`` was current and reused."""
-
-
-def check_output_path(path, what: str) -> Path:
-    """Refuse an output path that would overwrite a store's own files or is a directory."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a directory; give a file name")
-    if is_store_file(path) or is_store_file(path.with_suffix(".npz")):
-        raise ValueError(f"{what} {path} would overwrite a file of the trajectory store in {path.parent}; "
-                         f"choose another name")
-    return path
 
 
 def prune_store(store, spec: PruneSpec, out_path, *, params=None, first_epochs: int | None = None,
@@ -53,7 +42,7 @@ def prune_store(store, spec: PruneSpec, out_path, *, params=None, first_epochs: 
     first_epochs : score only the first K completed epochs
     extra : entries added to the manifest JSON (e.g. the training phase that made it)
     """
-    out_path = check_output_path(out_path, "manifest")
+    out_path = check_output_path(out_path, "manifest", run_files=False)
     scores, meta, ran = load_or_score(store, methods=spec.methods_needed(), params=params, first_epochs=first_epochs,
                                       backend=backend, progress=progress)
     sel = select(scores, store.labels, store.n_classes, spec)

@@ -108,22 +108,27 @@ class Recorder:
         """Complete epochs in the store (the same on every rank)."""
         return broadcast_object(self.world, self.store.epochs_completed if self.store is not None else None)
 
-    def sync(self, epochs_done: int | None = None) -> int:
+    def sync(self, epochs_done: int | None = None, *, record_epochs: int | None = None) -> int:
         """Align the store with the training state you restored; return the epoch to start from.
 
         ``epochs_done``: epochs your checkpoint has finished (None: no checkpoint, start at 0).
-        If the job died after an epoch was recorded but before its checkpoint was saved, the
-        store is ahead: it is rolled back (that epoch came from lost model state and is
-        recorded again).  A store behind the checkpoint is an error.
+        ``record_epochs``: you record only the first K epochs (None: every epoch), so after
+        epoch K the store rightly stays at K.  The store must hold ``min(epochs_done, K)``
+        complete epochs.  If the job died after an epoch was recorded but before its
+        checkpoint was saved, the store is ahead: it is rolled back (that epoch came from lost
+        model state and is recorded again).  A store behind the checkpoint is an error.
         """
         done = int(epochs_done or 0)
+        if record_epochs is not None and record_epochs < 1:
+            raise ValueError(f"record_epochs must be >= 1 or None, got {record_epochs}")
+        expected = done if record_epochs is None else min(done, int(record_epochs))
         error = None
         if self.store is not None:
-            if self.store.epochs_completed < done:
-                error = (f"the checkpoint has {done} epochs done but the store {self.store.run_dir} only "
-                         f"{self.store.epochs_completed}")
-            elif self.store.epochs_completed > done:
-                self.store.rollback(done)
+            if self.store.epochs_completed < expected:
+                error = (f"the checkpoint has {done} epochs done, of which the store {self.store.run_dir} should "
+                         f"hold {expected}, but it holds only {self.store.epochs_completed}")
+            elif self.store.epochs_completed > expected:
+                self.store.rollback(expected)
         error = broadcast_object(self.world, error)
         if error:
             raise StoreError(error)

@@ -230,7 +230,7 @@ def test_scores_of_a_rerecorded_trajectory_are_not_reused(tmp_path):
 
 
 def test_run_rerun_with_a_new_ratio_retrains_and_reports_the_new_manifest(tmp_path):
-    args = ["run", "--out", tmp_path / "p", "--record-epochs", 1, "--epochs", 2, "--batch-size", 256,
+    args = ["run", "--out", tmp_path / "p", "--record-epochs", 1, "--epochs", 2, "--batch-size", 256, "--no-relabel",
             "--set", "max_steps_per_epoch=2", "--set", "progress=false"]
     cli(*args, "--ratio", 0.3)
     cli(*args, "--ratio", 0.5)

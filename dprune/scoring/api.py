@@ -8,6 +8,7 @@ still current for a store; :func:`load_or_score` reuses a current file or rescor
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import queue
@@ -390,7 +391,7 @@ def save_scores(path, scores: Mapping[str, np.ndarray], *, made_from: dict, meth
     """Write ``scores.npz`` atomically; its ``__meta__`` entry says what it was made from.
 
     ``made_from`` is the store's :meth:`~dprune.store.RunDirStore.identity` for the epochs
-    scored.  Returns the metadata written.
+    scored.  Returns the metadata written (``path=None``: only returns it).
     """
     params = merge_params(params)
     methods = list(methods)
@@ -402,9 +403,10 @@ def save_scores(path, scores: Mapping[str, np.ndarray], *, made_from: dict, meth
         "clipped": clipped_windows(methods, params, made_from["epochs"]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    arrays = {k: np.asarray(v) for k, v in scores.items()}
-    arrays["__meta__"] = np.array(json.dumps(meta))
-    atomic_savez(Path(path), arrays)
+    if path is not None:
+        arrays = {k: np.asarray(v) for k, v in scores.items()}
+        arrays["__meta__"] = np.array(json.dumps(meta))
+        atomic_savez(Path(path), arrays)
     return meta
 
 
@@ -487,5 +489,11 @@ def load_or_score(store, *, methods, params=None, first_epochs: int | None = Non
     all_methods = list(dict.fromkeys(keep + methods))
     scores, ran = score_store(store, methods=all_methods, params=params, backend=backend, chunk_size=chunk_size,
                               progress=progress, first_epochs=first_epochs)
-    meta = save_scores(path, scores, made_from=made_from, methods=all_methods, params=params)
+    try:
+        meta = save_scores(path, scores, made_from=made_from, methods=all_methods, params=params)
+    except OSError as e:  # a store the user may read but not write: score without caching, and say so
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        meta = save_scores(None, scores, made_from=made_from, methods=all_methods, params=params)
+        ran = f"{ran}; not cached: {path.parent} is not writable"
     return scores, meta, ran

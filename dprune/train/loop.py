@@ -54,15 +54,10 @@ from ..locking import DirLock, watch_parent
 from ..manifest import Manifest, load_manifest, npz_is_current, rewrite_npz
 from ..models import build_model
 from ..recorder import Recorder
+from ..rundir import CHECKPOINT, DS_CHECKPOINT, MANIFEST, TRAIN_FILES, TRAJECTORY
 from ..store import StoreError, fingerprint
 from .config import TrainConfig
 
-CHECKPOINT = "checkpoint.pt"
-DS_CHECKPOINT = "ds_checkpoint"
-MANIFEST = "manifest.json"
-TRAJECTORY = "trajectory"
-# What a run directory holds; restart=True deletes it.
-RUN_FILES = (CHECKPOINT, DS_CHECKPOINT, "metrics.json", TRAJECTORY, MANIFEST, "manifest.npz", "label_noise.npz")
 # The test metric of each task, as metrics.json and the epoch lines name it.
 METRIC_NAMES = {"classification": "top-1", "reid": "(mAP+R1)/2"}
 # Fields a resumed run may change: where things are, how much is printed, how often the
@@ -134,7 +129,6 @@ class Trainer:
             self.manifest: Manifest | None = None
             self._build_data()
             self._build_model()
-            self.recorder = self._open_recorder() if cfg.record != "off" else None
             self.metrics: list[dict] = []
         except BaseException:
             self.close()
@@ -158,7 +152,7 @@ class Trainer:
         return lock
 
     def _wipe(self) -> None:
-        for name in RUN_FILES:
+        for name in TRAIN_FILES:  # what restart=True deletes
             p = self.out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -187,12 +181,19 @@ class Trainer:
         if train.num_classes < 2:
             raise ValueError(f"the training set has {train.num_classes} class(es); pruning by soft labels needs >= 2")
         labels = train.labels.copy()
+        self._noise_record = None  # written once the checkpoint's configuration is known to match
         if cfg.label_noise > 0:
             noise = symmetric_noise if cfg.noise_kind == "symmetric" else class_dependent_noise
             labels, flipped = noise(train.labels, train.num_classes, cfg.label_noise, seed=cfg.noise_seed)
-            if w.is_main:
-                atomic_savez(self.out / "label_noise.npz", {"clean_labels": train.labels, "noisy_labels": labels,
-                                                            "flipped": flipped})
+            self._noise_record = {"clean_labels": train.labels, "noisy_labels": labels, "flipped": flipped}
+        if cfg.labels_file:
+            from ..importers import read_labels_file
+            from ..labels import validate_labels
+
+            labels = validate_labels(read_labels_file(cfg.labels_file), train.num_classes, len(labels),
+                                     what=f"labels in {cfg.labels_file}")
+            self._noise_record = {"clean_labels": train.labels, "noisy_labels": labels,
+                                  "flipped": labels != train.labels}
         self.train_set = train
         self.num_classes = self.real_classes = train.num_classes
         # The dataset's labels (noise injected): the data's identity, which manifests refer to.
@@ -403,9 +404,19 @@ class Trainer:
             done, self.metrics = int(client["epochs_done"]), list(client["metrics"])
             self.phase = client.get("phase", "full")
             self._resumed_digest = client.get("manifest_digest")
-        if self.recorder is not None:
-            self.recorder.sync(done)
         return done
+
+    def _start_writing(self, done: int) -> None:
+        """After the checkpoint check passed: the noise record, and the store brought to ``done`` epochs.
+
+        Nothing in the run directory is written before (a refused resume leaves it as it was).
+        A run recording the first K epochs has a store of ``min(done, K)`` epochs.
+        """
+        if self._noise_record is not None and self.world.is_main:
+            atomic_savez(self.out / "label_noise.npz", self._noise_record)
+        if self.cfg.record != "off":
+            self.recorder = self._open_recorder()
+            self.recorder.sync(done, record_epochs=self.cfg.record_epochs)
 
     def _check_resume(self, client: dict) -> None:
         changes = config_changes(client.get("config", {}), self.cfg)
@@ -489,6 +500,7 @@ class Trainer:
         cfg = self.cfg
         try:
             start = self._load_checkpoint()
+            self._start_writing(start)
             if cfg.prune_at is not None and start >= cfg.prune_at:
                 if self.phase == "pruned":
                     m = load_manifest(self.out / MANIFEST, fingerprint=self.fingerprint, labels_N=self.given_labels)
