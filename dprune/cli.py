@@ -27,7 +27,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .select import DETECTORS
+from .select import DETECTORS, MISLABELLED_ACTIONS, RUN_DEFAULTS
 
 
 def _one_line(e: BaseException) -> str:
@@ -92,10 +92,10 @@ def _open_store(run_dir):
     return open_store(_store_dir(Path(run_dir)), "r")
 
 
-def _check_new_output(path: Path, what: str) -> Path:
-    from .pruning import check_output_path
+def _check_new_output(path: Path, what: str, *, not_same_as=()) -> Path:
+    from .rundir import check_output_path
 
-    return check_output_path(path, what)
+    return check_output_path(path, what, not_same_as=not_same_as)
 
 
 # ---------------------------------------------------------------------------------- import
@@ -224,6 +224,9 @@ def _outliers(value: str | None):
               help="'argmax': the paper's rule (soft-label argmax differs from the label, p_max >= "
                    "mislabel.min_confidence); 'confident': confident learning over the trajectory; 'aum': remove "
                    "samples whose AUM is below the threshold samples' (needs dprune train --threshold-samples).")
+@click.option("--mislabelled", type=click.Choice(MISLABELLED_ACTIONS), default="relabel", show_default=True,
+              help="With --relabel, what a flagged sample gets: 'relabel' (the detector's agreed label; removed "
+                   "when none is agreed) or 'remove' (every flagged sample removed, no label changed).")
 @click.option("--remove-outliers", "outliers", metavar="FRACTION|flagged",
               help="Also remove this fraction of observed samples with the flattest soft labels, or 'flagged': "
                    "those the outlier flag marks (thresholds: --param outlier.*).")
@@ -235,7 +238,7 @@ def _outliers(value: str | None):
 @click.option("--export-list", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the kept samples as 'index<TAB>sample_id<TAB>label' lines.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def prune_cmd(run_dir, ratio, method, policy, relabel, detector, outliers, params, seed, first_epochs, out_path,
+def prune_cmd(run_dir, ratio, method, policy, relabel, detector, mislabelled, outliers, params, seed, first_epochs, out_path,
               export_list, quiet):
     """Select the samples to keep from RUN_DIR's scores; write a pruning manifest.
 
@@ -249,12 +252,12 @@ def prune_cmd(run_dir, ratio, method, policy, relabel, detector, outliers, param
     from .select import PruneSpec
 
     spec = PruneSpec(method=method, ratio=ratio, policy=policy, relabel=relabel, detector=detector,
-                     outliers=_outliers(outliers), seed=seed)
+                     mislabelled=mislabelled, outliers=_outliers(outliers), seed=seed)
     check_methods([method])
     params = parse_params(params)
     _check_new_output(out_path, "manifest")
     if export_list:
-        _check_new_output(export_list, "--export-list")
+        _check_new_output(export_list, "--export-list", not_same_as=[out_path])
     store = _open_store(run_dir)
     done = prune_store(store, spec, out_path, params=params, first_epochs=first_epochs, progress=not quiet)
     if export_list:
@@ -420,20 +423,28 @@ def _parse_sets(items) -> dict:
 @click.option("--data-root", "--root", "data_root", type=click.Path(exists=True, file_okay=False),
               help="Folder of the dataset.")
 @click.option("--model", default=None, help="small_cnn, resnet18 or resnet50 [default: small_cnn; reid: resnet50].")
-@click.option("--record-epochs", type=click.IntRange(min=1), default=6, show_default=True,
-              help="T: epochs scored, the first of the run (the paper: 12 of 120).")
+@click.option("--record-epochs", type=click.IntRange(min=1), default=None,
+              help="T: epochs scored, the first of the run [default: E / 10, at least 1, as the paper: 12 of 120].")
 @click.option("--epochs", type=click.IntRange(min=2), default=30, show_default=True, help="E: epochs of every run.")
-@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True, help="Prune ratio.")
-@click.option("--method", default="entropy", show_default=True, help="Scorer that ranks the samples.")
-@click.option("--policy", type=click.Choice(["global", "class"]), default="class", show_default=True)
-@click.option("--relabel/--no-relabel", default=True, show_default=True, help="Act on the mislabel detector.")
-@click.option("--detector", type=click.Choice(DETECTORS), default="argmax", show_default=True,
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=RUN_DEFAULTS.ratio, show_default=True,
+              help="Prune ratio.")
+@click.option("--method", default=RUN_DEFAULTS.method, show_default=True, help="Scorer that ranks the samples.")
+@click.option("--policy", type=click.Choice(["global", "class"]), default=RUN_DEFAULTS.policy, show_default=True)
+@click.option("--relabel/--no-relabel", default=RUN_DEFAULTS.relabel, show_default=True,
+              help="Act on the mislabel detector.")
+@click.option("--detector", type=click.Choice(DETECTORS), default=RUN_DEFAULTS.detector, show_default=True,
               help="Mislabel detector (see dprune prune --help); 'aum' records with threshold samples.")
-@click.option("--remove-outliers", type=click.FloatRange(0, 1, max_open=True), default=0.01,
+@click.option("--mislabelled", type=click.Choice(MISLABELLED_ACTIONS), default=RUN_DEFAULTS.mislabelled,
+              show_default=True, help="What a flagged sample gets: 'relabel' (the agreed label) or 'remove'.")
+@click.option("--remove-outliers", type=click.FloatRange(0, 1, max_open=True), default=RUN_DEFAULTS.outliers or 0.0,
               show_default=True, help="Fraction of flattest soft labels to remove (0 = none).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also train on the full data (recording it) and retrain from scratch on its pruned set (the "
                    "paper's protocol), for the comparison table; --no-baseline runs prune-in-run alone.")
+@click.option("--controls/--no-controls", default=True, show_default=True,
+              help="Also train prune-in-run's same-cost controls: random prune-in-run keeping as many samples (no "
+                   "cleaning), and the full data for about as many sample-epochs (a shorter schedule). A way counts "
+                   "as better only when it beats both.")
 @click.option("--label-noise", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Inject symmetric label noise into the training labels (to watch the correction work).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -443,20 +454,24 @@ def _parse_sets(items) -> dict:
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="Any 'dprune train' field for every stage, winning over the options above, e.g. --set record=pass "
                    "--set store=summary --set reid_height=128.")
-def run_cmd(out, record_epochs, baseline, label_noise, remove_outliers, sets, **options):
+def run_cmd(out, record_epochs, baseline, controls, label_noise, remove_outliers, sets, **options):
     """The whole method end to end, and what each way to the pruned model costs.
 
     Trains the full-data baseline recording its first T epochs (OUT/full), scores and prunes
     them (OUT/manifest.json), retrains from scratch on the kept set (OUT/pruned, the paper's
-    protocol), and runs prune-in-run (OUT/prune-in-run).  Writes OUT/report.md (accuracy and
+    protocol), runs prune-in-run (OUT/prune-in-run) and its same-cost controls (OUT/random-in-run,
+    OUT/full-same-cost).  Writes OUT/report.md (accuracy and
     cost of each way), OUT/kept.tsv (for reid also OUT/train_list.txt, "relpath pid" lines in
     the dataset's ids) and plots.  Rerunning resumes; a stage whose inputs changed reruns.
     """
     from .stages import run_config, run_pipeline
 
+    if record_epochs is None:
+        record_epochs = max(1, options["epochs"] // 10)
     options.update(label_noise=label_noise, noise_kind="symmetric" if label_noise else "none",
                    noise_seed=options["seed"], remove_outliers=remove_outliers or None)
-    rc = run_config(out, options, _parse_sets(sets), record_epochs=record_epochs, baseline=baseline)
+    rc = run_config(out, options, _parse_sets(sets), record_epochs=record_epochs, baseline=baseline,
+                    controls=controls)
     click.echo(run_pipeline(rc))
 
 

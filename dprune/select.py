@@ -14,6 +14,8 @@ The order of decisions (each documented in the manifest):
    argmax and are kept, exempt from pruning.  ``detector="confident"`` is confident learning
    over the trajectory (the ``confident`` flag): a flagged sample gets the suggested class
    when the trajectory agrees with it (``confident_relabel``) and is removed otherwise.
+   With ``mislabelled="remove"`` every flagged sample is removed instead (no label is
+   changed: a wrong relabelling makes a clean sample noisy, a removal only loses it).
 4. **Pruning**: exactly ``floor(ratio * N_observed + 0.5)`` samples with the lowest scores
    are pruned from the rest.  Samples with non-finite logits go first (they are never
    ranked important); observed samples that the scorer could not score (NaN, e.g. too few
@@ -37,6 +39,7 @@ import numpy as np
 
 POLICIES = ("global", "class")
 DETECTORS = ("argmax", "confident", "aum")
+MISLABELLED_ACTIONS = ("relabel", "remove")
 # Tie-break streams: numpy SeedSequence entropy [seed, _TIEBREAK, crc32(scorer)] gives every
 # scorer its own stream, independent of the random scorer's default_rng(seed).
 _TIEBREAK = 0x7E1B
@@ -55,6 +58,9 @@ class PruneSpec:
     policy : "global" or "class"
     relabel : bool
         Act on the mislabel detector's flags (see the module docstring).
+    mislabelled : "relabel" or "remove"
+        What acting on a flag does: relabel (where the detector proposes an agreed label),
+        or remove every flagged sample.
     detector : "argmax" or "confident"
         Which mislabel flags ``relabel`` acts on.
     outliers : float in [0, 1), "flagged" or None
@@ -68,6 +74,7 @@ class PruneSpec:
     policy: str = "global"
     relabel: bool = False
     detector: str = "argmax"
+    mislabelled: str = "relabel"
     outliers: Optional[Union[float, str]] = None
     seed: int = 0
 
@@ -76,6 +83,8 @@ class PruneSpec:
             raise ValueError(f"prune ratio must be in [0, 1), got {self.ratio}")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; valid: {', '.join(POLICIES)}")
+        if self.mislabelled not in MISLABELLED_ACTIONS:
+            raise ValueError(f"mislabelled must be one of {', '.join(MISLABELLED_ACTIONS)}, got {self.mislabelled!r}")
         if self.detector not in DETECTORS:
             raise ValueError(f"unknown mislabel detector {self.detector!r}; valid: {', '.join(DETECTORS)}")
         o = self.outliers
@@ -93,6 +102,12 @@ class PruneSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The selection ``dprune run`` and ``dprune train --prune-at`` make unless told otherwise: one
+# default, declared with its test in benchmarks/RESULTS.md ("The declared default").
+RUN_DEFAULTS = PruneSpec(method="entropy", ratio=0.3, policy="class", relabel=True, detector="confident",
+                         mislabelled="remove", outliers=None)
 
 
 @dataclass
@@ -191,7 +206,13 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     relabelled = np.zeros(N, bool)
     if spec.relabel:
         usable = observed & ~nonfinite & ~outlier & ~thr
-        if spec.detector == "argmax":
+        if spec.detector == "argmax" and spec.mislabelled == "remove":
+            removed = np.asarray(scores["mislabel"], bool) & usable
+            for i in np.flatnonzero(removed):
+                reasons[int(i)] = (f"mislabelled (soft-label argmax): given {labels_N[i]}, "
+                                   f"argmax {int(scores['soft_argmax'][i])}")
+            outlier |= removed
+        elif spec.detector == "argmax":
             relabelled = np.asarray(scores["mislabel"], bool) & usable
             labels_final[relabelled] = np.asarray(scores["soft_argmax"])[relabelled]
         elif spec.detector == "aum":
@@ -208,11 +229,13 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
                     raise ValueError(f"the confident detector needs {key!r} in the scores (score with "
                                      f"every method, or the 'confident' flags)")
             flagged = np.asarray(scores["confident"], bool) & usable
-            relabelled = flagged & np.asarray(scores["confident_relabel"], bool)
-            labels_final[relabelled] = np.asarray(scores["confident_label"])[relabelled]
+            if spec.mislabelled == "relabel":
+                relabelled = flagged & np.asarray(scores["confident_relabel"], bool)
+                labels_final[relabelled] = np.asarray(scores["confident_label"])[relabelled]
             removed = flagged & ~relabelled
+            why = "with no agreed label" if spec.mislabelled == "relabel" else "removed"
             for i in np.flatnonzero(removed):
-                reasons[int(i)] = (f"mislabelled (confident learning) with no agreed label: given "
+                reasons[int(i)] = (f"mislabelled (confident learning) {why}: given "
                                    f"{labels_N[i]}, suggested {int(scores['confident_label'][i])}")
             outlier |= removed
 

@@ -66,7 +66,8 @@ def finished(cfg: TrainConfig) -> Trained | None:
     import torch
 
     from .manifest import manifest_digest
-    from .train.loop import CHECKPOINT, config_changes
+    from .rundir import CHECKPOINT
+    from .train.loop import config_changes
 
     path = Path(cfg.out) / CHECKPOINT
     if cfg.backend != "ddp" or not path.exists():
@@ -85,11 +86,34 @@ def finished(cfg: TrainConfig) -> Trained | None:
     return Trained(cfg, metrics, float(sum(m["seconds"] for m in metrics)))
 
 
+def _planned_epochs(cfg: TrainConfig) -> int | None:
+    """The ``epochs`` of the checkpoint in ``cfg.out`` (None: none, or not readable here)."""
+    import torch
+
+    from .rundir import CHECKPOINT
+
+    path = Path(cfg.out) / CHECKPOINT
+    if cfg.backend != "ddp" or not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return int(ckpt["config"]["epochs"])
+    except Exception:  # unreadable: let the trainer say why
+        return None
+
+
 def train(cfg: TrainConfig, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
-    """Train (resuming a killed run, returning a finished one as it is); see the module docstring."""
+    """Train (resuming a killed run, returning a finished one as it is); see the module docstring.
+
+    ``rerun_if_changed``: a pipeline stage whose checkpoint has another configuration starts
+    over, and so does one planned for another number of epochs (``dprune train`` may extend
+    a run; a pipeline compares runs of one schedule, which the cosine depends on).
+    """
     done = None if restart else finished(cfg)
     if done is not None:
         return done
+    if rerun_if_changed and _planned_epochs(cfg) not in (None, cfg.epochs):
+        restart = True
     try:
         metrics = Trainer(cfg, restart=restart).fit()
     except CheckpointError:
@@ -119,13 +143,17 @@ class RunConfig:
     """Every stage's training configuration before the stage sets its owned fields."""
     record_epochs: int
     baseline: bool = True
+    controls: bool = True
+    """Also train the same-cost controls: random prune-in-run keeping as many samples, and the
+    full data for as many sample-epochs as prune-in-run cost (a shorter schedule)."""
 
     @property
     def spec(self) -> PruneSpec:
         return self.base.prune_spec()
 
 
-def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: bool = True) -> RunConfig:
+def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: bool = True,
+               controls: bool = True) -> RunConfig:
     """Map ``dprune run``'s options and ``--set FIELD=VALUE`` onto one :class:`TrainConfig`.
 
     ``options`` are TrainConfig fields given by ``run``'s own options; ``sets`` win over them.
@@ -144,7 +172,7 @@ def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: 
     if not 1 <= record_epochs < base.epochs:
         raise ValueError(f"--record-epochs must be in [1, --epochs) = [1, {base.epochs}), got {record_epochs}")
     base.prune_spec()  # validate method, ratio, policy, detector, outliers now
-    return RunConfig(Path(out), base, record_epochs, baseline)
+    return RunConfig(Path(out), base, record_epochs, baseline, controls)
 
 
 def _stage(rc: RunConfig, name: str, **fields) -> TrainConfig:
@@ -164,37 +192,84 @@ def _say(rc: RunConfig, msg: str) -> None:
 
 
 def run_pipeline(rc: RunConfig) -> str:
-    """Run every stage of ``dprune run``; return the report text (also OUT/report.md)."""
+    """Run every stage of ``dprune run``; return the report text (also OUT/report.md).
+
+    The pipeline holds OUT's lock from before its first write to the report: a second
+    ``dprune run --out OUT`` is refused, naming the holder.
+    """
+    from .locking import DirLock
+
+    with DirLock(rc.out, "dprune run"):
+        return _run_pipeline(rc)
+
+
+def _run_pipeline(rc: RunConfig) -> str:
     out, T, E = rc.out, rc.record_epochs, rc.base.epochs
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "pipeline.json", {"base": rc.base.to_dict(), "record_epochs": T, "baseline": rc.baseline})
+    atomic_write_json(out / "pipeline.json", {"base": rc.base.to_dict(), "record_epochs": T, "baseline": rc.baseline,
+                                              "controls": rc.controls})
     spec = rc.spec
-    steps = 4 if rc.baseline else 1
+    steps = (4 if rc.baseline else 1) + (2 if rc.controls else 0)
+    step = iter(range(1, steps + 1))
     full = paper = select_s = None
     manifest_path = out / "manifest.json"
     if rc.baseline:
-        _say(rc, f"[1/{steps}] full data: {E} epochs of {rc.base.model} on {rc.base.dataset}, recording the first {T}")
+        _say(rc, f"[{next(step)}/{steps}] full data: {E} epochs of {rc.base.model} on {rc.base.dataset}, "
+                 f"recording the first {T}")
         full = train(_stage(rc, "full", record_epochs=T), rerun_if_changed=True)
         store = open_store(out / "full" / "trajectory")
-        _say(rc, f"[2/{steps}] scoring the first {T} epochs and pruning {spec.ratio:.0%} by {spec.method}")
+        _say(rc, f"[{next(step)}/{steps}] scoring the first {T} epochs and pruning {spec.ratio:.0%} by {spec.method}")
         t0 = time.perf_counter()
         kept = len(prune_store(store, spec, manifest_path, first_epochs=T, progress=rc.base.progress).selection.kept)
         select_s = time.perf_counter() - t0
-        _say(rc, f"[3/{steps}] paper protocol: retraining from scratch on the {kept} kept "
+        _say(rc, f"[{next(step)}/{steps}] paper protocol: retraining from scratch on the {kept} kept "
                  f"samples for {E} epochs")
         paper = train(_stage(rc, "pruned", record="off", manifest=str(manifest_path), threshold_samples=False),
                       rerun_if_changed=True)
-    _say(rc, f"[{steps}/{steps}] prune-in-run: {T} recorded epochs on the full set, prune, {E - T} more on the kept set")
+    _say(rc, f"[{next(step)}/{steps}] prune-in-run: {T} recorded epochs on the full set, prune, {E - T} more on "
+             f"the kept set")
     pir = train(_stage(rc, "prune-in-run", prune_at=T, record_epochs=T), rerun_if_changed=True)
+    pir_store = open_store(out / "prune-in-run" / "trajectory")
     if not rc.baseline:
         shutil.copyfile(out / "prune-in-run" / "manifest.json", manifest_path)
         shutil.copyfile(out / "prune-in-run" / "manifest.npz", manifest_path.with_suffix(".npz"))
-        store = open_store(out / "prune-in-run" / "trajectory")
-    return write_report(rc, store, full, paper, pir, select_s)
+        store = pir_store
+    controls = None
+    if rc.controls:
+        controls = _train_controls(rc, pir, load_store_manifest(out / "prune-in-run" / "manifest.json", pir_store),
+                                   step, steps)
+    return write_report(rc, store, full, paper, pir, select_s, controls)
+
+
+CONTROLS = ("random-in-run", "full-same-cost")
+
+
+def _train_controls(rc: RunConfig, pir: Trained, pir_manifest, step, steps: int) -> dict[str, Trained]:
+    """The same-cost controls of prune-in-run (see :class:`RunConfig`).
+
+    Random prune-in-run prunes at random, at the same epoch and with the same policy, as many
+    observed samples as prune-in-run removed in all (pruned, outliers and mislabelled), and
+    cleans nothing; so it keeps as many samples and costs the same.  The short full run trains
+    every sample for ``round(cost / N)`` epochs, its own cosine schedule ending at its last.
+    """
+    T, m = rc.record_epochs, pir_manifest.data
+    kept_observed = m["n_kept"] - len(m["unobserved"])
+    ratio = (m["n_observed"] - kept_observed) / m["n_observed"]
+    _say(rc, f"[{next(step)}/{steps}] control: random prune-in-run at epoch {T}, keeping {kept_observed} "
+             f"observed samples like prune-in-run, no cleaning")
+    rand = train(_stage(rc, CONTROLS[0], prune_at=T, record_epochs=T, method="random", ratio=ratio, relabel=False,
+                        remove_outliers=None, threshold_samples=False), rerun_if_changed=True)
+    n = pir.metrics[0]["samples_seen"]  # one epoch of the full data (padded as the sampler pads it)
+    epochs = max(1, round(pir.cost / n))
+    _say(rc, f"[{next(step)}/{steps}] control: the full data for {epochs} epochs ({epochs * n:,} sample-epochs; "
+             f"prune-in-run: {pir.cost:,})")
+    warmup = min(rc.base.warmup_epochs, epochs - 1)
+    short = train(_stage(rc, CONTROLS[1], epochs=epochs, warmup_epochs=warmup, record="off",
+                         threshold_samples=False), rerun_if_changed=True)
+    return {CONTROLS[0]: rand, CONTROLS[1]: short}
 
 
 def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | None, pir: Trained,
-                 select_s: float | None) -> str:
+                 select_s: float | None, controls: dict[str, Trained] | None = None) -> str:
     """``report.md``, ``report.json``, the score histogram and the accuracy curves of a pipeline."""
     from .report import markdown_table, plot_accuracy_curves, plot_score_histogram
     from .scoring import load_scores
@@ -224,7 +299,20 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
     pir_manifest = load_store_manifest(out / "prune-in-run" / "manifest.json", store)
     rows.append({"run": f"prune-in-run at epoch {T} ({spec.method} {spec.ratio:.0%})", "kept": len(pir_manifest.kept),
                  "cost": pir.cost, "rel": pir.cost / full_cost, "seconds": pir.seconds, **_summary(pir)})
+    pir_row = rows[-1]
     curves["prune-in-run"] = pir.metrics
+    control_rows = []
+    if controls:
+        rand, short = controls[CONTROLS[0]], controls[CONTROLS[1]]
+        rand_kept = load_store_manifest(out / CONTROLS[0] / "manifest.json", store).kept
+        control_rows = [
+            {"run": f"control: random prune-in-run at epoch {T} (as many kept, no cleaning)", "kept": len(rand_kept),
+             "cost": rand.cost, "rel": rand.cost / full_cost, "seconds": rand.seconds, **_summary(rand)},
+            {"run": f"control: full data for {short.config.epochs} epochs (about the same cost)", "kept": N,
+             "cost": short.cost, "rel": short.cost / full_cost, "seconds": short.seconds, **_summary(short)}]
+        rows += control_rows
+        curves["control: random prune-in-run"] = rand.metrics
+        curves[f"control: full data, {short.config.epochs} epochs"] = short.metrics
 
     scores, _ = load_scores(store.run_dir / "scores.npz", n_samples=N)
     pruned_mask = np.zeros(N, bool)
@@ -242,7 +330,6 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
         cols += [("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"), ("mINP", "mINP")]
     lines = [f"# dprune run: {rc.base.dataset}, {rc.base.model}, {E} epochs, scores from the first {T}", "",
              markdown_table(rows, cols), ""]
-    pir_row = rows[-1]
     headline = (f"- **prune-in-run costs {pir_row['rel']:.2f} of one full training** "
                 f"({pir_row['cost']:,} of {full_cost:,} sample-epochs)")
     if full is not None:
@@ -251,6 +338,15 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
                      f"{T} epochs: {1 + paper.cost / full_cost:.2f} counting the baseline) and reaches "
                      f"{rows[1]['final']:.4f}")
     lines.append(headline + ".")
+    if control_rows:
+        d_rand = pir_row["final"] - control_rows[0]["final"]
+        d_short = pir_row["final"] - control_rows[1]["final"]
+        beats = d_rand > 0 and d_short > 0
+        lines.append(f"- **against the same-cost controls**: prune-in-run {d_rand:+.4f} vs random prune-in-run, "
+                     f"{d_short:+.4f} vs the full data trained {control_rows[1]['rel']:.2f} of a training. "
+                     + ("It beats both here; one seed is not a test: a difference within the seed-to-seed spread "
+                        "(see benchmarks/RESULTS.md) is not a result." if beats else
+                        "**It does not beat both**: at this cost the pruning and cleaning did not pay here."))
     lines.append(f"- pruned {m['n_pruned']} of {m['n_observed']} observed samples by `{spec.method}` ({spec.policy} "
                  f"policy); removed {m['n_outliers']}; relabelled {len(m['relabelled'])}; kept {m['n_kept']}")
     lines.append("- sample-epochs = training samples processed by the optimiser; wall s = the epochs' time "
@@ -278,7 +374,8 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", text)
     atomic_write_json(out / "report.json", {"rows": rows, "manifest": str(manifest_path), "record_epochs": T,
-                                            "epochs": E, "full_training_sample_epochs": full_cost})
+                                            "epochs": E, "full_training_sample_epochs": full_cost,
+                                            "controls": [r["run"] for r in control_rows]})
     return text + f"\nreport: {out / 'report.md'}\nplots: {hist}, {acc_png}\nmanifest: {manifest_path}\n"
 
 

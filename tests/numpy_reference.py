@@ -88,7 +88,7 @@ def reference_scores(z, c, y, *, window=10, decay=0.9, el2n_epoch=None, seed=0, 
     return out
 
 
-def reference_confident(p, y, valid, agree=0.5, filter_by="noise_rate"):
+def reference_confident(p, y, valid, agree=0.5, filter_by="margin"):
     """Confident learning, one sample and one class at a time (the rule in the docstring of
     ``dprune.scoring.confident``), written without the package's vectorised code."""
     N, C = p.shape
@@ -126,9 +126,13 @@ def reference_confident(p, y, valid, agree=0.5, filter_by="noise_rate"):
             q[k] = round_rows(scaled[None])[0]
             q[k, k] = counts[k] - q[k].sum()
     flagged = np.zeros(N, bool)
-    if filter_by == "self_confidence":
+    def label_margin(i):
+        return p[i, y[i]] - max(p[i, c] for c in range(C) if c != y[i])
+
+    if filter_by in ("self_confidence", "margin"):
         n_off = int(sum(joint[a, b] for a in range(C) for b in range(C) if a != b))
-        ranked = sorted((i for i in range(N) if valid[i]), key=lambda i: (p[i, y[i]], i))
+        key = (lambda i: p[i, y[i]]) if filter_by == "self_confidence" else label_margin
+        ranked = sorted((i for i in range(N) if valid[i]), key=lambda i: (key(i), i))
         for i in ranked[:n_off]:
             flagged[i] = True
     for k in range(C) if filter_by == "noise_rate" else ():

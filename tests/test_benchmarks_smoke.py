@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -88,3 +89,29 @@ def test_scoring_throughput_runs(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| what")]
     assert len(rows) == 10 and all(r.count("|") == 8 for r in rows)
     assert "dprune score --method entropy" in text and "Peak RSS" in text
+
+
+def test_noisy_method_runs_its_arms_and_controls(tmp_path):
+    pytest.importorskip("cleanlab")
+    nm = load("noisy_method")
+    argv = ["--dataset", "digits", "--epochs", "20", "--batch-size", "256", "--folds", "2", "--cv-epochs", "1",
+            "--instance-epochs", "1", "--noise", "instance:0.2", "--seeds", "0", "--detect-T", "1", "4",
+            "--arms", "noisy", "default", "random", "short", "cleanlab", "protocol",
+            "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")]
+    text = nm.main(argv)
+    cell = lambda key: json.loads((tmp_path / "res" / "cells" / f"{key}.json").read_text())  # noqa: E731
+    default, random = cell("arm__instance0.2__seed0__default"), cell("arm__instance0.2__seed0__random")
+    assert random["n_kept"] == default["n_kept"] and random["cost"] == default["cost"]
+    assert default["spec"]["detector"] == "confident" and default["relabelled"] == 0  # the defaults remove
+    short = cell("arm__instance0.2__seed0__short")
+    assert short["epochs"] == round(default["cost"] / 1437)
+    cl = cell("arm__instance0.2__seed0__cleanlab")
+    assert cl["cost"] == cl["train_cost"] + cl["fold_cost"] and cl["fold_cost"] == 1437  # 2 folds x 1 epoch of half the data
+    noisy = cell("arm__instance0.2__seed0__noisy")
+    assert len(noisy["curve"]) == 20 and noisy["cost"] == 20 * 1437
+    det = cell("detect__instance0.2__seed0")
+    assert set(det["dprune"]) == {"T1", "T4"} and set(det["cleanlab"]["2x1"]["rules"]) == set(nm.CLEANLAB_FILTERS)
+    flips = np.load(tmp_path / "work" / "instance0.2" / "seed0" / "labels.npy")
+    assert det["n_flipped"] == round(0.2 * 1437) == int((flips != nm.build_dataset("digits")[0].labels).sum())
+    assert "## instance0.2" in text and "Label cleaning" in text
+    assert nm.main([*argv, "--report-only"]) == text

@@ -22,7 +22,8 @@ from test_train import N_DIGITS_TRAIN, finish, launch
 def test_prune_at_switches_to_the_kept_set_and_costs_what_it_should(tmp_path):
     E, T, r = 6, 2, 0.3
     cfg = TrainConfig(out=str(tmp_path / "r"), epochs=E, prune_at=T, ratio=r, batch_size=128, progress=False,
-                      relabel=True, remove_outliers=0.01, label_noise=0.1, noise_kind="symmetric")
+                      relabel=True, detector="argmax", mislabelled="relabel", remove_outliers=0.01, label_noise=0.1,
+                      noise_kind="symmetric")
     metrics = Trainer(cfg).fit()
     m = load_manifest(tmp_path / "r" / "manifest.json")
     kept = len(m.kept)
@@ -43,7 +44,8 @@ def test_prune_at_switches_to_the_kept_set_and_costs_what_it_should(tmp_path):
 
 
 def test_the_schedule_runs_on_over_the_switch(tmp_path):
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=4, prune_at=1, ratio=0.5, batch_size=128, progress=False)
+    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=4, prune_at=1, ratio=0.5, batch_size=128, progress=False,
+                      relabel=False, remove_outliers=None)
     trainer = Trainer(cfg)
     lrs = []
     real = trainer._set_lr
@@ -125,3 +127,27 @@ def test_deepspeed_prunes_in_the_run(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics[1]["samples_seen"] == len(m.kept) + len(m.kept) % 2
     assert (out / "ds_checkpoint" / "latest").read_text().strip() == "epoch2-pruned"
+
+
+def test_run_trains_the_same_cost_controls_and_reports_them(tmp_path):
+    """Random prune-in-run keeps as many samples at the same cost; the short full run costs about as much."""
+    from click.testing import CliRunner
+
+    from dprune.cli import main
+
+    out = tmp_path / "p"
+    r = CliRunner().invoke(main, [str(a) for a in [
+        "run", "--out", out, "--no-baseline", "--record-epochs", 1, "--epochs", 4, "--batch-size", 256,
+        "--ratio", 0.5, "--label-noise", 0.1, "--set", "progress=false"]], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    pir, rand, short = report["rows"]
+    assert report["controls"] == [rand["run"], short["run"]]
+    assert rand["kept"] == pir["kept"] and rand["cost"] == pir["cost"]
+    m_rand = load_manifest(out / "random-in-run" / "manifest.json").data
+    assert m_rand["relabelled"] == {} and m_rand["selection"]["method"] == "random"
+    epochs = round(pir["cost"] / N_DIGITS_TRAIN)
+    assert short["cost"] == epochs * N_DIGITS_TRAIN and abs(short["cost"] - pir["cost"]) <= N_DIGITS_TRAIN / 2
+    assert "against the same-cost controls" in (out / "report.md").read_text()
+    metrics = json.loads((out / "full-same-cost" / "metrics.json").read_text())
+    assert len(metrics) == epochs

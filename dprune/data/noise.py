@@ -115,6 +115,53 @@ def class_dependent_noise(
     return noisy_N, flipped_N
 
 
+def instance_dependent_noise(
+    labels: np.ndarray, probs_NK: np.ndarray, rate: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip ``round(rate * N)`` labels, each to the class a separate model confuses it with most.
+
+    A stand-in for annotation noise: an annotator errs more on the images a model finds
+    ambiguous, and towards the class they look like.  Samples are drawn without replacement
+    with probability proportional to the model's probability mass outside their label
+    (``1 - probs[i, y_i]``), and each is flipped to its most probable other class.
+
+    Parameters
+    ----------
+    labels : array-like of int, shape [N]
+        Clean labels in ``[0, K)``.
+    probs_NK : float array [N, K]
+        Class probabilities of each sample from a model that did not train on it (e.g.
+        cross-fitted halves); finite and non-negative.
+    rate : float
+        Fraction of samples to flip, in [0, 1].
+    seed : int
+
+    Returns
+    -------
+    noisy_labels : np.ndarray, int64 [N]
+    flipped : np.ndarray, bool [N]
+    """
+    probs = np.asarray(probs_NK, np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be [N, K], got shape {probs.shape}")
+    labels_N = _check(labels, probs.shape[1], rate)
+    if probs.shape[0] != len(labels_N):
+        raise ValueError(f"probs have {probs.shape[0]} rows for {len(labels_N)} labels")
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError("probs must be finite and non-negative")
+    n_flip = _round_half_up(rate * len(labels_N))
+    other = probs.copy()
+    other[np.arange(len(labels_N)), labels_N] = -1.0
+    target_N = other.argmax(1)
+    weight = np.clip(1.0 - probs[np.arange(len(labels_N)), labels_N] / np.maximum(probs.sum(1), 1e-12), 1e-12, None)
+    chosen = np.random.default_rng(seed).choice(len(labels_N), size=n_flip, replace=False, p=weight / weight.sum())
+    noisy_N = labels_N.copy()
+    noisy_N[chosen] = target_N[chosen]
+    flipped_N = np.zeros(len(labels_N), dtype=bool)
+    flipped_N[chosen] = True
+    return noisy_N, flipped_N
+
+
 def _round_half_up(x: float) -> int:
     # Python's round() rounds halves to even (round(2.5) == 2); half up is what a
     # reader of "flip 25% of 10 samples" expects.

@@ -23,6 +23,10 @@ class Param:
     help: str
 
 
+# Flagging rules of the confident-learning detector (:mod:`dprune.scoring.confident`).
+CONFIDENT_RULES = ("margin", "noise_rate", "self_confidence")
+
+
 def _unit(v) -> bool:
     return 0 <= v <= 1
 
@@ -40,11 +44,11 @@ PARAMS: dict[str, dict[str, Param]] = {
     "confident": {"agree": Param(float, 0.5, _unit, "in [0, 1]",
                                  "mean probability (p-bar) of the suggested class needed to relabel a flagged "
                                  "sample (else it is removed)"),
-                  "filter_by": Param(str, "noise_rate", lambda v: v in ("noise_rate", "self_confidence"),
-                                     "noise_rate or self_confidence",
-                                     "noise_rate: per class pair, the largest margins, as many as the calibrated "
-                                     "joint says; self_confidence: the lowest p-bar at the label, as many as the "
-                                     "confident joint's off-diagonal (cleanlab's filter_by names)")},
+                  "filter_by": Param(str, "margin", lambda v: v in CONFIDENT_RULES, " or ".join(CONFIDENT_RULES),
+                                     "margin: the lowest label margins (p-bar at the label minus the largest "
+                                     "other), as many as the confident joint's off-diagonal; noise_rate: per class "
+                                     "pair, the largest margins, as many as the calibrated joint says; "
+                                     "self_confidence: the lowest p-bar at the label, as many as margin")},
     "aum_threshold": {"percentile": Param(float, 99.0, lambda v: 0 <= v <= 100, "in [0, 100]",
                                           "percentile of the threshold samples' AUM below which a sample is flagged")},
     "outlier": {"entropy_threshold": Param(float, 0.9, _unit, "in [0, 1]", "normalised entropy H / log C at or above"),

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from ..select import RUN_DEFAULTS
 from ..store import STORE_KINDS
 
 TASKS = ("classification", "reid")
@@ -53,16 +54,18 @@ class TrainConfig:
     store_dtype: str = field(default="float16", metadata={"help": 'Precision of the stored logits: float16 or float32.'})
     manifest: Optional[str] = field(default=None, metadata={"help": "Train only on the manifest's kept samples, with its corrected labels."})
     prune_at: Optional[int] = field(default=None, metadata={"help": "Prune inside this run: after epoch T, score the first T recorded epochs, write OUT/manifest.json and continue epochs T+1.. on the kept samples with the corrected labels, same model, optimizer and schedule."})
-    ratio: float = field(default=0.3, metadata={"help": "With --prune-at: fraction of observed samples to prune by score, in [0, 1)."})
-    method: str = field(default="entropy", metadata={"help": "With --prune-at: the scorer that ranks samples (lowest pruned)."})
-    policy: str = field(default="class", metadata={"help": "With --prune-at: class (prune each class in proportion, never empty one) or global."})
-    relabel: bool = field(default=False, metadata={"help": "With --prune-at: act on the mislabel detector (relabel, or remove when its suggestion is not agreed)."})
-    detector: str = field(default="argmax", metadata={"help": "With --prune-at --relabel: argmax (the paper's rule), confident (confident learning over the trajectory) or aum (needs --threshold-samples)."})
-    remove_outliers: Optional[float] = field(default=None, metadata={"help": "With --prune-at: also remove this fraction of the flattest soft labels."})
+    ratio: float = field(default=RUN_DEFAULTS.ratio, metadata={"help": "With --prune-at: fraction of observed samples to prune by score, in [0, 1)."})
+    method: str = field(default=RUN_DEFAULTS.method, metadata={"help": "With --prune-at: the scorer that ranks samples (lowest pruned)."})
+    policy: str = field(default=RUN_DEFAULTS.policy, metadata={"help": "With --prune-at: class (prune each class in proportion, never empty one) or global."})
+    relabel: bool = field(default=RUN_DEFAULTS.relabel, metadata={"help": "With --prune-at: act on the mislabel detector (relabel, or remove when its suggestion is not agreed)."})
+    detector: str = field(default=RUN_DEFAULTS.detector, metadata={"help": "With --prune-at --relabel: argmax (the paper's rule), confident (confident learning over the trajectory) or aum (needs --threshold-samples)."})
+    mislabelled: str = field(default=RUN_DEFAULTS.mislabelled, metadata={"help": "With --prune-at --relabel: relabel the flagged samples (where the detector proposes an agreed label; removed otherwise) or remove them all."})
+    remove_outliers: Optional[float] = field(default=RUN_DEFAULTS.outliers, metadata={"help": "With --prune-at: also remove this fraction of the flattest soft labels."})
     threshold_samples: bool = field(default=False, metadata={"help": "Pleiss et al.'s threshold samples: a seeded 1/(C+1) of the training samples get a fake extra class, so the 99th percentile of their AUM is the data's own mislabel threshold (flag aum_mislabel, detector aum). They cannot be judged in this run; a manifest gives them back their labels."})
     label_noise: float = field(default=0.0, metadata={"help": 'Fraction of training labels to corrupt (for experiments).'})
     noise_kind: str = field(default="none", metadata={"help": 'none, symmetric (uniform to another class) or class (class c -> c+1).'})
     noise_seed: int = field(default=0, metadata={"help": 'Seed of the injected label noise.'})
+    labels_file: Optional[str] = field(default=None, metadata={"help": "Train on these labels instead of the dataset's: an .npy of N integer labels (human noisy labels such as CIFAR-N, or noise of your own, e.g. dprune.data.instance_dependent_noise). OUT/label_noise.npz records where they differ from the dataset's."})
     num_workers: int = field(default=0, metadata={"help": 'DataLoader worker processes per rank.'})
     device: str = field(default="auto", metadata={"help": 'auto (cuda:LOCAL_RANK if available, else cpu), cpu or cuda.'})
     frozen: bool = field(default=False, metadata={"help": "No training: only the recording pass over a fixed model (--weights), e.g. to record a trained checkpoint. Needs record=pass."})
@@ -109,6 +112,8 @@ class TrainConfig:
         check(0 <= self.label_noise < 1, f"label_noise must be in [0, 1), got {self.label_noise}")
         check((self.label_noise > 0) == (self.noise_kind != "none"),
               f"label_noise={self.label_noise} needs noise_kind symmetric or class (got {self.noise_kind!r}), and vice versa")
+        check(self.labels_file is None or self.label_noise == 0,
+              "labels_file and label_noise cannot be combined (the file holds the labels to train with)")
         check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         check(self.store_dtype in ("float16", "float32"), f"store_dtype must be float16 or float32, got {self.store_dtype!r}")
         check(self.deepspeed_config is None or self.backend == "deepspeed",
@@ -139,7 +144,7 @@ class TrainConfig:
 
         check_methods([self.method])
         return PruneSpec(method=self.method, ratio=self.ratio, policy=self.policy, relabel=self.relabel,
-                         detector=self.detector, outliers=self.remove_outliers, seed=self.seed)
+                         detector=self.detector, mislabelled=self.mislabelled, outliers=self.remove_outliers, seed=self.seed)
 
     def to_dict(self) -> dict:
         return asdict(self)

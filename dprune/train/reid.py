@@ -47,21 +47,26 @@ def batch_hard_triplet_loss(feat_BD: torch.Tensor, pids_B: torch.Tensor, margin:
 
 
 class PKSampler:
-    """Batches of P identities x K images, split across ranks, that use every image each epoch.
+    """Batches of P identities x K images, split across ranks; an epoch's expected length is the image count.
 
-    Every epoch, each identity's images are shuffled and cut into groups of K.  A remainder
-    shorter than K is completed to K by drawing again (seeded, without replacement where
-    possible) from the identity's other images, and an identity with fewer than K images is
-    drawn with replacement (as torchreid does for that case).  So every image of the
-    (possibly pruned) training set is seen at least once per epoch, and the number of steps
-    follows the number of images, not the number of full groups.  Each batch takes one
-    group from each of P identities drawn among those with groups left (more groups left,
-    more likely); once fewer than P identities have groups left, the batch is filled with
-    fresh groups of other identities.  All ranks build the same
+    Every epoch, each identity's images are shuffled and cut into groups of K.  A remainder of
+    r < K images becomes a group with probability r / K (completed to K by drawing, seeded and
+    without replacement where possible, from the identity's other images; with replacement
+    for an identity of fewer than K images, as torchreid does) and is left out of this epoch
+    otherwise.  So an identity of n images gives n images per epoch in expectation: pruning
+    a fraction of the images saves that fraction of the steps, whether or not it crosses a
+    multiple of K, and an image left out of one epoch (a remainder's chance) is drawn in
+    others.  (Topping every remainder up to K would cost ceil(n / K) K per identity, so
+    pruning a few images per identity would save nothing; dropping every remainder, as
+    standard samplers do, would never show some images.)
+
+    Each batch takes one group from each of P identities drawn among those with groups left
+    (more groups left, more likely); once fewer than P identities have groups left, the
+    batch is filled with fresh groups of other identities.  All ranks build the same
     sequence of batches from (seed, epoch) and rank r takes batches r, r + W, r + 2W, ...;
     the sequence is topped up with batches of fresh groups to a multiple of W, so every rank
-    runs the same number of steps.
-    Samples are repeated by design: the trajectory store's counts record it.
+    runs the same number of steps.  Samples are repeated by design and some are left out of
+    an epoch: the trajectory store's counts record both (a count of 0 is "not observed").
 
     Yields lists of dataset positions (use as ``DataLoader(batch_sampler=...)``).
     """
@@ -80,17 +85,22 @@ class PKSampler:
         self.epoch = epoch
 
     def _groups(self, idx: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
-        """An identity's images in groups of K, the last one topped up from the others."""
+        """An identity's images in groups of K; the remainder r kept with probability r / K, topped up."""
         k = self.k
-        if len(idx) < k:
-            return [rng.choice(idx, k, replace=True).tolist()]
         idx = rng.permutation(idx)
-        groups = [idx[s : s + k].tolist() for s in range(0, len(idx), k)]
-        short = k - len(groups[-1])
-        if short:
-            others = idx[: len(idx) - len(groups[-1])]
-            groups[-1] += rng.choice(others, short, replace=short > len(others)).tolist()
+        n_full = len(idx) // k
+        groups = [idx[s : s + k].tolist() for s in range(0, n_full * k, k)]
+        rest = idx[n_full * k :]
+        if len(rest) and rng.random() < len(rest) / k:
+            others = idx[: n_full * k] if n_full else idx
+            short = k - len(rest)
+            groups.append(rest.tolist() + rng.choice(others, short, replace=short > len(others) or not n_full).tolist())
         return groups
+
+    def _fresh_group(self, c: int, rng: np.random.Generator) -> list[int]:
+        """One group of K images of identity ``c`` (to fill a batch): without replacement where possible."""
+        idx = self.by_pid[c]
+        return rng.choice(idx, self.k, replace=len(idx) < self.k).tolist()
 
     def _batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -107,7 +117,7 @@ class PKSampler:
                 others = [c for c in range(len(queues)) if c not in chosen]
                 extra = rng.choice(others, self.p - len(chosen), replace=False)
                 for c in extra:
-                    queues[c].append(self._groups(self.by_pid[c], rng)[0])
+                    queues[c].append(self._fresh_group(c, rng))
                 chosen += list(extra)
             batch = []
             for c in chosen:
@@ -117,7 +127,7 @@ class PKSampler:
         while len(batches) % self.world_size:  # every rank runs the same number of steps
             batch = []
             for c in rng.choice(len(self.by_pid), self.p, replace=False):
-                batch += self._groups(self.by_pid[c], rng)[0]
+                batch += self._fresh_group(c, rng)
             batches.append(batch)
         return batches
 
