@@ -199,6 +199,36 @@ def run_cells(cells: Cells, todo: list[tuple[str, callable]]) -> None:
         pending = postponed
 
 
+# --------------------------------------------------------------------------------- verdicts
+VERDICT_RULE = ("A beats B when the paired per-seed differences A - B are positive by a one-sided paired t-test "
+                "at p < 0.05, or positive in every one of at least 5 seeds; worse when the same holds for B - A; "
+                "otherwise the difference is not shown (declared 2026-12-07, before the noisy-data test settings ran)")
+
+
+def paired_verdict(deltas) -> tuple[str, float]:
+    """``("beats" | "worse" | "not shown", p)`` for paired differences A - B by :data:`VERDICT_RULE`.
+
+    ``p`` is the one-sided p-value of the direction that holds (of the likelier one when
+    neither does); NaN with fewer than 2 differences.  Identical differences (zero variance)
+    count as p = 0 when they are not zero.
+    """
+    from scipy.stats import ttest_1samp
+
+    d = np.asarray([x for x in deltas if x is not None and not math.isnan(x)], np.float64)
+    if len(d) < 2:
+        return "not shown", float("nan")
+    if np.all(d == d[0]):
+        p_up, p_down = (0.0 if d[0] > 0 else 1.0), (0.0 if d[0] < 0 else 1.0)
+    else:
+        p_up = float(ttest_1samp(d, 0.0, alternative="greater").pvalue)
+        p_down = float(ttest_1samp(d, 0.0, alternative="less").pvalue)
+    if p_up < 0.05 or (len(d) >= 5 and np.all(d > 0)):
+        return "beats", p_up
+    if p_down < 0.05 or (len(d) >= 5 and np.all(d < 0)):
+        return "worse", p_down
+    return "not shown", min(p_up, p_down)
+
+
 # ----------------------------------------------------------------------------------- misc
 def prf(flagged_N: np.ndarray, truth_N: np.ndarray) -> dict:
     """Precision, recall, F1 of boolean flags against the truth, and the counts."""

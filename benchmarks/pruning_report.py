@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import mean_std
+from _common import VERDICT_RULE, mean_std, paired_verdict
 
 ORDER = ("entropy", "el2n", "dual", "aum", "forgetting_full", "reverse_entropy", "random")
 
@@ -57,18 +57,14 @@ def paired(ret: dict, size: str, scorer: str, T: int, r: float, mode: str = "epo
 
 
 def verdict(deltas: dict[int, float]) -> str:
-    """The stated rule: Δ > 0 in at least 4 of 5 seeds (3 of 3 with three seeds) = beats random."""
-    n = len(deltas)
-    if n < 3:
-        return "not testable (fewer than 3 seeds)"
-    need = n - 1 if n >= 5 else n
+    """The rule of :data:`_common.VERDICT_RULE` against random pruning."""
+    if len(deltas) < 2:
+        return "not testable (fewer than 2 seeds)"
+    word, p = paired_verdict(list(deltas.values()))
     pos = sum(d > 0 for d in deltas.values())
-    neg = sum(d < 0 for d in deltas.values())
-    if pos >= need:
-        return f"beats random ({pos}/{n} seeds)"
-    if neg >= need:
-        return f"worse than random ({neg}/{n} seeds)"
-    return f"no consistent difference ({pos} up, {neg} down of {n})"
+    tail = f"p = {p:.3f}, {pos}/{len(deltas)} seeds up"
+    return {"beats": f"beats random ({tail})", "worse": f"worse than random ({tail})"}.get(
+        word, f"not shown ({tail})")
 
 
 def _signs(d: dict[int, float]) -> str:
@@ -232,9 +228,8 @@ def write_report(cells_obj) -> str:
         "",
         "## Verdicts",
         "",
-        "Rule: a scorer *beats random* at a ratio when the paired difference Δ = acc(scorer) − acc(random) "
-        "(same seed, same ratio, percentage points) is > 0 in at least 4 of 5 seeds (3 of 3 for the scorers run "
-        "with 3 seeds); *worse* when < 0 as often; otherwise no consistent difference.",
+        "Rule (restated on 2026-12-07; the earlier rule, > 0 in 4 of 5 or 3 of 3 seeds, was too lenient): "
+        f"with Δ = acc(scorer) − acc(random), same seed and ratio, in points: {VERDICT_RULE}.",
         "",
         *claim,
         "",

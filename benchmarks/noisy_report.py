@@ -1,0 +1,148 @@
+"""``report.md`` of ``benchmarks/noisy_method.py``, rebuilt from its cell files alone.
+
+The verdict rule is :func:`verdict` (declared in ``benchmarks/RESULTS.md`` before the test
+settings ran): A beats B when the paired per-seed differences A - B are positive by a one-sided
+paired t-test at p < 0.05, or positive in every one of at least 5 seeds; A is worse when the
+same holds for B - A; otherwise the difference is not shown.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from _common import paired_verdict
+
+ARM_TITLES = {
+    "clean": "clean labels (ceiling)",
+    "noisy": "full noisy data (anchor)",
+    "short": "control: full noisy data, same cost",
+    "random": "control: random prune-in-run, as many kept",
+    "default": "**dprune run's defaults (prune-in-run)**",
+    "score": "entropy alone (prune-in-run)",
+    "relabel": "entropy + argmax relabel",
+    "paper": "entropy + relabel + 1% outliers (paper's full method)",
+    "dual": "dual alone (prune-in-run)",
+    "cleanlab": "cleanlab 5-fold, flagged removed, then E epochs",
+    "protocol": "paper's protocol with the defaults (record T, retrain E)",
+}
+
+
+def verdict(deltas) -> tuple[str, float]:
+    return paired_verdict(deltas)
+
+
+def _cells_by(cells: dict, pattern: str) -> dict[tuple, dict]:
+    out = {}
+    for key, value in cells.items():
+        m = re.fullmatch(pattern, key)
+        if m:
+            out[m.groups()] = value
+    return out
+
+
+def write_report(cells) -> str:
+    data = cells.all()
+    config = cells.config
+    arms = _cells_by(data, r"arm/([^/]+)/seed(\d+)/([a-z]+)")
+    clean = {seed: v for (seed,), v in _cells_by(data, r"clean/seed(\d+)").items()}
+    detect = _cells_by(data, r"detect/([^/]+)/seed(\d+)")
+    settings = sorted({k[0] for k in arms} | {k[0] for k in detect})
+    E = config["epochs"]
+    lines = [f"# The full method on noisy Fashion-MNIST (60,000 images), E = {E}, T = {E // 10}", "",
+             "Verdict: one-sided paired t-test p < 0.05 over seeds, or all of >= 5 seeds (see the module docstring). "
+             "The defaults under test are recorded in each `default` cell (`spec`).", ""]
+    specs = sorted({str(v["spec"]) for k, v in data.items() if k.endswith("/default") and "spec" in v})
+    if specs:
+        lines += [f"Default specs in the cells: {'; '.join(specs)}", ""]
+    for setting in settings:
+        lines += _setting_section(setting, arms, clean, E)
+    lines += _detection_section(detect, settings)
+    text = "\n".join(lines) + "\n"
+    (Path(cells.dir) / "report.md").write_text(text)
+    return text
+
+
+def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]:
+    by_arm: dict[str, dict[int, dict]] = {}
+    for (s, seed, arm), v in arms.items():
+        if s == setting:
+            by_arm.setdefault(arm, {})[int(seed)] = v
+    if setting.startswith(("symmetric", "class", "instance")) and clean:
+        by_arm["clean"] = {int(k): v for k, v in clean.items()}
+    noisy = by_arm.get("noisy", {})
+    if not noisy:
+        return [f"## {setting}", "", "(no noisy run yet)", ""]
+    full_cost = np.mean([v["cost"] for v in noisy.values()])
+    lines = [f"## {setting}", ""]
+    curve = np.mean([v["curve"] for v in noisy.values() if len(v["curve"]) == E], axis=0) if any(
+        len(v["curve"]) == E for v in noisy.values()) else None
+    if curve is not None:
+        peak = int(np.argmax(curve))
+        lines.append(f"Memorisation: the noisy run's test accuracy (mean of {len(noisy)} seeds) peaks at "
+                     f"{curve[peak]:.4f} after epoch {peak + 1} and ends at {curve[-1]:.4f} "
+                     f"({(curve[-1] - curve[peak]) * 100:+.2f} points).")
+        lines.append("")
+    lines += ["| way | seeds | top-1 (mean ± std) | × full cost | kept | noise among kept | Δ vs noisy | "
+              "Δ vs random | Δ vs short |", "|---|---|---|---|---|---|---|---|---|"]
+    controls = {name: by_arm.get(name, {}) for name in ("noisy", "random", "short")}
+    for arm, title in ARM_TITLES.items():
+        runs = by_arm.get(arm)
+        if not runs:
+            continue
+        acc = np.array([v["acc"] for v in runs.values()])
+        cost = np.mean([v["cost"] for v in runs.values()]) / full_cost
+        kept = np.mean([v.get("n_kept", np.nan) for v in runs.values()])
+        noise = np.mean([v.get("kept_noise", np.nan) for v in runs.values()])
+        cells = []
+        for ref in ("noisy", "random", "short"):
+            if arm == ref or not controls[ref]:
+                cells.append("")
+                continue
+            seeds = sorted(set(runs) & set(controls[ref]))
+            d = [(runs[s]["acc"] - controls[ref][s]["acc"]) * 100 for s in seeds]
+            v, p = verdict(d)
+            cells.append(f"{np.mean(d):+.2f} ({v}{'' if math.isnan(p) else f', p={p:.3f}'}; "
+                         + " ".join(f"{x:+.2f}" for x in d) + ")" if d else "")
+        std = f" ± {acc.std(ddof=1) * 100:.2f}" if len(acc) > 1 else ""
+        lines.append(f"| {title} | {len(acc)} | {acc.mean() * 100:.2f}{std} | {cost:.2f} | "
+                     f"{'' if math.isnan(kept) else f'{kept:,.0f}'} | {'' if math.isnan(noise) else f'{noise:.3f}'} | "
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _detection_section(detect: dict, settings: list[str]) -> list[str]:
+    if not detect:
+        return []
+    lines = ["## Label cleaning: dprune's detector against cleanlab", "",
+             "F1 (%) of the flags against the injected flips; dprune reads the first T epochs of the noisy run; "
+             "cleanlab's best `filter_by` on its own 5-fold out-of-sample probabilities (the rule named).", "",
+             "| noise | seeds | dprune `confident` by T | argmax rule by T | cleanlab best (5×4) | cleanlab best "
+             "(5×1) | Δ dprune best T − cleanlab 5×4 |", "|---|---|---|---|---|---|---|"]
+    for setting in settings:
+        rows = {int(seed): v for (s, seed), v in detect.items() if s == setting}
+        if not rows:
+            continue
+        Ts = sorted(next(iter(rows.values()))["dprune"], key=lambda t: int(t[1:]))
+        conf = {T: np.mean([r["dprune"][T]["flags"]["confident"]["f1"] for r in rows.values()]) for T in Ts}
+        arg = {T: np.mean([r["dprune"][T]["flags"]["argmax"]["f1"] for r in rows.values()]) for T in Ts}
+        best = {}
+        for cv in next(iter(rows.values()))["cleanlab"]:
+            per_rule = {rule: np.mean([r["cleanlab"][cv]["rules"][rule]["f1"] for r in rows.values()])
+                        for rule in next(iter(rows.values()))["cleanlab"][cv]["rules"]}
+            rule = max(per_rule, key=per_rule.get)
+            best[cv] = (per_rule[rule], rule)
+        bestT = max(conf, key=conf.get)
+        cl = best.get("5x4", (float("nan"), ""))
+        d = [(r["dprune"][bestT]["flags"]["confident"]["f1"] - r["cleanlab"]["5x4"]["rules"][cl[1]]["f1"]) * 100
+             for r in rows.values()] if cl[1] else []
+        v, p = verdict(d)
+        lines.append(f"| {setting} | {len(rows)} | " + " ".join(f"{T}: {conf[T] * 100:.1f}" for T in Ts) + " | "
+                     + " ".join(f"{T}: {arg[T] * 100:.1f}" for T in Ts) + " | "
+                     + " | ".join(f"{best[cv][0] * 100:.1f} ({best[cv][1]})" for cv in best) + " | "
+                     + (f"{np.mean(d):+.2f} at {bestT} ({v})" if d else "") + " |")
+    lines.append("")
+    return lines
