@@ -171,11 +171,16 @@ class Cells:
         atomic_write_json(path, runs + [info])
 
 
+class NotReady(Exception):
+    """A cell needs another cell that is not finished yet (e.g. being run by another process)."""
+
+
 def run_cells(cells: Cells, todo: list[tuple[str, callable]]) -> None:
     """Run ``(key, fn)`` pairs not finished yet; ``fn()`` returns the cell's dict.
 
-    A cell whose training run is locked by another process is skipped and retried after the
-    others, so two processes can work through one sweep side by side.
+    A cell whose training run is locked by another process, or that raises :class:`NotReady`,
+    is skipped and retried after the others, so two processes can work through one sweep side
+    by side.
     """
     pending = [(k, f) for k, f in todo if not cells.has(k)]
     while pending:
@@ -186,8 +191,8 @@ def run_cells(cells: Cells, todo: list[tuple[str, callable]]) -> None:
             try:
                 t0 = time.perf_counter()
                 value = fn()
-            except (LockedError, StoreError) as e:
-                if "in use by another writer" not in str(e):
+            except (LockedError, StoreError, NotReady) as e:
+                if not isinstance(e, NotReady) and "in use by another writer" not in str(e):
                     raise
                 postponed.append((key, fn))
                 continue

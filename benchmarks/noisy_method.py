@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, Cells, auc, machine, prepare_data, prf, run_cells, train_config  # noqa: E402
+from _common import RESULTS_DIR, Cells, NotReady, auc, machine, prepare_data, prf, run_cells, train_config  # noqa: E402
 from mislabel_detection import custom_manifest, predict  # noqa: E402
 
 from dprune.data import build_dataset, instance_dependent_noise  # noqa: E402
@@ -228,6 +228,8 @@ class Experiment:
         elif arm == "default":
             run = self.pir(noise, seed, "default", **self.default_spec())
             return {**self._result(run, noise, seed, arm), "spec": self.default_spec()}
+        elif arm in ("random", "short") and not self.cells.has(f"arm/{name_of(noise)}/seed{seed}/default"):
+            raise NotReady(f"{arm} needs the default arm of {name_of(noise)} seed {seed}")
         elif arm == "random":
             m = self._manifest(noise, seed, "default")
             kept_observed = m["n_kept"] - len(m["unobserved"])
