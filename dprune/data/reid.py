@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_text
 from .base import LabeledImageDataset, Transform
-from .paths import resolve_under
+from .paths import resolve_under, scan_files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -97,23 +97,20 @@ class ReIDDataset:
 def _scan_folder(root: Path, folder: str, dataset: str) -> list[str]:
     """Relative paths of the images directly inside ``root/folder``, sorted by name.
 
-    Other files (Market-1501 ships a ``Thumbs.db``) and sub-folders are ignored.
+    Other files (Market-1501 ships a ``Thumbs.db``), hidden ones, anything but a regular file
+    (:func:`~dprune.data.paths.is_regular_file`) and sub-folders are ignored.
     """
     path = root / folder
     if not path.is_dir():
         raise ValueError(f"{dataset}: missing folder {folder}/ under {root}")
     resolve_under(root, folder)
     relpaths = []
-    with os.scandir(path) as it:
-        for entry in it:
-            if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            rel = f"{folder}/{entry.name}"
-            # Only a symlink can point out of a folder already known to lie under root.
-            if entry.is_symlink():
-                resolve_under(root, rel)
-            if entry.is_file():
-                relpaths.append(rel)
+    for entry in scan_files(path, IMAGE_EXTENSIONS, recursive=False):
+        rel = f"{folder}/{entry.name}"
+        # Only a symlink can point out of a folder already known to lie under root.
+        if entry.is_symlink():
+            resolve_under(root, rel)
+        relpaths.append(rel)
     if not relpaths:
         raise ValueError(f"{dataset}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
     return sorted(relpaths)
@@ -241,10 +238,7 @@ def _read_msmt_list(base: Path, image_dir: str, list_name: str,
     if not list_path.is_file():
         raise ValueError(f"MSMT17: missing list file {list_name} under {base}")
     records = []
-    try:
-        text = list_path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"MSMT17: {list_path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    text = read_text(list_path, "MSMT17 list file")
     for lineno, line in enumerate(text.splitlines(), 1):
         where = f"MSMT17: {list_path}:{lineno}"
         fields = line.split()
