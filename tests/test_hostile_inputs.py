@@ -7,11 +7,13 @@ machine's memory, and whose peak RSS must stay under 1 GB.
 """
 import codecs
 import errno
+import gzip
 import io
 import json
 import os
 import pickle
 import resource
+import struct
 import subprocess
 import sys
 import threading
@@ -26,7 +28,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dprune.cli import main
-from dprune.data import RefusedPickleError, load_cub200, load_imagefolder, load_restricted_pickle
+from dprune.data import RefusedPickleError, load_cub200, load_imagefolder, load_restricted_pickle, read_idx
 from dprune.data.paths import TREE_MAX_DEPTH
 from dprune.fileio import JSON_MAX_DEPTH, atomic_write_json, read_json, read_npz
 from dprune.importers import import_arrays
@@ -394,3 +396,16 @@ def test_an_invalid_utf8_manifest_names_the_file(tmp_path):
     (tmp_path / "m.json").write_bytes(b'{"kind": "\xff"}')
     with pytest.raises(ValueError, match=r"manifest .*m.json is not UTF-8 text \(byte 10"):
         load_manifest(tmp_path / "m.json")
+
+
+def test_a_gzip_idx_file_claiming_more_than_the_budget_is_refused_before_inflating(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:  # 600 MB of zeros, as the header says, in under 3 MB
+        f.write(struct.pack(">IIII", 0x803, 600, 1000, 1000))
+        block = bytes(1 << 24)
+        for _ in range(600_000_000 // len(block)):
+            f.write(block)
+        f.write(block[: 600_000_000 % len(block)])
+    assert path.stat().st_size < 3_000_000
+    with pytest.raises(ValueError, match=r"its header claims \(600, 1000, 1000\) of uint8, 600,000,000 bytes"):
+        read_idx(path)

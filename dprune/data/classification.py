@@ -23,7 +23,7 @@ import torch
 
 from dprune.data.base import FileImageDataset, LabeledImageDataset, TensorImageDataset, Transform
 from dprune.data.paths import resolve_under, scan_files
-from dprune.fileio import read_text
+from dprune.fileio import ARRAY_MAX_BYTES, read_text
 from dprune.labels import MAX_CLASSES, check_class_count
 from dprune.data.safe_pickle import load_restricted_pickle
 from dprune.data.transforms import default_transform
@@ -145,6 +145,11 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.
             dims = struct.unpack(f">{ndim}I", dims_raw)
             dtype = _IDX_DTYPES[type_code]
             expected = math.prod(dims) * dtype.itemsize
+            # A plain file holds at most its size; a gzip stream can inflate without end, so what
+            # its header claims is held to the budget of arrays read whole.
+            if opener is gzip.open and expected > ARRAY_MAX_BYTES:
+                raise ValueError(f"{path}: its header claims {dims} of {dtype}, {expected:,} bytes; the "
+                                 f"budget is {ARRAY_MAX_BYTES:,}")
             # Read in chunks, one byte past the expected size: a header claiming an absurd
             # size must not make us allocate it, and trailing bytes mean a wrong header.
             chunks, remaining = [], expected + 1
