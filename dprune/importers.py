@@ -80,10 +80,10 @@ def check_store_size(E: int, N: int, C: int, dtype: str, source_bytes: int, max_
 
 class ArrayStream:
     """An array's elements in C order, read a piece at a time: from a mapped ``.npy`` or out of
-    an ``.npz`` member, which is never inflated whole."""
+    an ``.npz`` member, which is never inflated whole.  ``read(k)`` gives the next ``k``, 1-D."""
 
     def __init__(self, shape: tuple, dtype: np.dtype, read) -> None:
-        self.shape, self.dtype, self._read = tuple(shape), np.dtype(dtype), read
+        self.shape, self.dtype, self.read = tuple(shape), np.dtype(dtype), read
 
     @classmethod
     def of_array(cls, array: np.ndarray, where) -> "ArrayStream":
@@ -110,10 +110,6 @@ class ArrayStream:
 
         return cls(shape, dtype, read)
 
-    def read(self, k: int) -> np.ndarray:
-        """The next ``k`` elements, 1-D."""
-        return self._read(k)
-
 
 @contextmanager
 def open_array_source(src: Path):
@@ -127,9 +123,11 @@ def open_array_source(src: Path):
             raise ValueError(f"{src} has no logits.npy")
         present = {k: p for k, p in files.items() if p.exists()}
         streams = {k: ArrayStream.of_array(_load_array(p), p) for k, p in present.items() if k != "labels"}
-        labels = files["labels"]
-        yield (streams["logits"], streams.get("counts"), lambda: _load_array(labels, False) if labels.exists() else None,
-               sum(p.stat().st_size for p in present.values()))
+
+        def read_labels():
+            return _load_array(files["labels"], mmap=False) if "labels" in present else None
+
+        yield streams["logits"], streams.get("counts"), read_labels, sum(p.stat().st_size for p in present.values())
     elif src.suffix == ".npy":
         yield ArrayStream.of_array(_load_array(src), src), None, lambda: None, src.stat().st_size
     elif src.suffix == ".npz":

@@ -35,6 +35,7 @@ from dprune.importers import import_arrays
 from dprune.manifest import KIND, MANIFEST_FORMAT, load_manifest, manifest_digest
 from dprune.scoring import load_scores
 from dprune.scoring.params import PARAMS, merge_params
+from dprune.store import TrajectoryStore
 from dprune.synthetic import synthetic_trajectory
 
 RSS_BUDGET = 1 << 30
@@ -176,6 +177,30 @@ def test_import_streams_a_compressed_source_in_bounded_memory(tmp_path):
     assert np.load(tmp_path / "run" / "labels.npy").max() == 3
     # Reading the logits whole would take 200 MB; the pieces are 16 MB, the labels 1 MB.
     assert peak < 64 << 20, peak
+
+
+def test_every_array_source_streams_to_the_same_store(tmp_path):
+    t = synthetic_trajectory(70, 5, 3, seed=2)
+    t["counts"] = np.random.default_rng(0).integers(0, 3, t["counts"].shape).astype(np.int32)
+    np.savez_compressed(tmp_path / "t.npz", logits=t["logits"], counts=t["counts"], labels=t["labels"])
+    (tmp_path / "folder").mkdir()
+    for k in ("logits", "counts", "labels"):
+        np.save(tmp_path / "folder" / f"{k}.npy", t[k])
+    np.save(tmp_path / "labels.npy", t["labels"])
+    sources = [(tmp_path / "t.npz",), (tmp_path / "folder",),
+               (tmp_path / "folder" / "logits.npy", "--labels", tmp_path / "labels.npy")]
+    for k, (src, *more) in enumerate(sources):
+        r = run_cli("import", src, "-o", tmp_path / f"run{k}", "--dtype", "float32", *more)
+        assert r.exit_code == 0, r.output
+    for k in range(3):
+        store = TrajectoryStore.open(tmp_path / f"run{k}")
+        assert np.array_equal(store.labels, t["labels"])
+        for e in range(3):
+            logits = np.load(tmp_path / f"run{k}" / f"epoch_{e:04d}.logits.npy")
+            counts = np.load(tmp_path / f"run{k}" / f"epoch_{e:04d}.counts.npy")
+            want = t["counts"][e] if k < 2 else np.ones(70)
+            seen = want > 0
+            assert np.array_equal(counts, want) and np.array_equal(logits[seen], t["logits"][e][seen])
 
 
 # ---------------------------------------------------------------------------------------- item 9
