@@ -168,7 +168,9 @@ def _relabel(records: list[ReIDRecord]) -> tuple[list[ReIDRecord], dict[int, int
 
 # --------------------------------------------------------------------------- Market-1501
 
-_MARKET_NAME = re.compile(r"([-\d]+)_c(\d)")
+# Identities and cameras in file names and lists have at most 9 digits (real ones have 4): a
+# longer number is no real id, and one of 20 digits would overflow the int64 labels.
+_MARKET_NAME = re.compile(r"([-\d]{1,10})_c(\d)")
 _MARKET_NESTED = "Market-1501-v15.09.15"
 
 
@@ -229,7 +231,7 @@ def read_market1501(root: str | os.PathLike) -> ReIDDataset:
 
 # (list-file folder, train image folder, test image folder), in torchreid's search order.
 _MSMT_VERSIONS = (("MSMT17_V1", "train", "test"), ("MSMT17_V2", "mask_train_v2", "mask_test_v2"))
-_MSMT_NAME = re.compile(r"(\d+)_(\d+)_(\d+)_")
+_MSMT_NAME = re.compile(r"(\d{1,9})_(\d{1,9})_(\d{1,9})_")
 
 
 def _read_msmt_list(base: Path, image_dir: str, list_name: str,
@@ -244,7 +246,7 @@ def _read_msmt_list(base: Path, image_dir: str, list_name: str,
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 2 or not re.fullmatch(r"\d+", fields[1]):
+        if len(fields) != 2 or not re.fullmatch(r"\d{1,9}", fields[1]):
             raise ValueError(f"{where}: expected 'relpath pid', got {line.strip()!r}")
         if fields[0].startswith(("/", "\\")) or re.match(r"[A-Za-z]:", fields[0]):
             raise ValueError(f"{where}: refusing absolute path {fields[0]!r}")
@@ -313,7 +315,7 @@ def read_msmt17(root: str | os.PathLike, *, combine_train_val: bool = False) -> 
 
 # --------------------------------------------------------------------------- VeRi-776
 
-_VERI_NAME = re.compile(r"(\d+)_c(\d+)_")
+_VERI_NAME = re.compile(r"(\d{1,9})_c(\d{1,9})_")
 
 
 def _parse_veri(name: str) -> tuple[int, int] | None:
