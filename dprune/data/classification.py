@@ -23,10 +23,10 @@ import torch
 
 from dprune.data.base import FileImageDataset, LabeledImageDataset, TensorImageDataset, Transform
 from dprune.data.paths import resolve_under, scan_files
-from dprune.fileio import ARRAY_MAX_BYTES, read_text
-from dprune.labels import MAX_CLASSES, check_class_count
 from dprune.data.safe_pickle import load_restricted_pickle
 from dprune.data.transforms import default_transform
+from dprune.fileio import ARRAY_MAX_BYTES, read_text
+from dprune.labels import MAX_CLASSES, check_class_count
 
 DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "cub200", "imagefolder")
 
