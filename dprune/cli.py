@@ -98,6 +98,29 @@ def _check_new_output(path: Path, what: str, *, not_same_as=()) -> Path:
     return check_output_path(path, what, not_same_as=not_same_as)
 
 
+class _Size(click.ParamType):
+    """A size in bytes: ``1000000``, ``500M``, ``1.5G``, ``2T`` (powers of 1024)."""
+
+    name = "size"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in self._UNITS else ""
+        try:
+            number = float(text[: len(text) - len(unit)])
+        except ValueError:
+            number = -1.0
+        if not 0 <= number < float(1 << 60):
+            self.fail(f"{value!r} is not a size such as 500M, 20G or 1000000", param, ctx)
+        return int(number * self._UNITS[unit])
+
+
+_SIZE = _Size()
+
+
 # ---------------------------------------------------------------------------------- import
 @main.command("import")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
@@ -115,21 +138,26 @@ def _check_new_output(path: Path, what: str, *, not_same_as=()) -> Path:
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Storage precision of the logits (float16 refuses finite values beyond +-65504).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store in OUT.")
-def import_cmd(src, out_dir, fmt, labels_path, ids_path, num_samples, dtype, overwrite):
+@click.option("--max-size", type=_SIZE, default=None,
+              help="Largest store to create, e.g. 500M, 20G (default: 16 x the size of SRC on disk, at least "
+                   "256 MiB; a small compressed file can claim far more logits than it holds).")
+def import_cmd(src, out_dir, fmt, labels_path, ids_path, num_samples, dtype, overwrite, max_size):
     """Import a trajectory recorded by another tool into a dprune run directory."""
+    from .fileio import read_text
     from .importers import import_arrays, import_tdds, read_labels_file
 
     labels = read_labels_file(labels_path) if labels_path else None
-    ids = ids_path.read_text(encoding="utf-8").splitlines() if ids_path else None
+    ids = read_text(ids_path, "sample ids file").splitlines() if ids_path else None
     if fmt == "auto":
         fmt = "tdds" if (src.is_dir() and (src / "0_Output.npy").exists()) else "arrays"
     if fmt == "tdds":
         if labels is None:
             raise ValueError("TDDS/DUAL folders hold no labels: pass --labels labels.npy")
         store = import_tdds(src, out_dir, labels=labels, n_samples=num_samples, dtype=dtype, sample_ids=ids,
-                            progress=True, overwrite=overwrite)
+                            progress=True, overwrite=overwrite, max_size=max_size)
     else:
-        store = import_arrays(src, out_dir, labels=labels, dtype=dtype, sample_ids=ids, progress=True, overwrite=overwrite)
+        store = import_arrays(src, out_dir, labels=labels, dtype=dtype, sample_ids=ids, progress=True,
+                              overwrite=overwrite, max_size=max_size)
     click.echo(f"imported {store.epochs_completed} epochs x {store.n_samples} samples x {store.n_classes} classes "
                f"({store.dtype.name}) into {out_dir}")
 

@@ -3,6 +3,21 @@ from __future__ import annotations
 
 import numpy as np
 
+MAX_CLASSES = 100_000
+"""Most classes a dataset, store or manifest may have.  ImageNet-21k has 21,841 classes and
+MSMT17 4,101 training identities; a count beyond this comes from a corrupt or hostile label
+file (one class id of 3,000,000 in CUB's 38-byte ``image_class_labels.txt`` would build a
+6 GB classifier)."""
+
+
+def check_class_count(n_classes, where: str) -> int:
+    """``n_classes`` as an int in [1, :data:`MAX_CLASSES`], or a ``ValueError`` naming ``where``."""
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) \
+            or not 1 <= n_classes <= MAX_CLASSES:
+        raise ValueError(f"{where}: the number of classes must be an integer in [1, {MAX_CLASSES:,}], "
+                         f"got {n_classes!r}")
+    return int(n_classes)
+
 
 def validate_labels(labels, n_classes: int | None = None, n_samples: int | None = None, *,
                     what: str = "labels") -> np.ndarray:

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from .fileio import parse_json
+
 LOCK_FILE = ".dprune.lock"
 
 
@@ -56,7 +58,7 @@ class DirLock:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = _describe(f.read())
+            holder = _describe(f.read(4096))  # the holder writes one short line; more is not ours
             f.close()
             raise LockedError(f"{self.directory} is in use by another writer ({holder}); wait for it to finish or "
                               f"stop it (a leftover worker of a killed launcher stops by itself within seconds)") \
@@ -87,7 +89,7 @@ class DirLock:
 
 def _describe(text: str) -> str:
     try:
-        h = json.loads(text)
+        h = parse_json(text, "lock file", LOCK_FILE)
         return f"pid {h['pid']} on {h['host']} since {h['since']}: {h['purpose']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"

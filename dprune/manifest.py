@@ -28,10 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import atomic_write_json, atomic_write_with, read_json, read_npz
+from .labels import MAX_CLASSES
 from .select import Selection
 
 MANIFEST_FORMAT = 2
 KIND = "dprune-manifest"
+
+MAX_SAMPLES = 1 << 40
+"""Largest N a manifest may claim: beyond any dataset, and small enough that every index is an int64."""
 
 
 def manifest_dict(sel: Selection, *, source_run: str, made_from: dict, n_classes: int, scores_meta: dict | None,
@@ -133,9 +137,10 @@ def _index_list(m: dict, key: str, N: int, path: Path) -> np.ndarray:
     v = m.get(key)
     if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
         raise ValueError(f"{path}: {key!r} must be a list of integer sample indices")
+    bad = next((i for i in v if not 0 <= i < N), None)  # checked before numpy: 10**30 overflows int64
+    if bad is not None:
+        raise ValueError(f"{path}: {key!r} holds indices outside [0, {N}), e.g. {bad}")
     arr = np.asarray(v, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= N):
-        raise ValueError(f"{path}: {key!r} holds indices outside [0, {N}): range [{arr.min()}, {arr.max()}]")
     if len(np.unique(arr)) != len(arr):
         raise ValueError(f"{path}: {key!r} lists a sample more than once")
     return arr
@@ -158,8 +163,10 @@ def load_manifest(path, *, fingerprint: dict | None = None, labels_N: np.ndarray
         if k not in m:
             raise ValueError(f"{path} is incomplete: missing {k!r}")
     N, C = m["n_samples"], m["n_classes"]
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (N, C)) or N < 1 or C < 2:
-        raise ValueError(f"{path}: n_samples must be an integer >= 1 and n_classes >= 2, got {N!r}, {C!r}")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (N, C)) or not 1 <= N <= MAX_SAMPLES \
+            or not 2 <= C <= MAX_CLASSES:
+        raise ValueError(f"{path}: n_samples must be an integer in [1, {MAX_SAMPLES:,}] and n_classes in "
+                         f"[2, {MAX_CLASSES:,}], got {N!r}, {C!r}")
     fp = m["fingerprint"]
     if not isinstance(fp, dict) or fp.get("n_samples") != N or not isinstance(fp.get("sha256"), str):
         raise ValueError(f"{path}: bad fingerprint {fp!r}")
@@ -184,7 +191,8 @@ def load_manifest(path, *, fingerprint: dict | None = None, labels_N: np.ndarray
         raise ValueError(f"{path}: 'relabelled' must be an object {{index: label}}")
     rel_idx, rel_lab = [], []
     for k, c in rel.items():
-        if not (isinstance(k, str) and k.isdigit() and str(int(k)) == k) or not 0 <= int(k) < N:
+        if not (isinstance(k, str) and k.isascii() and k.isdigit() and len(k) <= 19 and str(int(k)) == k) \
+                or not 0 <= int(k) < N:
             raise ValueError(f"{path}: relabelled key {k!r} is not a sample index in [0, {N})")
         if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < C:
             raise ValueError(f"{path}: relabelled sample {k} has label {c!r}, not an integer in [0, {C})")

@@ -22,10 +22,11 @@ def split_assignment(item: str, what: str) -> tuple[str, str]:
 
 
 def parse_value(text: str) -> Any:
-    """JSON if it parses (``1e400`` parses to inf and is caught by :func:`coerce`), else the string."""
+    """JSON if it parses (``1e400`` parses to inf and is caught by :func:`coerce`), else the string
+    (also for JSON nested too deep or with an integer of too many digits, which no option takes)."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return text
 
 

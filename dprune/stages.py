@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text, read_npz
 from .manifest import export_list
 from .pruning import load_store_manifest, prune_store
 from .select import PruneSpec
@@ -353,8 +353,9 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
                  "(plus scoring and selection for the paper protocol; prune-in-run's includes its own)")
     noise_file = out / ("full" if full is not None else "prune-in-run") / "label_noise.npz"
     if noise_file.exists():
-        with np.load(noise_file) as z:
-            flipped, clean = z["flipped"], z["clean_labels"]
+        z = read_npz(noise_file, "label noise file", {"flipped": ((N,), "b"), "clean_labels": ((N,), "i"),
+                                                      "noisy_labels": ((N,), "i")})
+        flipped, clean = z["flipped"], z["clean_labels"]
         idx = np.asarray([int(i) for i in m["relabelled"]], np.int64)
         lab = np.asarray(list(m["relabelled"].values()), np.int64)
         flagged = np.zeros(N, bool)

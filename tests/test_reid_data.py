@@ -116,6 +116,18 @@ def test_market1501_unparsable_name(copy_of):
         read_market1501(root)
 
 
+def test_market1501_skips_non_regular_files_and_refuses_huge_ids(copy_of):
+    root, truth = copy_of("market1501")
+    before = read_market1501(root)
+    os.mkfifo(root / "bounding_box_train" / "0002_c1s1_999999_01.jpg")  # reading it would block forever
+    after = read_market1501(root)
+    assert after.train == before.train
+    src = next((root / "bounding_box_train").glob("*.jpg"))
+    shutil.copy(src, root / "bounding_box_train" / ("9" * 30 + "_c1s1_000001_01.jpg"))
+    with pytest.raises(ValueError, match=r"cannot parse identity and camera .*999999999_c1s1"):
+        read_market1501(root)
+
+
 def test_symlink_out_of_root_is_refused(copy_of, tmp_path):
     root, _ = copy_of("market1501")
     outside = tmp_path / "outside.jpg"
@@ -169,6 +181,7 @@ def test_msmt17_missing_folder_and_list(copy_of):
     ("../../../0000_000_01_0303morning_0001_0.jpg 0", "outside the dataset root"),
     ("/etc/0000_000_01_0303morning_0001_0.jpg 0", "refusing absolute path"),
     ("0000/0000_999_01_0303morning_9999_0.jpg 0", "image not found"),
+    ("0000/0000_000_01_0303morning_0001_0.jpg " + "9" * 30, r"expected 'relpath pid'"),  # no int64 overflow
 ])
 def test_msmt17_bad_list_line(copy_of, line, message):
     root, _ = copy_of("msmt17_v1")

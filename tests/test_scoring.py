@@ -103,7 +103,7 @@ def test_nonfinite_in_an_unobserved_epoch_is_ignored():
     (dict(counts=-np.ones((2, 3), int)), "non-negative"),
     (dict(methods=["entropy", "bogus"]), "unknown scoring method bogus; valid: entropy, entropy_prob, forgetting"),
     (dict(params={"tdds": {"windw": 3}}), r"unknown parameter tdds.windw; valid: tdds.window, tdds.decay"),
-    (dict(params={"tdds": {"window": 1}}), "tdds.window must be >= 2, got 1"),
+    (dict(params={"tdds": {"window": 1}}), r"tdds.window must be in \[2, 1,000,000\], got 1"),
     (dict(params={"tdds": {"window": 2.5}}), "tdds.window must be an integer, got 2.5"),
     (dict(params={"tdds": {"decay": float("inf")}}), "tdds.decay must be a finite number"),
     (dict(params={"mislabel": {"min_confidence": "high"}}), "mislabel.min_confidence must be a number"),

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ..labels import validate_labels
+from ..labels import check_class_count, validate_labels
 
 Transform = Callable[[object], object]
 
@@ -93,9 +93,7 @@ class LabeledImageDataset(Dataset, abc.ABC):
         transform: Transform | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-                or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_class_count(num_classes, "dataset")
         if isinstance(in_channels, bool) or not isinstance(in_channels, (int, np.integer)) \
                 or in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")

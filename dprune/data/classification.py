@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from dprune.data.base import FileImageDataset, LabeledImageDataset, TensorImageDataset, Transform
-from dprune.data.paths import resolve_under
+from dprune.data.paths import resolve_under, scan_files
 from dprune.data.safe_pickle import load_restricted_pickle
 from dprune.data.transforms import default_transform
+from dprune.fileio import ARRAY_MAX_BYTES, read_text
+from dprune.labels import MAX_CLASSES, check_class_count
 
 DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "cub200", "imagefolder")
 
@@ -143,6 +145,11 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int | None = None) -> np.
             dims = struct.unpack(f">{ndim}I", dims_raw)
             dtype = _IDX_DTYPES[type_code]
             expected = math.prod(dims) * dtype.itemsize
+            # A plain file holds at most its size; a gzip stream can inflate without end, so what
+            # its header claims is held to the budget of arrays read whole.
+            if opener is gzip.open and expected > ARRAY_MAX_BYTES:
+                raise ValueError(f"{path}: its header claims {dims} of {dtype}, {expected:,} bytes; the "
+                                 f"budget is {ARRAY_MAX_BYTES:,}")
             # Read in chunks, one byte past the expected size: a header claiming an absurd
             # size must not make us allocate it, and trailing bytes mean a wrong header.
             chunks, remaining = [], expected + 1
@@ -347,7 +354,7 @@ def _read_id_table(path: Path) -> dict[int, str]:
     if not path.is_file():
         raise FileNotFoundError(f"CUB-200-2011 list file not found: {path}")
     table: dict[int, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "CUB-200-2011 list file").splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)
@@ -410,9 +417,9 @@ def load_cub200(
     labels = []
     for image_id in ids:
         value = class_by_id[image_id]
-        if not _is_count(value) or int(value) < 1:
+        if not (_is_count(value) and len(value) <= 9 and 1 <= int(value) <= MAX_CLASSES):
             raise ValueError(f"{base / 'image_class_labels.txt'}: image {image_id} has class "
-                             f"{value!r}; classes are numbered from 1")
+                             f"{value!r}; classes are numbered from 1 to at most {MAX_CLASSES:,}")
         labels.append(int(value) - 1)
         if is_train_by_id[image_id] not in ("0", "1"):
             raise ValueError(f"{base / 'train_test_split.txt'}: image {image_id} has "
@@ -422,7 +429,7 @@ def load_cub200(
     num_classes = max(labels, default=-1) + 1
     if classes_path.is_file():
         names_by_class = _read_id_table(classes_path)
-        num_classes = max(num_classes, len(names_by_class))
+        num_classes = check_class_count(max(num_classes, len(names_by_class)), str(classes_path))
         class_names = [names_by_class.get(c + 1, str(c + 1)) for c in range(num_classes)]
 
     paths = []
@@ -453,15 +460,10 @@ def _scan_class_folder(split_root: Path, class_name: str) -> list[tuple[Path, st
     """Image files under ``split_root/class_name``, sorted, as (resolved path, id) pairs."""
     class_dir = resolve_under(split_root, class_name)
     found = []
-    # Symlinked folders are not descended (followlinks=False) so a link cycle cannot loop;
-    # symlinked files are kept if they stay under the split root.
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for file_name in sorted(filenames):
-            if file_name.startswith(".") or not file_name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            rel = (Path(dirpath) / file_name).relative_to(class_dir.parent).as_posix()
-            found.append((resolve_under(split_root, rel), rel))
+    # Symlinked files are kept if they stay under the split root.
+    for entry in scan_files(class_dir, IMAGE_EXTENSIONS, recursive=True):
+        rel = Path(entry.path).relative_to(class_dir.parent).as_posix()
+        found.append((resolve_under(split_root, rel), rel))
     return found
 
 

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_text
 from .base import LabeledImageDataset, Transform
-from .paths import resolve_under
+from .paths import resolve_under, scan_files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -97,23 +97,20 @@ class ReIDDataset:
 def _scan_folder(root: Path, folder: str, dataset: str) -> list[str]:
     """Relative paths of the images directly inside ``root/folder``, sorted by name.
 
-    Other files (Market-1501 ships a ``Thumbs.db``) and sub-folders are ignored.
+    Other files (Market-1501 ships a ``Thumbs.db``), hidden ones, anything but a regular file
+    (:func:`~dprune.data.paths.is_regular_file`) and sub-folders are ignored.
     """
     path = root / folder
     if not path.is_dir():
         raise ValueError(f"{dataset}: missing folder {folder}/ under {root}")
     resolve_under(root, folder)
     relpaths = []
-    with os.scandir(path) as it:
-        for entry in it:
-            if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            rel = f"{folder}/{entry.name}"
-            # Only a symlink can point out of a folder already known to lie under root.
-            if entry.is_symlink():
-                resolve_under(root, rel)
-            if entry.is_file():
-                relpaths.append(rel)
+    for entry in scan_files(path, IMAGE_EXTENSIONS, recursive=False):
+        rel = f"{folder}/{entry.name}"
+        # Only a symlink can point out of a folder already known to lie under root.
+        if entry.is_symlink():
+            resolve_under(root, rel)
+        relpaths.append(rel)
     if not relpaths:
         raise ValueError(f"{dataset}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
     return sorted(relpaths)
@@ -171,7 +168,9 @@ def _relabel(records: list[ReIDRecord]) -> tuple[list[ReIDRecord], dict[int, int
 
 # --------------------------------------------------------------------------- Market-1501
 
-_MARKET_NAME = re.compile(r"([-\d]+)_c(\d)")
+# Identities and cameras in file names and lists have at most 9 digits (real ones have 4): a
+# longer number is no real id, and one of 20 digits would overflow the int64 labels.
+_MARKET_NAME = re.compile(r"([-\d]{1,10})_c(\d)")
 _MARKET_NESTED = "Market-1501-v15.09.15"
 
 
@@ -232,7 +231,7 @@ def read_market1501(root: str | os.PathLike) -> ReIDDataset:
 
 # (list-file folder, train image folder, test image folder), in torchreid's search order.
 _MSMT_VERSIONS = (("MSMT17_V1", "train", "test"), ("MSMT17_V2", "mask_train_v2", "mask_test_v2"))
-_MSMT_NAME = re.compile(r"(\d+)_(\d+)_(\d+)_")
+_MSMT_NAME = re.compile(r"(\d{1,9})_(\d{1,9})_(\d{1,9})_")
 
 
 def _read_msmt_list(base: Path, image_dir: str, list_name: str,
@@ -241,16 +240,13 @@ def _read_msmt_list(base: Path, image_dir: str, list_name: str,
     if not list_path.is_file():
         raise ValueError(f"MSMT17: missing list file {list_name} under {base}")
     records = []
-    try:
-        text = list_path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"MSMT17: {list_path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    text = read_text(list_path, "MSMT17 list file")
     for lineno, line in enumerate(text.splitlines(), 1):
         where = f"MSMT17: {list_path}:{lineno}"
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 2 or not re.fullmatch(r"\d+", fields[1]):
+        if len(fields) != 2 or not re.fullmatch(r"\d{1,9}", fields[1]):
             raise ValueError(f"{where}: expected 'relpath pid', got {line.strip()!r}")
         if fields[0].startswith(("/", "\\")) or re.match(r"[A-Za-z]:", fields[0]):
             raise ValueError(f"{where}: refusing absolute path {fields[0]!r}")
@@ -319,7 +315,7 @@ def read_msmt17(root: str | os.PathLike, *, combine_train_val: bool = False) -> 
 
 # --------------------------------------------------------------------------- VeRi-776
 
-_VERI_NAME = re.compile(r"(\d+)_c(\d+)_")
+_VERI_NAME = re.compile(r"(\d{1,9})_c(\d{1,9})_")
 
 
 def _parse_veri(name: str) -> tuple[int, int] | None:

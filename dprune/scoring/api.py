@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from ..fileio import atomic_savez, read_npz
+from ..fileio import atomic_savez, parse_json, read_npz
 from ..labels import validate_labels
 from .backends import backend_device, epochs_stats, resolve_backend
 from .flags import compute_flags
@@ -430,10 +430,7 @@ def load_scores(path, *, n_samples: int | None = None) -> tuple[dict[str, np.nda
     arrays = read_npz(Path(path), "scores file", expect, default)
     if "__meta__" not in arrays:
         raise ValueError(f"{path} is not a dprune scores file (no __meta__ entry)")
-    try:
-        meta = json.loads(str(arrays.pop("__meta__")))
-    except json.JSONDecodeError:
-        raise ValueError(f"{path}: corrupt __meta__ entry") from None
+    meta = parse_json(str(arrays.pop("__meta__")), "scores file", f"{path}, entry __meta__")
     if not isinstance(meta, dict) or not isinstance(meta.get("made_from"), dict) \
             or not isinstance(meta.get("methods"), list) or not isinstance(meta.get("params"), dict):
         raise ValueError(f"{path}: __meta__ is not a dprune scores description (format {SCORES_FORMAT})")

@@ -31,14 +31,30 @@ def _unit(v) -> bool:
     return 0 <= v <= 1
 
 
+MAX_EPOCHS = 1_000_000
+"""Upper bound of every epoch-counting parameter (windows, epoch indices): far beyond any run,
+and small enough for the int64 the kernels take."""
+
+MAX_SEED = 2**63 - 1
+"""Upper bound of a seed: numpy's generators take any non-negative integer, the kernels int64."""
+
+
+def _window(v) -> bool:
+    return 2 <= v <= MAX_EPOCHS
+
+
+_WINDOW_RANGE = f"in [2, {MAX_EPOCHS:,}]"
+
+
 PARAMS: dict[str, dict[str, Param]] = {
-    "el2n": {"epoch": Param(Optional[int], None, lambda v: True, "any epoch index (negative counts from the end)",
+    "el2n": {"epoch": Param(Optional[int], None, lambda v: -MAX_EPOCHS <= v <= MAX_EPOCHS,
+                            f"an epoch index in [-{MAX_EPOCHS:,}, {MAX_EPOCHS:,}] (negative counts from the end)",
                             "epoch to read (default: the last)")},
-    "tdds": {"window": Param(int, 10, lambda v: v >= 2, ">= 2", "epochs per window"),
+    "tdds": {"window": Param(int, 10, _window, _WINDOW_RANGE, "epochs per window"),
              "decay": Param(float, 0.9, lambda v: 0 < v < 1, "in (0, 1)", "weight decay of older windows")},
-    "dyn_unc": {"window": Param(int, 10, lambda v: v >= 2, ">= 2", "epochs per window")},
-    "dual": {"window": Param(int, 10, lambda v: v >= 2, ">= 2", "epochs per window (J)")},
-    "random": {"seed": Param(int, 0, lambda v: True, "any integer", "seed of the random scores")},
+    "dyn_unc": {"window": Param(int, 10, _window, _WINDOW_RANGE, "epochs per window")},
+    "dual": {"window": Param(int, 10, _window, _WINDOW_RANGE, "epochs per window (J)")},
+    "random": {"seed": Param(int, 0, lambda v: 0 <= v <= MAX_SEED, "in [0, 2**63 - 1]", "seed of the random scores")},
     "mislabel": {"min_confidence": Param(float, 0.5, _unit, "in [0, 1]",
                                          "soft-label probability the paper's argmax rule needs to flag")},
     "confident": {"agree": Param(float, 0.5, _unit, "in [0, 1]",

@@ -43,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..fileio import atomic_write_json, atomic_write_text, read_json
+from ..fileio import TEXT_MAX_BYTES, atomic_write_json, atomic_write_text, load_npy, read_json, read_text
 from ..labels import validate_labels
 from ..locking import DirLock
 
@@ -291,13 +291,15 @@ class RunDirStore:
         if not isinstance(fp, dict) or fp.get("n_samples") != n or not isinstance(fp.get("sha256"), str):
             raise StoreError(f"{path} is corrupt: bad fingerprint {fp!r}")
         try:
-            labels_N = np.load(run_dir / LABELS, allow_pickle=False)
+            labels_N = load_npy(run_dir / LABELS, "store labels", mmap=False)
             labels_N = validate_labels(labels_N, c, n)
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError) as e:
             raise StoreError(f"{run_dir / LABELS} is missing or corrupt: {e}") from None
         try:
-            sample_ids = (run_dir / SAMPLE_IDS).read_text(encoding="utf-8").split("\n")[:-1]
-        except (OSError, UnicodeDecodeError) as e:
+            # One relative path per sample: 256 bytes each on average is generous.
+            ids_budget = max(TEXT_MAX_BYTES, 256 * n)
+            sample_ids = read_text(run_dir / SAMPLE_IDS, "sample ids", ids_budget).split("\n")[:-1]
+        except (OSError, ValueError) as e:
             raise StoreError(f"{run_dir / SAMPLE_IDS} is missing or corrupt: {e}") from None
         if len(sample_ids) != n:
             raise StoreError(f"{run_dir / SAMPLE_IDS} has {len(sample_ids)} ids, expected {n}")

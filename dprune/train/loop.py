@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import math
 import os
 import pickle
@@ -49,7 +48,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..data import IndexedDataset, build_dataset, class_dependent_noise, symmetric_noise
 from ..distributed import World, barrier, broadcast_object, close_world, init_world
-from ..fileio import atomic_savez, atomic_write_json, atomic_write_with
+from ..fileio import atomic_savez, atomic_write_json, atomic_write_with, read_json
 from ..locking import DirLock, watch_parent
 from ..manifest import Manifest, load_manifest, npz_is_current, rewrite_npz
 from ..models import build_model
@@ -329,7 +328,7 @@ class Trainer:
     def _deepspeed_config(self) -> dict:
         cfg, w = self.cfg, self.world
         if cfg.deepspeed_config:
-            ds = json.loads(Path(cfg.deepspeed_config).read_text())
+            ds = read_json(Path(cfg.deepspeed_config), "DeepSpeed config")
             if not isinstance(ds, dict):
                 raise ValueError(f"{cfg.deepspeed_config}: a DeepSpeed config must be a JSON object")
         else:
