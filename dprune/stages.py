@@ -36,6 +36,7 @@ import numpy as np
 from .fileio import atomic_write_json, atomic_write_text
 from .manifest import export_list
 from .pruning import load_store_manifest, prune_store
+from .report.html import write_html_report
 from .select import PruneSpec
 from .store import open_store
 from .train.config import TrainConfig
@@ -190,7 +191,8 @@ def run_pipeline(rc: RunConfig) -> str:
         shutil.copyfile(out / "prune-in-run" / "manifest.json", manifest_path)
         shutil.copyfile(out / "prune-in-run" / "manifest.npz", manifest_path.with_suffix(".npz"))
         store = open_store(out / "prune-in-run" / "trajectory")
-    return write_report(rc, store, full, paper, pir, select_s)
+    text = write_report(rc, store, full, paper, pir, select_s)
+    return text + f"html report: {write_html_report(out)}\n"
 
 
 def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | None, pir: Trained,
