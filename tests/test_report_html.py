@@ -152,8 +152,8 @@ def test_report_command_writes_the_page_and_contact_sheets(digits_run, tmp_path)
     assert Image.open(tmp_path / "r_extremes.png").height >= 28 + 10 * 96  # a row per class
 
 
-def test_an_imported_trajectory_is_shown_by_ids_and_says_why(tmp_path):
-    t = synthetic_trajectory(300, 5, 4, noise_rate=0.1, seed=1)
+def test_an_imported_trajectory_is_shown_by_ids_sampled_least_confident_first(tmp_path):
+    t = synthetic_trajectory(3000, 5, 4, noise_rate=0.2, seed=1)
     np.savez(tmp_path / "t.npz", **t)
     cli("import", tmp_path / "t.npz", "-o", tmp_path / "imp")
     cli("prune", tmp_path / "imp", "-r", 0.3, "--relabel", "--remove-outliers", 0.02, "-o", tmp_path / "m.json", "-q")
@@ -162,10 +162,17 @@ def test_an_imported_trajectory_is_shown_by_ids_and_says_why(tmp_path):
     page = Page(text)
     assert not page.imgs
     assert "No thumbnails" in out and "imported trajectory" in text
-    m = json.loads((tmp_path / "m.json").read_text())
-    assert sorted(f["index"] for f in page.items["relabelled"]) == sorted(int(k) for k in m["relabelled"])
-    assert len(m["relabelled"]) > 0
     assert text.count('<div class="thumb">') == sum(len(v) for v in page.items.values())
+    # More relabelled samples than the page shows: the least confident corrections are the ones shown.
+    m = json.loads((tmp_path / "m.json").read_text())
+    rel = np.array(sorted(int(k) for k in m["relabelled"]))
+    assert len(rel) > MAX_RELABELLED
+    assert f"Relabelled samples ({len(rel)}) (showing {MAX_RELABELLED})" in text
+    p_max = load_scores(tmp_path / "imp" / "scores.npz")[0]["p_max"]
+    shown = np.array([f["index"] for f in page.items["relabelled"]])
+    assert len(shown) == MAX_RELABELLED and set(shown) <= set(rel)
+    assert p_max[shown].max() <= np.sort(p_max[rel])[MAX_RELABELLED - 1]
+    assert (np.diff(p_max[shown]) >= 0).all()
 
 
 def test_a_train_prune_at_folder_takes_its_images_from_the_checkpoint_config(tmp_path):

@@ -273,7 +273,7 @@ def collect(path) -> ReportContent:
         lines.append(f"#{i} {store.sample_ids[i]}")
         rel_items.append(Item(i, f"{name(g)} → {name(n)}", lines, tone))
     rel_note = ("given label → new label; the soft label's probability of each (scores of the first "
-                f"{T} epochs), and how many recorded epochs' argmax agree with the new label"
+                f"{T} epoch{'s' if T != 1 else ''}), and how many recorded epochs' argmax agree with the new label"
                 + ("" if store.KIND == "full" else " (a full store is needed for the per-epoch count)")
                 + "; least confident first"
                 + ("; green: the new label is the clean one, red: it is not" if clean_N is not None else ""))
