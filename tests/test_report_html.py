@@ -173,6 +173,11 @@ def test_an_imported_trajectory_is_shown_by_ids_sampled_least_confident_first(tm
     assert len(shown) == MAX_RELABELLED and set(shown) <= set(rel)
     assert p_max[shown].max() <= np.sort(p_max[rel])[MAX_RELABELLED - 1]
     assert (np.diff(p_max[shown]) >= 0).all()
+    # A configuration that names another dataset: its images are not shown under these samples' captions.
+    (tmp_path / "pipeline.json").write_text(json.dumps({"base": {"task": "classification", "dataset": "digits"}}))
+    out = cli("report", tmp_path / "m.json").output
+    assert "holds other samples (1437) than the store (3000)" in out
+    assert not Page((tmp_path / "report.html").read_text()).imgs
 
 
 def test_a_train_prune_at_folder_takes_its_images_from_the_checkpoint_config(tmp_path):

@@ -172,8 +172,7 @@ def locate(path) -> tuple[Path, Path]:
 
 def collect(path) -> ReportContent:
     """Everything the report shows for a run folder or manifest ``path`` (see the module docstring)."""
-    import json
-
+    from ..fileio import read_json
     from ..manifest import load_manifest
     from ..scoring import SCORES_FILE, load_scores
     from ..store import open_store
@@ -200,147 +199,43 @@ def collect(path) -> ReportContent:
         notes.append(f"no {scores_path}: no confidences or scores to show")
 
     cfg, cfg_source = training_config(run_dir, store_dir)
-    images, image_note = None, ""
+    images = None
     if cfg is None:
-        image_note = f"No thumbnails: {cfg_source}. Samples are shown by their ids."
+        notes.insert(0, f"No thumbnails: {cfg_source}. Samples are shown by their ids.")
     else:
         try:
             images = ImageSource.from_config(cfg, store.sample_ids)
         except (ValueError, OSError) as e:
-            image_note = f"No thumbnails: the training images could not be read ({e}). Samples are shown by their ids."
-    if image_note:
-        notes.insert(0, image_note)
+            notes.insert(0, f"No thumbnails: the training images could not be read ({e}). Samples are shown by their "
+                            f"ids.")
     task = (cfg or {}).get("task", "classification")
     class_names = images.class_names if images is not None and images.class_names else None
 
     def name(c: int) -> str:
         return class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
 
-    final_N = man.labels
-    kept_N = np.zeros(N, bool)
-    kept_N[man.kept] = True
-    pruned_N = np.zeros(N, bool)
-    pruned_N[m["pruned"]] = True
-    removed_N = np.zeros(N, bool)
-    removed_N[[o["index"] for o in m["removed_outliers"]]] = True
-    rel_idx = np.asarray([int(i) for i in m["relabelled"]], np.int64)
-    relabelled_N = np.zeros(N, bool)
-    relabelled_N[rel_idx] = True
-
+    r = _Run(store, m, given_N, man.labels, _mask(N, man.kept), _mask(N, m["pruned"]),
+             _mask(N, [o["index"] for o in m["removed_outliers"]]),
+             np.asarray([int(i) for i in m["relabelled"]], np.int64), scores, name)
     noise_file = store_dir.parent / "label_noise.npz"
-    noise = clean_N = flipped_N = None
+    noise = None
     if noise_file.is_file():
         with np.load(noise_file) as z:
             flipped_N, clean_N = z["flipped"].astype(bool), z["clean_labels"].astype(np.int64)
         if flipped_N.shape != (N,) or clean_N.shape != (N,):
             notes.append(f"{noise_file} does not have one entry per sample ({flipped_N.shape}); ignored")
-            flipped_N = clean_N = None
         else:
+            r.flipped_N, r.clean_N = flipped_N, clean_N
             noise = noise_recovery(m, flipped_N, clean_N)
 
-    def get(key):
-        return np.asarray(scores[key], np.float64) if key in scores else np.full(N, np.nan)
-
-    p_label, p_max, p_avg_label = get("p_label"), get("p_max"), get("p_avg_label")
-    margin = get("margin")
-    soft_argmax = np.asarray(scores.get("soft_argmax", np.full(N, -1)), np.int64)
-    T = int(m["made_from"]["epochs"])
-
-    # relabelled: least confident corrections first
-    order = np.lexsort((rel_idx, np.nan_to_num(p_max[rel_idx], nan=-1.0)))
-    shown = rel_idx[order][:MAX_RELABELLED]
-    new_shown = final_N[shown]
-    agree = observed = None
-    if store.KIND == "full" and len(shown):
-        views = store.epoch_views(range(min(T, store.epochs_completed)))
-        agree, observed = epochs_agreeing(np.stack([z[shown] for z, _ in views]) if views else
-                                          np.zeros((0, len(shown), store.n_classes)),
-                                          np.stack([c[shown] for _, c in views]) if views else
-                                          np.zeros((0, len(shown))), new_shown)
-    rel_items = []
-    for j, i in enumerate(shown.tolist()):
-        g, n = int(given_N[i]), int(final_N[i])
-        p_new = p_max[i] if soft_argmax[i] == n else np.nan
-        lines = [f"p({name(g)}) {_fmt_p(p_label[i])} · p({name(n)}) {_fmt_p(p_new)}"]
-        if np.isfinite(p_avg_label[i]):
-            lines.append(f"mean p({name(g)}) {_fmt_p(p_avg_label[i])}")
-        if agree is not None:
-            lines.append(f"{int(agree[j])}/{int(observed[j])} epochs say {name(n)}")
-        tone = ""
-        if clean_N is not None:
-            tone = "good" if clean_N[i] == n else "bad"
-            lines.append("right: the injected flip undone" if tone == "good" else f"true label {name(int(clean_N[i]))}")
-        lines.append(f"#{i} {store.sample_ids[i]}")
-        rel_items.append(Item(i, f"{name(g)} → {name(n)}", lines, tone))
-    rel_note = ("given label → new label; the soft label's probability of each (scores of the first "
-                f"{T} epoch{'s' if T != 1 else ''}), and how many recorded epochs' argmax agree with the new label"
-                + ("" if store.KIND == "full" else " (a full store is needed for the per-epoch count)")
-                + "; least confident first"
-                + ("; green: the new label is the clean one, red: it is not" if clean_N is not None else ""))
-
-    # removed: the manifest's removed samples with reasons, and non-finite ones (pruned first)
-    reasons = {int(o["index"]): str(o["reason"]) for o in m["removed_outliers"]}
-    for i in m.get("nonfinite_pruned", []):
-        reasons.setdefault(int(i), "non-finite (NaN/Inf) logits: pruned first")
-    rem_idx = np.asarray(sorted(reasons), np.int64)
-    order = np.lexsort((rem_idx, np.nan_to_num(margin[rem_idx], nan=-1.0)))
-    rem_items = []
-    for i in rem_idx[order][:MAX_REMOVED].tolist():
-        lines = [part for part in split_reason(reasons[i]) if part]
-        if flipped_N is not None and flipped_N[i]:
-            lines.append(f"its label was wrong (true {name(int(clean_N[i]))})")
-        lines.append(f"#{i} {store.sample_ids[i]}")
-        rem_items.append(Item(i, f"label {name(int(given_N[i]))}", lines))
-    galleries = [
-        Gallery("relabelled", f"Relabelled samples ({len(rel_idx)})", rel_note, rel_items, len(rel_idx)),
-        Gallery("removed", f"Removed samples ({len(rem_idx)})",
-                "removed on top of the pruned ratio, with the reason for each; flattest soft labels first",
-                rem_items, len(rem_idx)),
-    ]
-
-    # per-class extremes by the manifest's scorer
+    counts = class_counts(r.final_N, given_N, r.kept_N, r.pruned_N, r.removed_N, _mask(N, r.rel_idx), C)
+    galleries = [_relabelled(r), _removed(r)]
     method = m.get("scorer")
-    extremes, extremes_note = [], ""
-    counts = class_counts(final_N, given_N, kept_N, pruned_N, removed_N, relabelled_N, C)
-    if method in scores:
-        score_N = get(method)
-        classes = np.arange(C)
-        if C > MAX_CLASSES:
-            classes = np.argsort(-counts["pruned"], kind="stable")[:MAX_CLASSES]
-            extremes_note = f"the {MAX_CLASSES} of {C} classes that lost most samples to pruning; "
-        for c in classes.tolist():
-            easy, hard = easiest_and_hardest(score_N, final_N, pruned_N, kept_N, c, PER_CLASS)
-            extremes.append(ClassExtremes(
-                name(c), [Item(i, f"{method} {score_N[i]:.4g}", [f"#{i} {store.sample_ids[i]}"]) for i in easy.tolist()],
-                [Item(i, f"{method} {score_N[i]:.4g}", [f"#{i} {store.sample_ids[i]}"]) for i in hard.tolist()]))
-        extremes_note += (f"left: the pruned samples of lowest {method} score (the easiest, pruned first); right: the "
-                          f"kept samples of highest score (the hardest); classes by their final labels")
-    else:
-        extremes_note = f"the scores file holds no {method!r} score: no ranking to show"
-
-    # kept / pruned per class (ReID: per identity)
-    unit = "identity" if task == "reid" else "class"
-    frac = np.where(counts["samples"] > 0, counts["kept"] / np.maximum(counts["samples"], 1), np.nan)
-    worst_first = task == "reid" or C > MAX_CLASS_ROWS
-    order = np.argsort(np.nan_to_num(frac, nan=2.0), kind="stable") if worst_first else np.arange(C)
-    class_rows = [{unit: name(c), "samples": int(counts["samples"][c]), "kept": int(counts["kept"][c]),
-                   "pruned": int(counts["pruned"][c]), "removed": int(counts["removed"][c]),
-                   "relabelled into": int(counts["relabelled_in"][c]),
-                   "relabelled out": int(counts["relabelled_out"][c]), "kept fraction": float(frac[c])}
-                  for c in order[:MAX_CLASS_ROWS].tolist()]
-    class_note = (f"by final label; {'lowest kept fraction first; ' if worst_first else ''}"
-                  f"{min(C, MAX_CLASS_ROWS)} of {C} {'identities' if task == 'reid' else 'classes'} shown")
-    below_k = None
-    if task == "reid":
-        K = int((cfg or {}).get("pk_k", 4))
-        before = np.bincount(given_N, minlength=C)[:C]
-        below_k = [{"identity": name(c), "images before": int(before[c]), "kept": int(counts["kept"][c]), "K": K}
-                   for c in identities_below(counts["kept"], before, K).tolist()]
+    extremes, extremes_note = _extremes(r, method, counts["pruned"])
+    class_rows, class_note, below_k = _per_class(r, counts, task, cfg)
 
     report_json = run_dir / "report.json"
-    run_rows = []
-    if report_json.is_file():
-        run_rows = list(json.loads(report_json.read_text(encoding="utf-8")).get("rows", []))
+    run_rows = list(read_json(report_json, "run report").get("rows", [])) if report_json.is_file() else []
     summary, plots = _report_md(run_dir / "report.md")
     sources = [("manifest", str(manifest_path)), ("trajectory store", f"{store_dir} ({store.KIND})"),
                ("scores", str(scores_path) if scores else "none"),
@@ -350,9 +245,142 @@ def collect(path) -> ReportContent:
         sources.append(("injected label noise", str(noise_file)))
     what = f"{cfg.get('dataset')}, {cfg.get('model')}" if cfg else f"{N} samples x {C} classes"
     title = (f"dprune report: {what} — kept {m['n_kept']} of {N}, pruned {m['n_pruned']} by {method}, "
-             f"removed {m['n_outliers']}, relabelled {len(rel_idx)}")
+             f"removed {m['n_outliers']}, relabelled {len(r.rel_idx)}")
     return ReportContent(title, run_dir, sources, notes, summary, run_rows, plots, noise, galleries, extremes, extremes_note,
                          class_rows, class_note, below_k, list(store.sample_ids), images)
+
+
+@dataclass
+class _Run:
+    """What every section of the page is computed from: the manifest's decisions as arrays [N], the scores."""
+
+    store: object
+    m: dict
+    given_N: np.ndarray
+    final_N: np.ndarray
+    kept_N: np.ndarray
+    pruned_N: np.ndarray
+    removed_N: np.ndarray
+    rel_idx: np.ndarray
+    scores: dict
+    name: object
+    """Class index -> the name shown (class name, ReID identity, or the index)."""
+    flipped_N: np.ndarray | None = None
+    clean_N: np.ndarray | None = None
+
+    def get(self, key: str) -> np.ndarray:
+        """A score or flag as float64 [N]; NaN when the scores file lacks it."""
+        N = len(self.given_N)
+        return np.asarray(self.scores[key], np.float64) if key in self.scores else np.full(N, np.nan)
+
+    def sample(self, i: int) -> str:
+        return f"#{i} {self.store.sample_ids[i]}"
+
+
+def _mask(N: int, indices) -> np.ndarray:
+    out = np.zeros(N, bool)
+    out[np.asarray(indices, np.int64)] = True
+    return out
+
+
+def _relabelled(r: _Run) -> Gallery:
+    """The relabelled samples, least confident corrections first."""
+    p_label, p_max, p_avg_label = r.get("p_label"), r.get("p_max"), r.get("p_avg_label")
+    soft_argmax = np.asarray(r.scores.get("soft_argmax", np.full(len(r.given_N), -1)), np.int64)
+    T = int(r.m["made_from"]["epochs"])
+    order = np.lexsort((r.rel_idx, np.nan_to_num(p_max[r.rel_idx], nan=-1.0)))
+    shown = r.rel_idx[order][:MAX_RELABELLED]
+    full = r.store.KIND == "full"
+    if full and len(shown):
+        views = r.store.epoch_views(range(min(T, r.store.epochs_completed)))
+        C = r.store.n_classes
+        agree, observed = epochs_agreeing(np.stack([z[shown] for z, _ in views]) if views else np.zeros((0, len(shown), C)),
+                                          np.stack([c[shown] for _, c in views]) if views else np.zeros((0, len(shown))),
+                                          r.final_N[shown])
+    items = []
+    for j, i in enumerate(shown.tolist()):
+        g, n = int(r.given_N[i]), int(r.final_N[i])
+        p_new = p_max[i] if soft_argmax[i] == n else np.nan
+        lines = [f"p({r.name(g)}) {_fmt_p(p_label[i])} · p({r.name(n)}) {_fmt_p(p_new)}"]
+        if np.isfinite(p_avg_label[i]):
+            lines.append(f"mean p({r.name(g)}) {_fmt_p(p_avg_label[i])}")
+        if full:
+            lines.append(f"{int(agree[j])}/{int(observed[j])} epochs say {r.name(n)}")
+        tone = ""
+        if r.clean_N is not None:
+            tone = "good" if r.clean_N[i] == n else "bad"
+            lines.append("right: the injected flip undone" if tone == "good"
+                         else f"true label {r.name(int(r.clean_N[i]))}")
+        lines.append(r.sample(i))
+        items.append(Item(i, f"{r.name(g)} → {r.name(n)}", lines, tone))
+    note = ("given label → new label; the soft label's probability of each (scores of the first "
+            f"{T} epoch{'s' if T != 1 else ''}), and how many recorded epochs' argmax agree with the new label"
+            + ("" if full else " (a full store is needed for the per-epoch count)")
+            + "; least confident first"
+            + ("; green: the new label is the clean one, red: it is not" if r.clean_N is not None else ""))
+    return Gallery("relabelled", f"Relabelled samples ({len(r.rel_idx)})", note, items, len(r.rel_idx))
+
+
+def _removed(r: _Run) -> Gallery:
+    """The removed samples with their reasons, and those with non-finite logits (pruned first); flattest first."""
+    reasons = {int(o["index"]): str(o["reason"]) for o in r.m["removed_outliers"]}
+    for i in r.m.get("nonfinite_pruned", []):
+        reasons.setdefault(int(i), "non-finite (NaN/Inf) logits: pruned first")
+    idx = np.asarray(sorted(reasons), np.int64)
+    order = np.lexsort((idx, np.nan_to_num(r.get("margin")[idx], nan=-1.0)))
+    items = []
+    for i in idx[order][:MAX_REMOVED].tolist():
+        lines = [part for part in split_reason(reasons[i]) if part]
+        if r.flipped_N is not None and r.flipped_N[i]:
+            lines.append(f"its label was wrong (true {r.name(int(r.clean_N[i]))})")
+        lines.append(r.sample(i))
+        items.append(Item(i, f"label {r.name(int(r.given_N[i]))}", lines))
+    return Gallery("removed", f"Removed samples ({len(idx)})",
+                   "removed on top of the pruned ratio with the reason for each (and samples with non-finite logits, "
+                   "pruned first); flattest soft labels first", items, len(idx))
+
+
+def _extremes(r: _Run, method: str, pruned_C: np.ndarray) -> tuple[list[ClassExtremes], str]:
+    """Per class, the easiest pruned and hardest kept samples by the manifest's scorer."""
+    if method not in r.scores:
+        return [], f"the scores file holds no {method!r} score: no ranking to show"
+    score_N = r.get(method)
+    C = len(pruned_C)
+    classes, note = np.arange(C), ""
+    if C > MAX_CLASSES:
+        classes = np.argsort(-pruned_C, kind="stable")[:MAX_CLASSES]
+        note = f"the {MAX_CLASSES} of {C} classes that lost most samples to pruning; "
+    out = []
+    for c in classes.tolist():
+        sides = easiest_and_hardest(score_N, r.final_N, r.pruned_N, r.kept_N, c, PER_CLASS)
+        out.append(ClassExtremes(r.name(c), *[[Item(i, f"{method} {score_N[i]:.4g}", [r.sample(i)])
+                                               for i in side.tolist()] for side in sides]))
+    note += (f"left: the pruned samples of lowest {method} score (the easiest, pruned first); right: the kept "
+             f"samples of highest score (the hardest); classes by their final labels")
+    return out, note
+
+
+def _per_class(r: _Run, counts: dict, task: str, cfg: dict | None) -> tuple[list[dict], str, list[dict] | None]:
+    """Rows of kept / pruned counts per class (ReID: per identity, lowest kept fraction first), and for ReID
+    the identities that fell below K images."""
+    C = len(counts["samples"])
+    unit = "identity" if task == "reid" else "class"
+    frac = np.where(counts["samples"] > 0, counts["kept"] / np.maximum(counts["samples"], 1), np.nan)
+    worst_first = task == "reid" or C > MAX_CLASS_ROWS
+    order = np.argsort(np.nan_to_num(frac, nan=2.0), kind="stable") if worst_first else np.arange(C)
+    rows = [{unit: r.name(c), "samples": int(counts["samples"][c]), "kept": int(counts["kept"][c]),
+             "pruned": int(counts["pruned"][c]), "removed": int(counts["removed"][c]),
+             "relabelled into": int(counts["relabelled_in"][c]), "relabelled out": int(counts["relabelled_out"][c]),
+             "kept fraction": float(frac[c])} for c in order[:MAX_CLASS_ROWS].tolist()]
+    note = (f"by final label; {'lowest kept fraction first; ' if worst_first else ''}"
+            f"{min(C, MAX_CLASS_ROWS)} of {C} {'identities' if task == 'reid' else 'classes'} shown")
+    below_k = None
+    if task == "reid":
+        K = int((cfg or {}).get("pk_k", 4))
+        before = np.bincount(r.given_N, minlength=C)[:C]
+        below_k = [{"identity": r.name(c), "images before": int(before[c]), "kept": int(counts["kept"][c]), "K": K}
+                   for c in identities_below(counts["kept"], before, K).tolist()]
+    return rows, note, below_k
 
 
 def _report_md(path: Path) -> tuple[list[str], list[Path]]:
