@@ -6,6 +6,7 @@
     dprune prune RUN_DIR --ratio 0.3      -> manifest.json + manifest.npz
     dprune run --out OUT                  the whole method, with a full-data baseline and a report
     dprune inspect RUN_DIR                what the store holds
+    dprune report RUN_OR_MANIFEST         report.html: relabelled, removed and pruned samples, as pictures
 
 Under a launcher: ``torchrun --nproc_per_node=K -m dprune train ...``.
 
@@ -490,7 +491,8 @@ def run_cmd(out, record_epochs, baseline, controls, label_noise, remove_outliers
     protocol), runs prune-in-run (OUT/prune-in-run) and its same-cost controls (OUT/random-in-run,
     OUT/full-same-cost).  Writes OUT/report.md (accuracy and
     cost of each way), OUT/kept.tsv (for reid also OUT/train_list.txt, "relpath pid" lines in
-    the dataset's ids) and plots.  Rerunning resumes; a stage whose inputs changed reruns.
+    the dataset's ids), plots and OUT/report.html (the samples relabelled, removed and pruned, as
+    pictures; see dprune report).  Rerunning resumes; a stage whose inputs changed reruns.
     """
     from .stages import run_config, run_pipeline
 
@@ -501,6 +503,32 @@ def run_cmd(out, record_epochs, baseline, controls, label_noise, remove_outliers
     rc = run_config(out, options, _parse_sets(sets), record_epochs=record_epochs, baseline=baseline,
                     controls=controls)
     click.echo(run_pipeline(rc))
+
+
+# ---------------------------------------------------------------------------------- report
+@main.command("report")
+@click.argument("run_or_manifest", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Page to write [default: report.html beside the manifest].")
+@click.option("--png", is_flag=True, help="Also write the galleries as PNG contact sheets beside the page.")
+def report_cmd(run_or_manifest, out_path, png):
+    """Write a self-contained report.html of what was pruned, relabelled and removed.
+
+    RUN_OR_MANIFEST is a `dprune run` folder, a `dprune train --prune-at` folder or a manifest
+    written by `dprune prune`.  Thumbnails come from the training set, rebuilt from the run's
+    configuration; an imported trajectory is shown by sample ids.  The page opens from disk.
+    """
+    from .report.content import collect
+    from .report.html import write_contact_sheets, write_html
+
+    content = collect(run_or_manifest)
+    page = write_html(content, out_path or content.run_dir / "report.html")
+    click.echo(f"report: {page} ({page.stat().st_size / 1e6:.2f} MB)")
+    for note in content.notes:
+        click.echo(f"note: {note}")
+    if png:
+        sheets = write_contact_sheets(content, page.with_suffix(""))
+        click.echo("contact sheets: " + ", ".join(str(p) for p in sheets))
 
 
 # ----------------------------------------------------------------------------------- synth

@@ -36,6 +36,7 @@ import numpy as np
 from .fileio import atomic_write_json, atomic_write_text, read_npz
 from .manifest import export_list
 from .pruning import load_store_manifest, prune_store
+from .report.html import write_html_report
 from .select import PruneSpec
 from .store import open_store
 from .train.config import TrainConfig
@@ -237,7 +238,8 @@ def _run_pipeline(rc: RunConfig) -> str:
     if rc.controls:
         controls = _train_controls(rc, pir, load_store_manifest(out / "prune-in-run" / "manifest.json", pir_store),
                                    step, steps)
-    return write_report(rc, store, full, paper, pir, select_s, controls)
+    text = write_report(rc, store, full, paper, pir, select_s, controls)
+    return text + f"html report: {write_html_report(out)}\n"
 
 
 CONTROLS = ("random-in-run", "full-same-cost")

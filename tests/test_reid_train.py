@@ -106,6 +106,9 @@ def test_reid_pipeline_end_to_end_on_a_market1501_layout(tmp_path):
     assert result.exit_code == 0, result.output
     report = (tmp_path / "run" / "report.md").read_text()
     assert "mAP" in report and "Rank-1" in report
+    page = (tmp_path / "run" / "report.html").read_text()  # the visual report speaks of identities
+    assert "Kept and pruned per identity" in page and "Identities that fell below K images" in page
+    assert page.count('<img class="thumb') > 0
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     store = TrajectoryStore.open(tmp_path / "run" / "prune-in-run" / "trajectory")
     assert m["n_pruned"] == round(0.25 * m["n_observed"])
