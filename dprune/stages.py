@@ -357,19 +357,14 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
     if noise_file.exists():
         z = read_npz(noise_file, "label noise file", {"flipped": ((N,), "b"), "clean_labels": ((N,), "i"),
                                                       "noisy_labels": ((N,), "i")})
-        flipped, clean = z["flipped"], z["clean_labels"]
-        idx = np.asarray([int(i) for i in m["relabelled"]], np.int64)
-        lab = np.asarray(list(m["relabelled"].values()), np.int64)
-        flagged = np.zeros(N, bool)
-        flagged[idx] = True
-        n_relabelled = int(flagged.sum())
-        flagged[[o["index"] for o in m["removed_outliers"] if o["reason"].startswith("mislabelled")]] = True
-        tp = int((flagged & flipped).sum())
-        lines.append(f"- injected label noise: {int(flipped.sum())} wrong labels; acted on as mislabelled "
-                     f"{int(flagged.sum())} (relabelled {n_relabelled}, removed {int(flagged.sum()) - n_relabelled}), "
-                     f"of which {tp} were wrong (precision {tp / max(1, flagged.sum()):.3f}, recall "
-                     f"{tp / max(1, flipped.sum()):.3f}); corrected labels right: "
-                     f"{int((lab == clean[idx]).sum())}/{len(idx)}")
+        from .report.content import noise_recovery
+
+        r = noise_recovery(m, z["flipped"], z["clean_labels"])
+        lines.append(f"- injected label noise: {r['flipped']} wrong labels; acted on as mislabelled {r['acted']} "
+                     f"(relabelled {r['relabelled']}, removed {r['removed_as_mislabelled']}), of which "
+                     f"{r['true_positives']} were wrong (precision {r['precision']:.3f}, recall {r['recall']:.3f})"
+                     + (f"; corrected labels right: {r['corrections_right']}/{r['relabelled']}" if r["relabelled"]
+                        else ""))
     lines += ["", f"![{spec.method}]({hist.name})", f"![accuracy]({acc_png.name})", "",
               f"Files: manifest `{manifest_path}`, kept list `{out / 'kept.tsv'}`"
               + (f", training list in the dataset's format `{out / 'train_list.txt'}`" if rc.base.task == "reid" else "")
