@@ -76,9 +76,11 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """A tiny dprune run on digits with 10% injected noise (it writes report.html itself)."""
+    """A tiny dprune run on digits with 10% injected noise (it writes report.html itself), with the
+    paper's relabelling and outlier removal so that every gallery has something to show."""
     out = tmp_path_factory.mktemp("report") / "run"
     cli("run", "--out", out, "--epochs", 4, "--record-epochs", 2, "--batch-size", 64, "--label-noise", 0.1,
+        "--detector", "argmax", "--mislabelled", "relabel", "--remove-outliers", 0.01, "--no-controls",
         "--set", "progress=false")
     return out
 
