@@ -100,6 +100,7 @@ class Recorder:
         self._queue_size = queue_size
         self._writer: _Writer | None = None
         self._epoch: int | None = None
+        self._closed = False
         self._device = transport_device(self.world)
 
     # ------------------------------------------------------------------ epochs
@@ -130,7 +131,16 @@ class Recorder:
         return done
 
     def begin_epoch(self, epoch: int) -> None:
+        """Open ``epoch`` for recording: the next epoch the store lacks.
+
+        Calling it again for the epoch that is open (a training loop that retries an epoch)
+        restarts the epoch: the batches already queued are written first, then everything
+        recorded of the epoch is discarded, so no observation is counted twice.
+        """
+        self._check_open("begin_epoch")
         if self.store is not None:
+            if self._writer is not None:
+                self._writer.flush()  # the store re-creates the epoch's files: nothing may still write them
             self.store.begin_epoch(epoch)
             if self._writer is None:
                 self._writer = _Writer(self.store, self._queue_size)
@@ -141,6 +151,7 @@ class Recorder:
 
         Collective: every rank calls it for every batch, in the same order.
         """
+        self._check_open("record")
         if self._epoch is None:
             raise StoreError("record() before begin_epoch()")
         z = logits_BC.detach()
@@ -154,6 +165,7 @@ class Recorder:
 
     def complete_epoch(self, epoch: int) -> None:
         """Wait for the epoch's writes, make it durable and mark it complete (collective)."""
+        self._check_open("complete_epoch")
         error = None
         if self.store is not None:
             try:
@@ -175,6 +187,11 @@ class Recorder:
             self._writer = None
         if self.store is not None:
             self.store.close()
+        self._closed = True
+
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise RecorderError(f"{method}() on a closed Recorder: make a new Recorder to record again")
 
 
 class _Writer:

@@ -355,11 +355,7 @@ class Trainer:
                        epochs=cfg.record_epochs or cfg.epochs, world=self.world,
                        labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
                        meta={"threshold_samples": self.threshold} if self.threshold else None)
-        if rec.store is not None and rec.store.fingerprint != fingerprint(labels, self.train_set.sample_ids):
-            rec.close()
-            raise StoreError(f"{self.out / TRAJECTORY} holds a trajectory of another dataset or label set; "
-                             f"use a new --out or --restart")
-        return rec
+        return rec  # the store refuses another dataset's labels, ids or classes (RunDirStore.check_identity)
 
     @property
     def store(self):
