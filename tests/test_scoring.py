@@ -187,6 +187,39 @@ def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filt
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
+@pytest.mark.parametrize("N, C, chunk", [(700, 3, 37), (300, 70, 11)])
+@pytest.mark.parametrize("filter_by", ["noise_rate", "self_confidence"])
+def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(tmp_path, N, C, chunk, filter_by):
+    # The scoring path's detector: p-bar handed in ragged chunks, spilled to a file, read back in
+    # chunks of `chunk` rows for steps 2 and 4 (the heaps fill and are replaced across chunks);
+    # C = 70 crosses the kernel's 64-class blocks.
+    from dprune.scoring.confident import ConfidentSpill
+    from numpy_reference import reference_confident
+
+    rng = np.random.default_rng(C)
+    p = rng.dirichlet(np.full(C, 0.3), N).astype(np.float32)
+    p[10:20] = p[9]  # ties between samples
+    p[21] = np.float32(1 / C)  # and between the classes of one sample
+    y = np.where(rng.random(N) < 0.7, p.argmax(1), rng.integers(0, C, N))
+    valid = rng.random(N) > 0.05
+    spill = ConfidentSpill(y, C, tmp_path, chunk_bytes=chunk * 4 * C)
+    a = 0
+    for size in rng.integers(1, 90, N):
+        b = min(a + int(size), N)
+        spill.add(a, p[a:b], valid[a:b])
+        a = b
+        if a == N:
+            break
+    got = spill.finish(agree=0.4, filter_by=filter_by)
+    want = reference_confident(p.astype(np.float64), y, valid, agree=0.4, filter_by=filter_by)
+    assert 0 < got["confident"].sum() < valid.sum()
+    for k in ("confident", "confident_label", "confident_relabel"):
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    for k in ("label_margin", "p_avg_label"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    assert list(tmp_path.iterdir()) == []  # the spill file is unnamed and closed
+
+
 def test_confident_detector_through_scoring_store_and_arrays(tmp_path):
     from dprune.scoring.confident import confident_learning
     from dprune.scoring.stats import compute_stats
