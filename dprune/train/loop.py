@@ -67,7 +67,7 @@ RUN_FILES = (CHECKPOINT, DS_CHECKPOINT, "metrics.json", TRAJECTORY, MANIFEST, "m
 METRIC_NAMES = {"classification": "top-1", "reid": "(mAP+R1)/2"}
 # Fields a resumed run may change: where things are, how much is printed, how often the
 # test set is evaluated, and how many epochs there are in all.
-RESUME_FREE = {"out", "data_root", "epochs", "progress", "num_workers", "eval_every", "device"}
+RESUME_FREE = {"out", "data_root", "epochs", "progress", "num_workers", "eval_every", "device", "record_writes"}
 
 
 class CheckpointError(ValueError):
@@ -354,7 +354,8 @@ class Trainer:
                        sample_ids=self.train_set.sample_ids, kind=cfg.store, dtype=cfg.store_dtype,
                        epochs=cfg.record_epochs or cfg.epochs, world=self.world,
                        labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
-                       meta={"threshold_samples": self.threshold} if self.threshold else None)
+                       meta={"threshold_samples": self.threshold} if self.threshold else None,
+                       writes=cfg.record_writes)
         return rec  # the store refuses another dataset's labels, ids or classes (RunDirStore.check_identity)
 
     @property
