@@ -34,8 +34,9 @@ import numpy as np
 from .base import check_npy
 from .full import check_batch, epoch_temp_files, merge_batch
 
-# Bytes of float32 observations merged at a time.
-_MERGE_BYTES = 64 << 20
+# Bytes of float32 observations read per block of rows, and observations per merge call.
+_MERGE_BYTES = 16 << 20
+_SLICE = 256
 
 
 def log_paths(run_dir, epoch: int, session: str, rank: int) -> tuple[Path, Path]:
@@ -113,12 +114,14 @@ def merge_part(run_dir, epoch: int, session: str, world_size: int, rank: int, n_
             m = np.zeros((b - a, C), dtype)
             c = np.zeros(b - a, np.int32)
             local = ob[:, 3] - a
-            # Samples observed once need no order: one call.  The others, step by step.
+            # Samples observed once need no order: slices of any of them (small, so that the
+            # merge's temporaries stay in cache).  The others, step by step.
             seen = np.bincount(local, minlength=b - a)
-            once = seen[local] == 1
-            if once.any():
-                saturated += merge_batch(m, c, local[once], z[once])
-            rest = np.flatnonzero(~once)
+            once = np.flatnonzero(seen[local] == 1)
+            for k in range(0, len(once), _SLICE):
+                g = once[k:k + _SLICE]
+                saturated += merge_batch(m, c, local[g], z[g])
+            rest = np.flatnonzero(seen[local] > 1)
             if len(rest):
                 steps = ob[rest, 0]
                 cuts = np.flatnonzero(np.r_[True, steps[1:] != steps[:-1], True])
