@@ -244,7 +244,8 @@ def main(argv=None) -> str:
     sizes = [f"{n:,} ({b / 1e9:.2f} GB)" for n, b in zip(a.samples, nbytes)]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({torch.get_num_threads()} threads), numba "
              f"threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}; load average (1, 5, 15 min) at the start "
-             f"{', '.join(f'{x:.1f}' for x in load_before)}, at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}. "
+             f"{', '.join(f'{x:.1f}' for x in load_before)}, at the end "
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}. "
              f"Stores: E = {a.epochs}, C = {a.classes}, fp16, N = {', '.join(sizes)}; marginal rates between the "
              f"first and the last, best of {a.repeats} (of fewer for rows slower than 10 s).", "",
              "| what | " + " | ".join(f"s ({b / 1e9:.1f} GB)" for b in nbytes) +
@@ -257,7 +258,8 @@ def main(argv=None) -> str:
                      f"{nbytes[-1] / times[name][-1] / 1e9:.2f} |")
     if whole is not None:
         lines.append(f"| whole-array numpy (what not to do; smallest store only) | {whole:.2f} | " +
-                     " | " * (len(nbytes) - 1) + f"{nbytes[0] / whole / 1e9:.2f} | {nbytes[0] / whole / 1e9 / roof:.2f} | | |")
+                     " | " * (len(nbytes) - 1) +
+                     f"{nbytes[0] / whole / 1e9:.2f} | {nbytes[0] / whole / 1e9 / roof:.2f} | | |")
     lines += ["", "Peak RSS of `dprune score` beyond the loaded libraries (MiB): " + "; ".join(
         f"{k}: " + ", ".join(f"{v:.0f} at {b / 1e9:.1f} GB" for v, b in zip(vs, nbytes)) for k, vs in rss.items())]
     if "kernel pass with p-bar (the unit of the detector's alternative: 2 more store passes)" in times:

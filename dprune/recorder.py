@@ -32,14 +32,15 @@ ways (``writes``):
   says which was chosen.
 
 What happens per batch, on the training thread: in gather mode the batch is gathered to rank
-0 in the model's dtype (no fp32 upcast; 16-bit floats travel as raw bits); the batch is copied
-to host memory (pinned, ``non_blocking``, on a GPU) and queued.  A background writer thread applies the
-queued writes to the store (or the rank's own file) in order.  The queue is bounded (``queue_size`` batches): when
-the store falls behind, ``record`` waits (back-pressure) instead of growing memory.  An
-error in the writer thread is raised in the training process by the next ``record`` or
-``complete_epoch``.  ``complete_epoch`` returns once every write of the epoch has been
-applied and the epoch is durable (fsynced, marked complete); a kill at any moment leaves a
-store whose complete epochs are intact, and the interrupted epoch is recorded again.
+0 in the model's dtype (no fp32 upcast; 16-bit floats travel as raw bits); the batch is
+copied to host memory (pinned, ``non_blocking``, on a GPU) and queued.  A background writer
+thread applies the queued writes to the store (or the rank's own file) in order.  The queue
+is bounded (``queue_size`` batches): when the store falls behind, ``record`` waits
+(back-pressure) instead of growing memory. An error in the writer thread is raised in the training
+process by the next ``record`` or ``complete_epoch``. ``complete_epoch`` returns once every
+write of the epoch has been applied and the epoch is durable (fsynced, marked complete); a
+kill at any moment leaves a store whose complete epochs are intact, and the interrupted
+epoch is recorded again.
 """
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ class Recorder:
 
         Calling it again for the epoch that is open (a training loop that retries an epoch)
         restarts the epoch: the batches already queued are written first, then everything
-        recorded of the epoch is discarded, so no observation is counted twice.
+        recorded of the epoch is discarded, so no observation is counted twice.  (A writer that
+        has failed raises its error here, as in ``record``.)
         """
         self._check_open("begin_epoch")
         if self._writer is not None:
