@@ -16,6 +16,8 @@ each W and both ways of writing (``gather``: every batch to rank 0, which writes
 ``record`` (median over ranks' medians; the gather is a collective, so every rank waits for it),
 ``complete_epoch`` charged per step, and the bytes rank 0 receives (counted on the tensors the
 collectives hand it).  One epoch of warm-up, one measured; the store is fp16.
+``--writer-rates``: the logits per second of each writer, in one process (what the projections
+in ``RESULTS.md`` rest on).
 
 (``benchmarks/gpu_check.py`` measures a ResNet-50 step on a GPU.)
 """
@@ -146,6 +148,43 @@ def recorder_worker(out: str, writes: str, n_samples: int, n_classes: int, batch
     dist.destroy_process_group()
 
 
+def writer_rates(n_samples: int = 50_000, n_classes: int = 1_000, batch: int = 256) -> list[str]:
+    """Logits per second of the gather's writer (``TrajectoryStore.write``), of a rank's log append
+    and of a rank's merge of its share (``merge_part``, W = 1: every row), one thread, one epoch."""
+    from dprune.store import TrajectoryStore
+    from dprune.store.parts import RankLog, merge_part
+
+    z, perm = torch.randn(batch, n_classes), torch.randperm(n_samples)
+    logits = n_samples * n_classes
+    with tempfile.TemporaryDirectory() as d:
+        store = TrajectoryStore.create(Path(d) / "s", np.zeros(n_samples, np.int64), n_classes)
+        for epoch in range(2):  # the second epoch is timed
+            store.begin_epoch(epoch)
+            t0 = time.perf_counter()
+            for a in range(0, n_samples, batch):
+                store.write(epoch, perm[a:a + batch], z[: len(perm[a:a + batch])])
+            write = time.perf_counter() - t0
+            store.complete_epoch(epoch)
+        store.begin_epoch(2)
+        log = RankLog(store.run_dir, 2, "bench", 0, n_samples, n_classes)
+        t0 = time.perf_counter()
+        for a in range(0, n_samples, batch):
+            log.write(perm[a:a + batch], z[: len(perm[a:a + batch])])
+        log.close()
+        append = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        merge_part(store.run_dir, 2, "bench", 1, 0, n_samples, n_classes, store.dtype)
+        merge = time.perf_counter() - t0
+        log.remove()
+        store.close()
+    return [f"Writer rates, N = {n_samples:,}, C = {n_classes}, B = {batch}, fp32 logits, fp16 store, one thread:", "",
+            "| what | s per epoch | M logits/s |", "|---|---|---|",
+            f"| gather: rank 0's writer (TrajectoryStore.write) | {write:.2f} | {logits / write / 1e6:.1f} |",
+            f"| shared: a rank's log append (RankLog.write) | {append:.2f} | {logits / append / 1e6:.1f} |",
+            f"| shared: a rank's merge of its rows (merge_part, fsync included) | {merge:.2f} | "
+            f"{logits / merge / 1e6:.1f} |"]
+
+
 def distributed_table(ranks: list[int], n_samples: int, n_classes: int, batch: int) -> list[str]:
     lines = [f"Recorder alone under torchrun on gloo: N = {n_samples:,}, C = {n_classes}, B = {batch} per rank, fp32 "
              f"logits, fp16 store; one epoch measured after one of warm-up.", "",
@@ -183,9 +222,15 @@ def main(argv=None) -> str:
     ap.add_argument("--ranks", help="comma-separated world sizes: the torchrun table instead (gather vs shared)")
     ap.add_argument("--samples", type=int, default=12936, help="--ranks: N (default: Market-1501's training set)")
     ap.add_argument("--classes", type=int, default=751, help="--ranks: C")
+    ap.add_argument("--writer-rates", action="store_true", help="the writers' rates in logits/s instead")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     m = machine()
+    if a.writer_rates:
+        lines = writer_rates() + ["", f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}"]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        return text
     if a.ranks:
         lines = [f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, load average at the start "
                  f"{', '.join(f'{x:.1f}' for x in m['load_average'])}", ""]
