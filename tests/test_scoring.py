@@ -245,3 +245,28 @@ def test_confident_detector_through_scoring_store_and_arrays(tmp_path):
     precision, recall = (f & flipped).sum() / f.sum(), (f & flipped).sum() / flipped.sum()
     assert precision > 0.8 and recall > 0.8, (precision, recall)
     assert np.mean(arrays["confident_label"][f & flipped] == t["true_labels"][f & flipped]) > 0.9
+
+
+def test_default_scoring_never_holds_the_mean_probabilities_of_all_samples(tmp_path):
+    # Issue 22: the detector's p-bar [N, C] goes through a file in chunks, so memory is bounded
+    # by the chunk at any N (before, p-bar was held in memory up to 256 MB).
+    import tracemalloc
+
+    N, C, E = 60_000, 300, 2  # p-bar: 69 MiB; the spill is read back in 16 MiB chunks
+    rng = np.random.default_rng(0)
+    store = TrajectoryStore.create(tmp_path / "s", rng.integers(0, C, N), C)
+    for e in range(E):
+        store.begin_epoch(e)
+        store.put(e, 0, rng.standard_normal((N, C), np.float32).astype(np.float16), np.ones(N, np.int32))
+        store.complete_epoch(e)
+    store.close()
+    store = TrajectoryStore.open(tmp_path / "s")
+    score_store(store, methods=["entropy", "confident"], chunk_size=1000)  # compiles, warms up
+    tracemalloc.start()
+    try:
+        scores, _ = score_store(store, methods=["entropy", "confident"], chunk_size=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert scores["confident"].any()
+    assert peak < N * C * 4 / 2, f"peak {peak / 2**20:.0f} MiB, p-bar is {N * C * 4 / 2**20:.0f} MiB"

@@ -238,6 +238,7 @@ class ConfidentSpill:
         self.n_classes = n_classes
         self._rows = 0
         self._chunk_rows = max(1, chunk_bytes // (4 * n_classes))
+        self._buf: np.ndarray | None = None
         try:
             self._file = tempfile.TemporaryFile(dir=directory, buffering=0)
         except OSError:
@@ -258,7 +259,9 @@ class ConfidentSpill:
 
     def _chunks(self):
         N, C = len(self.labels), self.n_classes
-        buf = np.empty((min(self._chunk_rows, N), C), np.float32)
+        if self._buf is None:  # one buffer for both passes (the caller may still hold a view of it)
+            self._buf = np.empty((min(self._chunk_rows, N), C), np.float32)
+        buf = self._buf
         self._file.seek(0)
         for a in range(0, N, self._chunk_rows):
             b = min(a + self._chunk_rows, N)
