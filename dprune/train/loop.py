@@ -66,7 +66,7 @@ RUN_FILES = (CHECKPOINT, DS_CHECKPOINT, "metrics.json", TRAJECTORY, MANIFEST, "m
 # The test metric of each task, as metrics.json and the epoch lines name it.
 METRIC_NAMES = {"classification": "top-1", "reid": "(mAP+R1)/2"}
 # Fields a resumed run may change: where things are, how much is printed, how often the
-# test set is evaluated, and how many epochs there are in all.
+# test set is evaluated, how many epochs there are in all, and how the logits reach the store.
 RESUME_FREE = {"out", "data_root", "epochs", "progress", "num_workers", "eval_every", "device", "record_writes"}
 
 
