@@ -18,11 +18,18 @@ process start-up and fixed costs cancel.  GB/s are of fp16 logits read.
   stacked chunk reads);
 - ``dprune score --method entropy``, ``--method`` every scorer, and ``dprune score`` (every
   scorer and the confident-learning detector), the real command in a subprocess; its peak RSS
-  at both sizes (the detector holds the mean probabilities [N, C], spilled to a file beside the
-  store beyond 256 MB);
+  at every size (the detector spills the mean probabilities p-bar [N, C] to an unnamed file and
+  reads them back in chunks, so its memory is bounded by the chunk);
+- the detector's two further passes, as built (p-bar spilled and read back twice: the
+  difference between the last two ``dprune score`` rows) against the alternative of two more
+  passes over the store (one ``kernel pass with p-bar`` row, timed, counts twice);
 - ``whole-array numpy`` (what not to do): the whole small trajectory converted at once.
 
     python benchmarks/scoring_throughput.py                     # 0.6 GB and 4.8 GB stores, E = 12, C = 1000
+    python benchmarks/scoring_throughput.py --curve --samples 25000 100000 400000   # 0.6, 2.4, 9.6 GB
+
+``--curve`` times only the roofline and the ``dprune score`` rows, at every size given (the cost
+curve: time linear in the store, peak RSS flat).
 """
 from __future__ import annotations
 
@@ -142,6 +149,17 @@ def whole_numpy(store):
     return -(p * np.log(np.maximum(p, 1e-30))).sum(1)
 
 
+def kernel_pass_with_p_avg(store):
+    """One pass of dprune's CPU kernel over the store, mean probabilities included (no scorers)."""
+    from dprune.kernels.fused_stats_cpu import fused_stats_epochs
+    from dprune.scoring.api import _CPU_CHUNK_BYTES, _stream_stats_cpu, default_chunk_size
+
+    E, C = store.epochs_completed, store.n_classes
+    for _ in _stream_stats_cpu(store, fused_stats_epochs, {"with_p_avg": True, "soft_only": False},
+                               default_chunk_size(E, C, _CPU_CHUNK_BYTES), E):
+        pass
+
+
 def dprune_cli(*args):
     def run(store):
         r = subprocess.run([sys.executable, "-m", "dprune", "score", str(store.run_dir), "-q", *args],
@@ -185,20 +203,28 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--samples", type=int, nargs=2, default=[25_000, 200_000], help="N of the small and large store")
+    p.add_argument("--samples", type=int, nargs="+", default=[25_000, 200_000],
+                   help="N of each store, smallest first (the marginal rate is between the first and the last)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--curve", action="store_true", help="only the roofline and the dprune score rows, every size")
     p.add_argument("--work", type=Path, help="Folder for the stores (default: a temporary one)")
     a = p.parse_args(argv)
+    every = ("--method", ",".join(METHODS))
     rows = [("copy (chunked, mmap -> reused fp16 buffer)", copy_pass),
             ("roofline: numpy, 1 thread (chunked mmap -> reused fp32 buffer, summed)", roofline_numpy),
             (f"roofline: torch, {torch.get_num_threads()} threads (same)", roofline_torch),
             ("store reader (TrajectoryStore.read, then converted)", store_reader),
             ("torch script, entropy (chunked)", torch_entropy),
             ("torch script, every statistic (chunked)", torch_all),
+            ("kernel pass with p-bar (the unit of the detector's alternative: 2 more store passes)",
+             kernel_pass_with_p_avg),
             ("dprune score --method entropy", dprune_cli("--method", "entropy")),
-            ("dprune score --method (every scorer)", dprune_cli("--method", ",".join(METHODS))),
-            ("dprune score (every scorer and the confident-learning detector)", dprune_cli())]
+            ("dprune score --method (every scorer)", dprune_cli(*every)),
+            (DEFAULT_ROW, dprune_cli())]
+    if a.curve:
+        rows = [r for r in rows if r[0].startswith(("roofline", "dprune score --method (every", DEFAULT_ROW))]
     m = machine()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=a.work) as d:
         stores = [make_store(Path(d) / f"s{n}", a.epochs, n, a.classes) for n in a.samples]
         nbytes = [s.nbytes() for s in stores]
@@ -206,34 +232,48 @@ def main(argv=None) -> str:
             copy_pass(s)
             dprune_cli("--method", "entropy")(s)
         times = {name: [timed(fn, s, a.repeats) for s in stores] for name, fn in rows}
-        rss = {name: [peak_rss_growth_mib(s, *args) for s in stores] for name, args in
-               (("entropy", ("--method", "entropy")), ("every scorer", ("--method", ",".join(METHODS))),
-                ("with the detector", ()))}
-        whole = timed(whole_numpy, stores[0], 1)
-    rate = {name: (nbytes[1] - nbytes[0]) / (t[1] - t[0]) / 1e9 for name, t in times.items()}
-    roof = max(rate[rows[1][0]], rate[rows[2][0]])
-    ent_script, all_script = rate[rows[4][0]], rate[rows[5][0]]
+        rss_rows = (("every scorer", every), ("with the detector", ())) if a.curve else \
+            (("entropy", ("--method", "entropy")), ("every scorer", every), ("with the detector", ()))
+        rss = {name: [peak_rss_growth_mib(s, *args) for s in stores] for name, args in rss_rows}
+        whole = None if a.curve else timed(whole_numpy, stores[0], 1)
+    rate = {name: (nbytes[-1] - nbytes[0]) / (t[-1] - t[0]) / 1e9 for name, t in times.items()}
+    roof_rows = [name for name, _ in rows if name.startswith("roofline")]
+    roof = max(rate[r] for r in roof_rows)
+    ent_script = rate.get("torch script, entropy (chunked)")
+    all_script = rate.get("torch script, every statistic (chunked)")
+    sizes = [f"{n:,} ({b / 1e9:.2f} GB)" for n, b in zip(a.samples, nbytes)]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({torch.get_num_threads()} threads), numba "
-             f"threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}; load average at the end "
-             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}. Stores: E = {a.epochs}, C = {a.classes}, fp16, N = "
-             f"{a.samples[0]:,} ({nbytes[0] / 1e9:.2f} GB) and {a.samples[1]:,} ({nbytes[1] / 1e9:.2f} GB); marginal "
-             f"rates, best of {a.repeats} (of fewer for rows slower than 10 s).", "",
-             "| what | s (small) | s (large) | GB/s (marginal) | x roofline | x torch script (same output) | "
-             "GB/s (large store, whole time) |",
-             "|---|---|---|---|---|---|---|"]
+             f"threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}; load average (1, 5, 15 min) at the start "
+             f"{', '.join(f'{x:.1f}' for x in load_before)}, at the end "
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}. "
+             f"Stores: E = {a.epochs}, C = {a.classes}, fp16, N = {', '.join(sizes)}; marginal rates between the "
+             f"first and the last, best of {a.repeats} (of fewer for rows slower than 10 s).", "",
+             "| what | " + " | ".join(f"s ({b / 1e9:.1f} GB)" for b in nbytes) +
+             " | GB/s (marginal) | x roofline | x torch script (same output) | GB/s (largest store, whole time) |",
+             "|---|" + "---|" * (len(nbytes) + 4)]
     for name, _ in rows:
         same = ent_script if "entropy" in name else all_script if ("every" in name) else None
-        lines.append(f"| {name} | {times[name][0]:.2f} | {times[name][1]:.2f} | {rate[name]:.2f} | "
+        lines.append(f"| {name} | " + " | ".join(f"{t:.2f}" for t in times[name]) + f" | {rate[name]:.2f} | "
                      f"{rate[name] / roof:.2f} | {'' if same is None else f'{rate[name] / same:.2f}'} | "
-                     f"{nbytes[1] / times[name][1] / 1e9:.2f} |")
-    lines.append(f"| whole-array numpy (what not to do; small store only) | {whole:.2f} | | "
-                 f"{nbytes[0] / whole / 1e9:.2f} | {nbytes[0] / whole / 1e9 / roof:.2f} | | |")
+                     f"{nbytes[-1] / times[name][-1] / 1e9:.2f} |")
+    if whole is not None:
+        lines.append(f"| whole-array numpy (what not to do; smallest store only) | {whole:.2f} | " +
+                     " | " * (len(nbytes) - 1) +
+                     f"{nbytes[0] / whole / 1e9:.2f} | {nbytes[0] / whole / 1e9 / roof:.2f} | | |")
     lines += ["", "Peak RSS of `dprune score` beyond the loaded libraries (MiB): " + "; ".join(
-        f"{k}: {v[0]:.0f} at {nbytes[0] / 1e9:.1f} GB, {v[1]:.0f} at {nbytes[1] / 1e9:.1f} GB" for k, v in rss.items())]
+        f"{k}: " + ", ".join(f"{v:.0f} at {b / 1e9:.1f} GB" for v, b in zip(vs, nbytes)) for k, vs in rss.items())]
+    if "kernel pass with p-bar (the unit of the detector's alternative: 2 more store passes)" in times:
+        kp = times["kernel pass with p-bar (the unit of the detector's alternative: 2 more store passes)"]
+        det = [t1 - t0 for t0, t1 in zip(times["dprune score --method (every scorer)"], times[DEFAULT_ROW])]
+        lines += ["", "The detector's passes after the scoring pass, largest store: as built (p-bar spilled and read "
+                  f"back twice; default minus every-scorer row) {det[-1]:.2f} s; the alternative (two more passes of "
+                  f"the kernel over the store) 2 x {kp[-1]:.2f} = {2 * kp[-1]:.2f} s."]
     text = "\n".join(lines) + "\n"
     print(text)
     return text
 
+
+DEFAULT_ROW = "dprune score (every scorer and the confident-learning detector)"
 
 if __name__ == "__main__":
     main()

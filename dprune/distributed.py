@@ -110,3 +110,12 @@ def broadcast_object(world: World, obj):
     box = [obj if world.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(world: World, obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,29 +1,103 @@
-"""Confident learning's pass over the rows of p-bar, on the CPU (numba): one read of each row.
+"""Confident learning's passes over the rows of p-bar, on the CPU (numba), one chunk of rows at a time.
 
-Legend: n rows, C classes.
+Legend: n rows of a chunk, C classes, K = C given classes, P active (given class, other class) pairs.
 
-For every valid row i (p = p-bar_i, float32 [C]; its given label y; per-class thresholds t [C]):
+Both passes take the rows in chunks (any number of calls, rows in increasing order), so p-bar
+can be streamed from a file and memory stays bounded by the chunk; they are steps 2 and 4 of
+:func:`dprune.scoring.confident.confident_learning`, which the tests compare with an
+independent numpy implementation of the whole rule.
+
+:func:`confident_rows`, for every valid row i (p = p-bar_i, float32 [C]; its given label y):
 
 - ``conf[i]``: the most probable candidate class, argmax over {j : p_j >= t_j - eps} of p_j
   (the first on ties), -1 when there is no candidate;
 - ``other[i]``: the most probable class other than y (the first on ties);
 - ``p_label[i]`` = p_y and ``p_other[i]`` = p_other, widened to float64.
 
-Invalid rows are not read and get -1 / NaN.  This is step 2 of
-:func:`dprune.scoring.confident.confident_learning`, which the tests compare with an
-independent numpy implementation of the whole rule.  Comparisons are made in float64 (the
-float32 probabilities widened), as numpy does when it compares float32 with float64.
+Invalid rows are not read and get -1 / NaN; valid rows must be finite (p-bar of observed,
+finite samples is).  The thresholds t_j - eps are float64; since p_j
+is a float32, ``p_j >= t_j - eps`` holds exactly when ``p_j >= t32_j``, the smallest float32 at
+or above t_j - eps (:func:`float32_at_or_above`), so each row is one pass of vectorised float32
+maxima over blocks of classes, then a scan of one block for the first index of each maximum.
+
+:func:`push_margins` keeps, for every active pair (k, j) with a quota q of flags, the q rows
+labelled k with the largest p_j - p_k (in float64; ties: the lower index first) in a bounded
+min-heap of its own, whose root is the pair's current q-th best.  The heaps together hold at
+most sum q <= N entries whatever the chunking, and give exactly the rows a sort of all rows
+labelled k by that order would.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
+from .fused_stats_cpu import _maxnum
+
+_NEG_INF32 = np.float32(-np.inf)
+_BLOCK = 64  # classes per block of the row maxima
+
+
+def float32_at_or_above(x_C: np.ndarray) -> np.ndarray:
+    """float32 [C]: the smallest float32 >= each float64 of ``x_C`` (+Inf above the float32 range)."""
+    x = np.asarray(x_C, np.float64)
+    with np.errstate(over="ignore"):
+        t = x.astype(np.float32)
+    below = t.astype(np.float64) < x
+    t[below] = np.nextafter(t[below], np.float32(np.inf))
+    return t
+
+
+@numba.njit(nogil=True, cache=True)
+def _row(p, y, t32_C):
+    """(conf, other, p_other) of one valid row ``p`` [C] with label ``y``."""
+    C = p.shape[0]
+    # Maxima over blocks of _BLOCK classes (a fixed trip count, so the loop vectorises),
+    # remembering the first block that reaches each row maximum; the first index is then
+    # found from that block on.
+    best, best_at = _NEG_INF32, 0
+    runner, runner_at = _NEG_INF32, 0
+    for b in range(C // _BLOCK):
+        b0 = b * _BLOCK
+        m_conf, m_other = _NEG_INF32, _NEG_INF32
+        for k in range(_BLOCK):
+            v = p[b0 + k]
+            m_conf = _maxnum(m_conf, v if v >= t32_C[b0 + k] else _NEG_INF32)
+            m_other = _maxnum(m_other, v if b0 + k != y else _NEG_INF32)
+        if m_conf > best:
+            best, best_at = m_conf, b0
+        if m_other > runner:
+            runner, runner_at = m_other, b0
+    tail = C - C % _BLOCK
+    m_conf, m_other = _NEG_INF32, _NEG_INF32
+    for c in range(tail, C):
+        v = p[c]
+        m_conf = _maxnum(m_conf, v if v >= t32_C[c] else _NEG_INF32)
+        m_other = _maxnum(m_other, v if c != y else _NEG_INF32)
+    if m_conf > best:
+        best, best_at = m_conf, tail
+    if m_other > runner:
+        runner, runner_at = m_other, tail
+    conf = -1
+    if best > _NEG_INF32:  # else no candidate (p-bar >= 0, so a candidate is never -Inf)
+        for c in range(best_at, C):
+            if p[c] == best and p[c] >= t32_C[c]:
+                conf = c
+                break
+    other = -1
+    for c in range(runner_at, C):
+        if p[c] == runner and c != y:
+            other = c
+            break
+    return conf, other, runner
+
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def confident_rows(p_nC, y_n, valid_n, thresholds_C, eps, conf_n, other_n, p_label_n, p_other_n):
-    """Fill ``conf_n``, ``other_n`` (int64) and ``p_label_n``, ``p_other_n`` (float64) for the rows of ``p_nC``."""
-    n, C = p_nC.shape
+def confident_rows(p_nC, y_n, valid_n, t32_C, conf_n, other_n, p_label_n, p_other_n):
+    """Fill ``conf_n``, ``other_n`` (int64) and ``p_label_n``, ``p_other_n`` (float64) for the rows of ``p_nC``.
+
+    ``t32_C``: the float32 candidate thresholds (see the module docstring).
+    """
+    n = p_nC.shape[0]
     for i in numba.prange(n):
         if not valid_n[i]:
             conf_n[i] = -1
@@ -31,57 +105,72 @@ def confident_rows(p_nC, y_n, valid_n, thresholds_C, eps, conf_n, other_n, p_lab
             p_label_n[i] = np.nan
             p_other_n[i] = np.nan
             continue
-        y = y_n[i]
-        best_c, best_v = -1, -np.inf
-        best_o, best_ov = -1, -np.inf
-        for c in range(C):
-            v = np.float64(p_nC[i, c])
-            if v >= thresholds_C[c] - eps and (best_c < 0 or v > best_v):
-                best_c, best_v = c, v
-            if c != y and (best_o < 0 or v > best_ov):
-                best_o, best_ov = c, v
-        conf_n[i] = best_c
-        other_n[i] = best_o
-        p_label_n[i] = np.float64(p_nC[i, y])
-        p_other_n[i] = best_ov
+        conf, other, runner = _row(p_nC[i], y_n[i], t32_C)
+        conf_n[i] = conf
+        other_n[i] = other
+        p_label_n[i] = np.float64(p_nC[i, y_n[i]])
+        p_other_n[i] = np.float64(runner)
+
+
+@numba.njit(inline="always")
+def _worse(d_a, i_a, d_b, i_b):
+    """Entry a ranks below entry b: a smaller margin, or the same margin at a higher index."""
+    return d_a < d_b or (d_a == d_b and i_a > i_b)
+
+
+@numba.njit(inline="always")
+def _sift_down(heap_d, heap_i, base, size, pos):
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            return
+        child = left
+        right = left + 1
+        if right < size and _worse(heap_d[base + right], heap_i[base + right], heap_d[base + left],
+                                   heap_i[base + left]):
+            child = right
+        if not _worse(heap_d[base + child], heap_i[base + child], heap_d[base + pos], heap_i[base + pos]):
+            return
+        d, i = heap_d[base + pos], heap_i[base + pos]
+        heap_d[base + pos], heap_i[base + pos] = heap_d[base + child], heap_i[base + child]
+        heap_d[base + child], heap_i[base + child] = d, i
+        pos = child
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def flag_largest_margins(p_NC, rows_by_class, starts_K1, quota_KK, flagged_N):
-    """Step 4: for every given class k and other class j, flag the ``quota_KK[k, j]`` samples
-    labelled k with the largest p_j - p_k (in float64; ties: the lower index first).
+def push_margins(p_nC, start, rows_by_class, starts_K1, pair_ptr_K1, pair_j_P, heap_off_P1, heap_n_P, heap_d, heap_i):
+    """Step 4 on one chunk: offer every row's margins to its class's heaps.
 
-    ``rows_by_class[starts_K1[k]:starts_K1[k + 1]]`` are the rows labelled k, in increasing
-    order.  Classes run in parallel; each writes only its own rows of ``flagged_N``.
+    ``rows_by_class[starts_K1[k]:starts_K1[k + 1]]``: the chunk's valid rows labelled k (chunk
+    positions, increasing), or none for a class whose rows are all flagged anyway.  Active pairs
+    of class k: ``pair_j_P[pair_ptr_K1[k]:pair_ptr_K1[k + 1]]`` (the other classes j); pair a's
+    heap is ``heap_d/heap_i[heap_off_P1[a]:heap_off_P1[a + 1]]`` (float64 margins, int64 sample
+    indices = ``start`` + chunk position), ``heap_n_P[a]`` entries filled.  Classes run in
+    parallel; each touches only its own heaps.
     """
-    K = quota_KK.shape[0]
+    K = starts_K1.shape[0] - 1
     for k in numba.prange(K):
-        a, b = starts_K1[k], starts_K1[k + 1]
-        n_k = b - a
-        if n_k == 0:
-            continue
-        d = np.empty(n_k)
-        for j in range(K):
-            q = quota_KK[k, j]
-            if j == k or q <= 0:
-                continue
-            if q >= n_k:
-                for r in range(n_k):
-                    flagged_N[rows_by_class[a + r]] = True
-                continue
-            for r in range(n_k):
-                i = rows_by_class[a + r]
-                d[r] = np.float64(p_NC[i, j]) - np.float64(p_NC[i, k])
-            # The q-th largest margin; all above it, then the first rows equal to it.
-            cut = -np.partition(-d, q - 1)[q - 1]
-            left = q
-            for r in range(n_k):
-                if d[r] > cut:
-                    flagged_N[rows_by_class[a + r]] = True
-                    left -= 1
-            for r in range(n_k):
-                if left == 0:
-                    break
-                if d[r] == cut:
-                    flagged_N[rows_by_class[a + r]] = True
-                    left -= 1
+        for r in range(starts_K1[k], starts_K1[k + 1]):
+            row = rows_by_class[r]
+            idx = start + row
+            pk = np.float64(p_nC[row, k])
+            for a in range(pair_ptr_K1[k], pair_ptr_K1[k + 1]):
+                d = np.float64(p_nC[row, pair_j_P[a]]) - pk
+                base = heap_off_P1[a]
+                cap = heap_off_P1[a + 1] - base
+                size = heap_n_P[a]
+                if size < cap:  # not full: add, then restore the heap upwards
+                    pos = size
+                    heap_d[base + pos], heap_i[base + pos] = d, idx
+                    while pos > 0:
+                        parent = (pos - 1) // 2
+                        if not _worse(heap_d[base + pos], heap_i[base + pos], heap_d[base + parent],
+                                      heap_i[base + parent]):
+                            break
+                        heap_d[base + pos], heap_d[base + parent] = heap_d[base + parent], heap_d[base + pos]
+                        heap_i[base + pos], heap_i[base + parent] = heap_i[base + parent], heap_i[base + pos]
+                        pos = parent
+                    heap_n_P[a] = size + 1
+                elif d > heap_d[base]:  # beats the q-th best (a tie loses: this row's index is higher)
+                    heap_d[base], heap_i[base] = d, idx
+                    _sift_down(heap_d, heap_i, base, size, 0)

@@ -637,7 +637,7 @@ def _check_labels(y: np.ndarray, C: int) -> None:
 
 
 def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with_p_avg: bool,
-             soft_only: bool) -> FusedStats:
+             soft_only: bool, p_avg_out: np.ndarray | None = None) -> FusedStats:
     E, N = cnt.shape
 
     def f32(*shape):
@@ -656,7 +656,13 @@ def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with
                           t(p_label), empty, empty, empty, empty, empty, None)
     entropy_prob = f32(N)
     logp_label, correct, margin, el2n, tdds = (f32(E, N) for _ in range(5))
-    p_avg_out = f32(N if with_p_avg else 0, C)
+    if p_avg_out is None:
+        p_avg_out = f32(N if with_p_avg else 0, C)
+    elif p_avg_out.dtype != np.float32 or p_avg_out.shape != (N, C) or not p_avg_out.flags.c_contiguous:
+        raise ValueError(f"p_avg_out must be a C-contiguous float32 array [{N}, {C}], got {p_avg_out.dtype} "
+                         f"{p_avg_out.shape}")
+    else:
+        with_p_avg = True
     _run(_stats_serial, _stats_parallel, threads, src, mode, cnt, y, n_obs, nonfinite, entropy, entropy_prob, p_max,
          p_second, soft_argmax, p_label, logp_label, correct, margin, el2n, tdds, p_avg_out)
     return FusedStats(*map(t, (n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
@@ -712,13 +718,16 @@ def fused_stats_cpu(
 
 def fused_stats_epochs(
     epochs_nC, counts_EN: np.ndarray, labels_N: np.ndarray, *, threads: int | None = None, with_p_avg: bool = False,
-    soft_only: bool = False,
+    soft_only: bool = False, p_avg_out: np.ndarray | None = None,
 ) -> FusedStats:
     """:func:`fused_stats_cpu` over E separate arrays [n, C] (one per epoch), read in place.
 
     For memory-mapped epoch files: the kernel reads each observed row from the mapping
     directly (page cache -> registers), with no stacked [E, n, C] copy.  ``epochs_nC``: float16
     or float32 arrays with contiguous rows; ``counts_EN`` [E, n] and ``labels_N`` [n].
+    ``p_avg_out``: a float32 [n, C] buffer to write the mean probabilities into (implies
+    ``with_p_avg``; ``p_avg`` then views it), so that a caller streaming chunks reuses one
+    buffer instead of touching fresh memory per chunk.
     """
     E = len(epochs_nC)
     cnt = np.ascontiguousarray(counts_EN, dtype=np.int32)
@@ -732,4 +741,5 @@ def fused_stats_epochs(
         raise ValueError("logits must have at least one class")
     src, mode = _rows_of_epochs(epochs_nC, n, C)
     _check_labels(y, C)
-    return _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, soft_only=soft_only)
+    return _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, soft_only=soft_only,
+                    p_avg_out=p_avg_out)

@@ -166,3 +166,65 @@ def test_the_readme_example_runs_and_records_what_the_trainer_records(tmp_path, 
     assert np.isfinite(z).all() and (c > 0).all()
     scores, _ = dprune.score_store(mine, methods=["entropy"])
     assert np.isfinite(scores["entropy"]).all()
+
+
+def test_begin_epoch_again_restarts_the_open_epoch_after_the_queued_writes(tmp_path):
+    # Issue 23 item 3: the second begin_epoch re-created the epoch's files while the writer
+    # thread still wrote the first attempt's batches (SIGBUS, TypeError or counts of 2).
+    N, C = 20000, 100
+    g = torch.Generator().manual_seed(0)
+    batches_ = [(torch.randperm(N, generator=g), torch.randn(N, C, generator=g)) for _ in range(3)]
+    rec = Recorder(tmp_path / "s", labels=np.zeros(N, int), n_classes=C)
+    rec.begin_epoch(0)
+    for idx, z in batches_:
+        rec.record(idx, z + 100)  # the first attempt's values must not survive
+    rec.begin_epoch(0)
+    for idx, z in batches_:
+        rec.record(idx, z)
+    rec.complete_epoch(0)
+    rec.close()
+    store = TrajectoryStore.open(tmp_path / "s")
+    logits, counts = store.read(0, N)
+    assert (counts == 3).all()
+    mean = torch.zeros(N, C)
+    for idx, z in batches_:
+        mean[idx] += z / 3
+    np.testing.assert_allclose(logits[0].astype(np.float32), mean.numpy(), atol=2e-3)
+
+
+def test_reopening_a_store_with_other_labels_ids_or_classes_is_refused(tmp_path):
+    # Issue 23 item 4: the public Recorder validates what `dprune train` validates.
+    N, C = 12, 4
+    y = np.arange(N) % C
+    ids = [f"img/{i}.png" for i in range(N)]
+    rec = Recorder(tmp_path / "s", labels=y, n_classes=C, sample_ids=ids)
+    rec.begin_epoch(0)
+    rec.record(torch.arange(N), torch.randn(N, C))
+    rec.complete_epoch(0)
+    rec.close()
+    other = y.copy()
+    other[5] = (other[5] + 1) % C
+    cases = [(dict(labels=other, n_classes=C, sample_ids=ids), "1 labels differ .first: sample 5"),
+             (dict(labels=y[:-1], n_classes=C, sample_ids=ids[:-1]), "N = 12 samples, given 11"),
+             (dict(labels=y, n_classes=C + 1, sample_ids=ids), "C = 4 classes, given n_classes = 5"),
+             (dict(labels=y, n_classes=C, sample_ids=ids[:3] + ["x"] + ids[4:]), "sample ids differ .first: sample 3"),
+             (dict(labels=y, n_classes=C), "sample ids differ .first: sample 0")]
+    for kw, message in cases:
+        with pytest.raises(RecorderError, match=message):
+            Recorder(tmp_path / "s", **kw)
+    rec = Recorder(tmp_path / "s", labels=y, n_classes=C, sample_ids=ids)  # the same identity resumes
+    assert rec.sync(1) == 1
+    rec.close()
+
+
+def test_a_closed_recorder_refuses_every_call_with_one_error(tmp_path):
+    # Issue 23 item 16: record() after close() raised AttributeError from the writer.
+    rec = Recorder(tmp_path / "s", labels=np.zeros(4, int), n_classes=2)
+    rec.begin_epoch(0)
+    rec.close()
+    with pytest.raises(RecorderError, match=r"record\(\) on a closed Recorder"):
+        rec.record(torch.arange(4), torch.zeros(4, 2))
+    with pytest.raises(RecorderError, match=r"begin_epoch\(\) on a closed Recorder"):
+        rec.begin_epoch(0)
+    with pytest.raises(RecorderError, match=r"complete_epoch\(\) on a closed Recorder"):
+        rec.complete_epoch(0)

@@ -187,6 +187,39 @@ def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filt
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
+@pytest.mark.parametrize("N, C, chunk", [(700, 3, 37), (300, 70, 11)])
+@pytest.mark.parametrize("filter_by", ["noise_rate", "self_confidence"])
+def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(tmp_path, N, C, chunk, filter_by):
+    # The scoring path's detector: p-bar handed in ragged chunks, spilled to a file, read back in
+    # chunks of `chunk` rows for steps 2 and 4 (the heaps fill and are replaced across chunks);
+    # C = 70 crosses the kernel's 64-class blocks.
+    from dprune.scoring.confident import ConfidentSpill
+    from numpy_reference import reference_confident
+
+    rng = np.random.default_rng(C)
+    p = rng.dirichlet(np.full(C, 0.3), N).astype(np.float32)
+    p[10:20] = p[9]  # ties between samples
+    p[21] = np.float32(1 / C)  # and between the classes of one sample
+    y = np.where(rng.random(N) < 0.7, p.argmax(1), rng.integers(0, C, N))
+    valid = rng.random(N) > 0.05
+    spill = ConfidentSpill(y, C, tmp_path, chunk_bytes=chunk * 4 * C)
+    a = 0
+    for size in rng.integers(1, 90, N):
+        b = min(a + int(size), N)
+        spill.add(a, p[a:b], valid[a:b])
+        a = b
+        if a == N:
+            break
+    got = spill.finish(agree=0.4, filter_by=filter_by)
+    want = reference_confident(p.astype(np.float64), y, valid, agree=0.4, filter_by=filter_by)
+    assert 0 < got["confident"].sum() < valid.sum()
+    for k in ("confident", "confident_label", "confident_relabel"):
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    for k in ("label_margin", "p_avg_label"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    assert list(tmp_path.iterdir()) == []  # the spill file is unnamed and closed
+
+
 def test_confident_detector_through_scoring_store_and_arrays(tmp_path):
     from dprune.scoring.confident import confident_learning
     from dprune.scoring.stats import compute_stats
@@ -212,3 +245,28 @@ def test_confident_detector_through_scoring_store_and_arrays(tmp_path):
     precision, recall = (f & flipped).sum() / f.sum(), (f & flipped).sum() / flipped.sum()
     assert 2 * precision * recall / (precision + recall) > 0.8, (precision, recall)
     assert np.mean(arrays["confident_label"][f & flipped] == t["true_labels"][f & flipped]) > 0.9
+
+
+def test_default_scoring_never_holds_the_mean_probabilities_of_all_samples(tmp_path):
+    # Issue 22: the detector's p-bar [N, C] goes through a file in chunks, so memory is bounded
+    # by the chunk at any N (before, p-bar was held in memory up to 256 MB).
+    import tracemalloc
+
+    N, C, E = 60_000, 300, 2  # p-bar: 69 MiB; the spill is read back in 16 MiB chunks
+    rng = np.random.default_rng(0)
+    store = TrajectoryStore.create(tmp_path / "s", rng.integers(0, C, N), C)
+    for e in range(E):
+        store.begin_epoch(e)
+        store.put(e, 0, rng.standard_normal((N, C), np.float32).astype(np.float16), np.ones(N, np.int32))
+        store.complete_epoch(e)
+    store.close()
+    store = TrajectoryStore.open(tmp_path / "s")
+    score_store(store, methods=["entropy", "confident"], chunk_size=1000)  # compiles, warms up
+    tracemalloc.start()
+    try:
+        scores, _ = score_store(store, methods=["entropy", "confident"], chunk_size=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert scores["confident"].any()
+    assert peak < N * C * 4 / 2, f"peak {peak / 2**20:.0f} MiB, p-bar is {N * C * 4 / 2**20:.0f} MiB"

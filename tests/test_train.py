@@ -221,7 +221,7 @@ def test_two_rank_recording_equals_one_rank_recording_of_the_same_checkpoint(tmp
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_epochs_and_counts(tmp_path):
     out = tmp_path / "k"
-    args = ["--epochs", 3, "--batch-size", 4]
+    args = ["--epochs", 3, "--batch-size", 4, "--record-writes", "gather"]  # rank 0 fills the epoch's map
     proc = launch(args, out, start_new_session=True)
     counts_file = out / "trajectory" / ".epoch_0001.counts.npy.tmp"  # epoch 2, being recorded
     deadline = time.time() + 300

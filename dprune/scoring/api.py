@@ -12,7 +12,6 @@ import errno
 import functools
 import json
 import queue
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -231,34 +230,28 @@ def score_store(
         stream = _stream_stats_cpu(store, epochs_stats(backend_name, stats_fn), kw,
                                    chunk_size or default_chunk_size(E, C, _CPU_CHUNK_BYTES), E)
     parts: dict[str, list[np.ndarray]] = {}
-    p_avg = _spill(N, C, store.run_dir) if want_p_avg else None
+    from .confident import ConfidentSpill  # numba: loaded only when scoring runs
+
+    # The detector's first pass rides on this one; p-bar goes to a file for its other two.
+    spill = ConfidentSpill(store.labels, C, store.run_dir) if want_p_avg else None
     cpu_kernel = backend_name in ("numba", "summary")
     bar = _progress(N, "scoring", progress)
-    for start, stop, st in stream:
-        for k, v in _scores_from_stats(st, methods, params, start, N, cpu_kernel=cpu_kernel).items():
-            parts.setdefault(k, []).append(v)
-        if p_avg is not None:
-            p_avg[start:stop] = st.p_avg.cpu().numpy()
-        bar.update(stop - start)
-    bar.close()
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    if p_avg is not None:
-        _detect(out, p_avg, store.labels, params)
+    try:
+        for start, stop, st in stream:
+            chunk = _scores_from_stats(st, methods, params, start, N, cpu_kernel=cpu_kernel)
+            for k, v in chunk.items():
+                parts.setdefault(k, []).append(v)
+            if spill is not None:
+                spill.add(start, st.p_avg.cpu().numpy(), (chunk["n_observed"] > 0) & ~chunk["nonfinite"])
+            bar.update(stop - start)
+        bar.close()
+        out = {k: np.concatenate(v) for k, v in parts.items()}
+        if spill is not None:
+            out.update(spill.finish(**params["confident"]))
+    finally:
+        if spill is not None:
+            spill.close()
     return compute_flags(out, store.labels, C, params, store.meta.get("threshold_samples")), backend_name
-
-
-# Mean probabilities larger than this go to an anonymous file beside the store, not to memory.
-_SPILL_BYTES = 256 << 20
-
-
-def _spill(N: int, C: int, directory) -> np.ndarray:
-    """float32 [N, C] for the mean probabilities: in memory when small, else an unnamed file in
-    ``directory`` (deleted by the system when closed), so memory stays bounded for any N."""
-    if N * C * 4 <= _SPILL_BYTES:
-        return np.empty((N, C), np.float32)
-    f = tempfile.TemporaryFile(dir=directory)
-    f.truncate(N * C * 4)
-    return np.memmap(f, np.float32, "r+", shape=(N, C))
 
 
 # fp32-equivalent bytes of trajectory per chunk.  On a CPU the kernel reads the mapped files in
@@ -274,10 +267,14 @@ def _stream_stats_cpu(store, stats_fn, kw: dict, chunk_size: int, n_epochs: int)
     """Yield ``(start, stop, TrajectoryStats)`` of the first ``n_epochs`` epochs of a full store,
     the kernel reading the memory-mapped rows in place; each chunk's pages are released after."""
     views = store.epoch_views(range(n_epochs))
+    # The numba kernel writes the mean probabilities into one reused buffer (consumed per chunk).
+    p_avg = np.empty((min(chunk_size, store.n_samples), store.n_classes), np.float32) \
+        if kw.get("with_p_avg") and "soft_only" in kw else None
     for start in range(0, store.n_samples, chunk_size):
         stop = min(start + chunk_size, store.n_samples)
         counts = np.stack([c[start:stop] for _, c in views])
-        st = stats_fn([z[start:stop] for z, _ in views], counts, store.labels[start:stop], **kw)
+        out = {} if p_avg is None else {"p_avg_out": p_avg[: stop - start]}
+        st = stats_fn([z[start:stop] for z, _ in views], counts, store.labels[start:stop], **kw, **out)
         store.release(start, stop)
         yield start, stop, st
 

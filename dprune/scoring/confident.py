@@ -19,8 +19,8 @@ applies it to out-of-sample probabilities, here applied to the in-sample traject
 The default ``filter_by="margin"`` keeps steps 1-2 and flags instead the n valid samples with
 the lowest label margin p-bar_y~ - max_{k != y~} p-bar_k, n = the confident joint's
 off-diagonal count (the samples whose confident class is not their label), then step 5; ties:
-the lower index first.  The variant ``"self_confidence"`` (cleanlab's ``low_self_confidence``) flags the n
-lowest p-bar at the label instead.  Why the margin is the default (declared in
+the lower index first.  The variant ``"self_confidence"`` (cleanlab's ``low_self_confidence``)
+flags the n lowest p-bar at the label instead.  Why the margin is the default (declared in
 ``benchmarks/RESULTS.md`` before its test): the off-diagonal count of the in-sample joint is
 close to the number of flips, where the calibrated joint of ``noise_rate`` overcounts (by a
 fifth on Fashion-MNIST); and a systematic flip (a fixed share of class c labelled c + 1) leaves
@@ -34,19 +34,25 @@ average over the epochs it held at least that much of the probability), else rem
 Continuous scores (any threshold, e.g. for AUROC): ``label_margin`` = p-bar_y~ - max_{k != y~}
 p-bar_k (low = likely mislabelled) and ``p_avg_label`` = p-bar_y~.
 
-Steps 2 and 4 are numba kernels (:mod:`dprune.kernels.confident_cpu`) that read the rows in
-place; the rest is arithmetic on [N] vectors and the [C, C] joint.
-
-Memory: ``p_avg_NC`` (float32) may be a memory map; it is read in place, in row chunks of
-``chunk_bytes`` (steps 1-2) and one class's rows at a time (step 4), so the working memory is
-a few [N] vectors and [C, C].  (The pages of a mapped ``p_avg_NC`` count in the process's RSS
-once read: file pages the system can reclaim.)
+Passes: step 1 needs only p-bar at each sample's own label, so it is summed in the pass that
+produces p-bar (:func:`add_label_sums`); step 2 is one pass over the rows (the joint, the
+continuous scores, the most probable other class); step 4 is a second pass, in which each
+(given class, other class) pair keeps its quota of largest margins in a bounded heap.  Both
+passes take p-bar in row chunks from any source (:func:`confident_learning_chunks`): an array
+or memory map (:func:`confident_learning`), or the file that :class:`ConfidentSpill` writes
+while a store is scored, so the working memory is a chunk, a few [N] vectors, at most N heap
+entries and [C, C], whatever N.  Steps 2 and 4 are numba kernels
+(:mod:`dprune.kernels.confident_cpu`); the rest is arithmetic on [N] vectors and the joint.
 """
 from __future__ import annotations
 
+import tempfile
+from typing import Callable, Iterator
+
 import numpy as np
 
-from dprune.kernels.confident_cpu import confident_rows, flag_largest_margins
+from dprune.kernels.confident_cpu import confident_rows, float32_at_or_above, push_margins
+from dprune.scoring.params import CONFIDENT_RULES
 
 EPS = 1e-6  # cleanlab's slack on the thresholds
 
@@ -83,6 +89,18 @@ def calibrated_joint(joint_KK: np.ndarray, counts_K: np.ndarray) -> np.ndarray:
     return q
 
 
+FILTERS = CONFIDENT_RULES
+# Chunks of (start, stop, p_nC float32) over all N rows in order; a fresh iterator per call.
+Chunks = Callable[[], Iterator[tuple[int, int, np.ndarray]]]
+
+
+def add_label_sums(p_nC: np.ndarray, labels_n: np.ndarray, valid_n: np.ndarray, sums_C: np.ndarray) -> None:
+    """Step 1's numerators: add p-bar at each valid row's label into ``sums_C`` (float64, in row order)."""
+    v = np.flatnonzero(valid_n)
+    y = np.asarray(labels_n, np.int64)[v]
+    np.add.at(sums_C, y, np.asarray(p_nC[v, y], np.float64))
+
+
 def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, agree: float = 0.5,
                        filter_by: str = "margin", chunk_bytes: int = 16 << 20) -> dict[str, np.ndarray]:
     """Flags and continuous label scores of confident learning (see the module docstring).
@@ -108,20 +126,36 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     ``p_avg_label`` (float32, NaN for invalid samples).
     """
     N, C = p_avg_NC.shape
-    p32 = np.asarray(p_avg_NC) if p_avg_NC.dtype == np.float32 else np.asarray(p_avg_NC, np.float32)
-    chunk_rows = max(1, chunk_bytes // (4 * C))
+    rows = max(1, chunk_bytes // (4 * C))
     y = np.asarray(labels_N, np.int64)
     valid = np.asarray(valid_N, bool)
+
+    def chunks():
+        for a in range(0, N, rows):
+            b = min(a + rows, N)
+            yield a, b, np.ascontiguousarray(p_avg_NC[a:b], np.float32)
+
+    sums = np.zeros(C)
+    for a, b, p in chunks():
+        add_label_sums(p, y[a:b], valid[a:b], sums)
+    return confident_learning_chunks(chunks, y, valid, sums, agree=agree, filter_by=filter_by)
+
+
+def confident_learning_chunks(chunks: Chunks, labels_N: np.ndarray, valid_N: np.ndarray, label_sums_C: np.ndarray,
+                              *, agree: float = 0.5, filter_by: str = "margin") -> dict[str, np.ndarray]:
+    """:func:`confident_learning` with p-bar read through ``chunks`` (once for self_confidence,
+    twice for noise_rate) and step 1's sums already made (:func:`add_label_sums`)."""
+    if filter_by not in FILTERS:
+        raise ValueError(f"filter_by must be one of {', '.join(FILTERS)}, got {filter_by!r}")
+    y = np.asarray(labels_N, np.int64)
+    valid = np.asarray(valid_N, bool)
+    N, C = len(y), len(label_sums_C)
     counts = np.bincount(y[valid], minlength=C).astype(np.int64)
 
-    # 1. thresholds
-    sums = np.zeros(C)
-    for a in range(0, N, chunk_rows):
-        b = min(a + chunk_rows, N)
-        v = np.flatnonzero(valid[a:b])
-        np.add.at(sums, y[a + v], np.asarray(p_avg_NC[a + v, y[a + v]], np.float64))  # only p-bar at the label
+    # 1. thresholds, as the float32 bounds the kernel compares with
     with np.errstate(invalid="ignore", divide="ignore"):
-        thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+        thresholds = np.where(counts > 0, label_sums_C / np.maximum(counts, 1), np.inf)
+    t32 = float32_at_or_above(thresholds - EPS)
 
     # 2. confident classes, the joint, the continuous scores, the most probable other class:
     # one read of each valid row (the numba kernel), then whole-array arithmetic on [N] vectors.
@@ -129,10 +163,8 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     other = np.empty(N, np.int64)
     py = np.empty(N, np.float64)
     p_other = np.empty(N, np.float64)
-    for a in range(0, N, chunk_rows):
-        b = min(a + chunk_rows, N)
-        confident_rows(p32[a:b], y[a:b], valid[a:b], thresholds, EPS, conf[a:b],
-                       other[a:b], py[a:b], p_other[a:b])
+    for a, b, p in chunks():
+        confident_rows(p, y[a:b], valid[a:b], t32, conf[a:b], other[a:b], py[a:b], p_other[a:b])
     # The kernel leaves invalid rows at -1 (conf, other) and NaN (py, p_other).
     has = conf >= 0
     joint = np.bincount(y[has] * C + conf[has], minlength=C * C).reshape(C, C).astype(np.int64)
@@ -142,36 +174,122 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     with np.errstate(invalid="ignore"):
         label_is_top = valid & ((py + EPS > p_other) | ((py + EPS == p_other) & (y < other)))
 
-    flagged = np.zeros(N, bool)
     if filter_by in ("margin", "self_confidence"):
         # The confident joint's off-diagonal count of the lowest margins (or p-bar at the label).
         n_issues = int(joint.sum() - np.trace(joint))
         key = margin if filter_by == "margin" else py
+        flagged = np.zeros(N, bool)
         flagged[np.argsort(np.where(valid, key, np.inf), kind="stable")[:n_issues]] = True
         if filter_by == "margin":  # step 5: the given label is the most probable class
             flagged &= ~label_is_top
-    elif filter_by == "noise_rate":
-        # 3. calibrated joint -> how many to flag per (given class, other class)
-        q = calibrated_joint(joint, counts)
-        # 4. per given class, the largest margins towards each other class
-        key = np.where(valid, y, C)
-        rows_by_class = np.argsort(key, kind="stable")  # the valid samples of each class, in index order
-        starts = np.searchsorted(key[rows_by_class], np.arange(C + 1))
-        flag_largest_margins(p32, rows_by_class, starts, q, flagged)
+    else:
+        # 3. calibrated joint -> how many to flag per (given class, other class); 4. the largest margins
+        flagged = _largest_margins(chunks, y, valid, calibrated_joint(joint, counts), counts)
         # 5. the given label is the most probable class: not an issue
         flagged &= ~label_is_top
-    else:
-        raise ValueError(f"filter_by must be margin, noise_rate or self_confidence, got {filter_by!r}")
-    suggestion = np.where(flagged, other, -1)
-    rows = np.flatnonzero(flagged)
-    p_sugg = np.zeros(N)
-    for a in range(0, len(rows), chunk_rows):
-        part = rows[a : a + chunk_rows]
-        p_sugg[part] = np.asarray(p_avg_NC[part], np.float64)[np.arange(len(part)), suggestion[part]]
+    # The suggestion is the most probable other class, so its p-bar is p_other.
     return {
         "confident": flagged,
-        "confident_label": suggestion,
-        "confident_relabel": flagged & (p_sugg >= agree),
+        "confident_label": np.where(flagged, other, -1),
+        "confident_relabel": flagged & (np.where(flagged, p_other, 0.0) >= agree),
         "label_margin": margin,
         "p_avg_label": p_label,
     }
+
+
+def _largest_margins(chunks: Chunks, y: np.ndarray, valid: np.ndarray, q_KK: np.ndarray,
+                     counts_K: np.ndarray) -> np.ndarray:
+    """Step 4: for every given class k and other class j, flag the ``q_KK[k, j]`` valid samples
+    labelled k with the largest p_j - p_k (float64; ties: the lower index first), in one pass."""
+    N, K = len(y), len(counts_K)
+    quota = q_KK.copy()
+    np.fill_diagonal(quota, 0)
+    # A quota that reaches the class's size flags the whole class: no heap needed for it.
+    whole = (counts_K > 0) & (quota >= counts_K[:, None]).any(1)
+    ks, js = np.nonzero((quota > 0) & ~whole[:, None])  # the active pairs, by class
+    pair_ptr = np.searchsorted(ks, np.arange(K + 1)).astype(np.int64)
+    cap = quota[ks, js]
+    heap_off = np.concatenate([[0], np.cumsum(cap)]).astype(np.int64)
+    heap_d = np.empty(heap_off[-1], np.float64)
+    heap_i = np.empty(heap_off[-1], np.int64)
+    heap_n = np.zeros(len(cap), np.int64)
+    js = js.astype(np.int64)
+    if len(cap):
+        has_pairs = pair_ptr[1:] > pair_ptr[:-1]
+        for a, b, p in chunks():
+            key = np.where(valid[a:b] & has_pairs[y[a:b]], y[a:b], K)
+            order = np.argsort(key, kind="stable")
+            starts = np.searchsorted(key[order], np.arange(K + 1)).astype(np.int64)
+            push_margins(p, a, order, starts, pair_ptr, js, heap_off, heap_n, heap_d, heap_i)
+    flagged = valid & whole[y]
+    filled = np.arange(heap_off[-1]) - np.repeat(heap_off[:-1], cap) < np.repeat(heap_n, cap)
+    flagged[heap_i[filled]] = True
+    return flagged
+
+
+class ConfidentSpill:
+    """Confident learning over a store too large to hold p-bar in memory.
+
+    While the store is scored, :meth:`add` takes each chunk's p-bar rows in order: it sums
+    step 1 and appends the rows to an unnamed file (deleted by the system once closed), so
+    memory holds one chunk.  :meth:`finish` then reads the file back in chunks of
+    ``chunk_bytes`` for steps 2 and 4: the file is a quarter of one epoch of an fp16 store
+    (E x N x C x 2 bytes), so two reads of it cost far less than a second pass over the store.
+    ``directory``: where the file goes (the store's, on the disk that holds the data; the
+    system's temporary folder when that one is not writable).
+    """
+
+    def __init__(self, labels_N: np.ndarray, n_classes: int, directory=None, *, chunk_bytes: int = 16 << 20):
+        self.labels = np.asarray(labels_N, np.int64)
+        self.valid = np.zeros(len(self.labels), bool)
+        self.sums = np.zeros(n_classes)
+        self.n_classes = n_classes
+        self._rows = 0
+        self._chunk_rows = max(1, chunk_bytes // (4 * n_classes))
+        self._buf: np.ndarray | None = None
+        try:
+            self._file = tempfile.TemporaryFile(dir=directory, buffering=0)
+        except OSError:
+            self._file = tempfile.TemporaryFile(buffering=0)
+
+    def add(self, start: int, p_nC: np.ndarray, valid_n: np.ndarray) -> None:
+        """Rows ``[start, start + n)`` of p-bar (float32 [n, C]) and which of them are valid."""
+        if start != self._rows or p_nC.shape[1:] != (self.n_classes,) or p_nC.dtype != np.float32:
+            raise ValueError(f"expected float32 rows [n, {self.n_classes}] from row {self._rows}, got "
+                             f"{p_nC.dtype} {p_nC.shape} from row {start}")
+        stop = start + len(p_nC)
+        self.valid[start:stop] = valid_n
+        add_label_sums(p_nC, self.labels[start:stop], self.valid[start:stop], self.sums)
+        view = memoryview(np.ascontiguousarray(p_nC)).cast("B")
+        while len(view):  # a raw file may write less than asked
+            view = view[self._file.write(view):]
+        self._rows = stop
+
+    def _chunks(self):
+        N, C = len(self.labels), self.n_classes
+        if self._buf is None:  # one buffer for both passes (the caller may still hold a view of it)
+            self._buf = np.empty((min(self._chunk_rows, N), C), np.float32)
+        buf = self._buf
+        self._file.seek(0)
+        for a in range(0, N, self._chunk_rows):
+            b = min(a + self._chunk_rows, N)
+            view = memoryview(buf[: b - a]).cast("B")
+            while len(view):
+                got = self._file.readinto(view)
+                if not got:
+                    raise OSError(f"the p-bar spill file ended at row {a} of {N}")
+                view = view[got:]
+            yield a, b, buf[: b - a]
+
+    def finish(self, *, agree: float = 0.5, filter_by: str = "margin") -> dict[str, np.ndarray]:
+        """The detector's arrays (as :func:`confident_learning`); closes the file."""
+        if self._rows != len(self.labels):
+            raise ValueError(f"p-bar has {self._rows} of {len(self.labels)} rows")
+        try:
+            return confident_learning_chunks(self._chunks, self.labels, self.valid, self.sums, agree=agree,
+                                             filter_by=filter_by)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._file.close()

@@ -40,8 +40,9 @@ def open_or_create_store(kind: str, run_dir, labels, n_classes: int, *, fold=Non
     """Resume the store of ``kind`` in ``run_dir`` for writing, or create it.
 
     ``create_kwargs`` are those of :meth:`RunDirStore.create`; ``fold`` is the summary
-    store's (ignored for a full store).  An existing store of the other kind raises
-    :class:`StoreError`.
+    store's (ignored for a full store).  An existing store of the other kind, or one made
+    for other labels, sample ids, N or ``n_classes`` (:meth:`RunDirStore.check_identity`),
+    raises :class:`StoreError`.
     """
     if kind not in STORE_KINDS:
         raise ValueError(f"unknown store kind {kind!r}; valid: {', '.join(STORE_KINDS)}")
@@ -50,7 +51,13 @@ def open_or_create_store(kind: str, run_dir, labels, n_classes: int, *, fold=Non
         found = store_kind(run_dir)
         if found != kind:
             raise StoreError(f"{run_dir} holds a {found} store, but a {kind} store was asked for")
-        return STORE_KINDS[kind].open(run_dir, "a", **extra)
+        store = STORE_KINDS[kind].open(run_dir, "a", **extra)
+        try:
+            store.check_identity(labels, n_classes, create_kwargs.get("sample_ids"))
+        except BaseException:
+            store.close()
+            raise
+        return store
     return STORE_KINDS[kind].create(run_dir, labels, n_classes, **extra, **create_kwargs)
 
 

@@ -161,6 +161,33 @@ class RunDirStore:
         k = self.epochs_completed if epochs is None else int(epochs)
         return {"fingerprint": self.fingerprint, "generation": self.generation(k), "epochs": k}
 
+    def check_identity(self, labels, n_classes: int, sample_ids: Sequence[str] | None = None) -> None:
+        """Raise :class:`StoreError` unless this store was made for these labels, ids and classes.
+
+        ``sample_ids`` None means the default ids ``"0" .. "N-1"``, as in :meth:`create`.  The
+        message names the first difference (N, C, a label, an id), so a writer never records
+        new epochs against another dataset's labels.
+        """
+        labels_N = validate_labels(labels, int(n_classes))
+        ids = [str(i) for i in range(len(labels_N))] if sample_ids is None else [str(s) for s in sample_ids]
+        diff = None
+        if len(labels_N) != self.n_samples or len(ids) != self.n_samples:
+            diff = f"it has N = {self.n_samples} samples, given {len(labels_N)} labels and {len(ids)} ids"
+        elif int(n_classes) != self.n_classes:
+            diff = f"it has C = {self.n_classes} classes, given n_classes = {n_classes}"
+        elif fingerprint(labels_N, ids) != self.fingerprint:
+            bad = np.flatnonzero(labels_N != self.labels)
+            if bad.size:
+                i = int(bad[0])
+                diff = (f"{bad.size} labels differ (first: sample {i}, stored {self.labels[i]}, "
+                        f"given {labels_N[i]})")
+            else:
+                i = next(k for k, (a, b) in enumerate(zip(self.sample_ids, ids)) if a != b)
+                diff = f"the sample ids differ (first: sample {i}, stored {self.sample_ids[i]!r}, given {ids[i]!r})"
+        if diff is not None:
+            raise StoreError(f"{self.run_dir} holds the trajectory of another dataset or label set: {diff}; "
+                             f"record into a new directory, or delete this one to start over")
+
     # ------------------------------------------------------------------ creation / opening
     @classmethod
     def create(cls, run_dir, labels, n_classes: int, *, sample_ids: Sequence[str] | None = None,

@@ -79,9 +79,9 @@ class TrajectoryStore(RunDirStore):
 
     # ------------------------------------------------------------------ writing
     def _begin(self, epoch: int) -> None:
-        logits, counts = self._paths(epoch)
-        self._logits_mm = open_npy_for_writing(temp_name(logits), self.dtype, (self.n_samples, self.n_classes))
-        self._counts_mm = open_npy_for_writing(temp_name(counts), np.int32, (self.n_samples,))
+        logits, counts = epoch_temp_files(self.run_dir, epoch)
+        self._logits_mm = open_npy_for_writing(logits, self.dtype, (self.n_samples, self.n_classes))
+        self._counts_mm = open_npy_for_writing(counts, np.int32, (self.n_samples,))
         self._saturated = 0
 
     def write(self, epoch: int, indices_B, logits_BC) -> None:
@@ -91,40 +91,13 @@ class TrajectoryStore(RunDirStore):
         Accepts numpy arrays or (CPU or GPU) torch tensors of any float dtype.
         """
         self._require_open(epoch)
-        idx = _to_numpy(indices_B)
-        z = _to_numpy(logits_BC, float_out=True)
-        if idx.ndim != 1 or z.ndim != 2 or z.shape != (len(idx), self.n_classes):
-            raise ValueError(
-                f"expected indices [B] and logits [B, {self.n_classes}], got {idx.shape} and {z.shape}"
-            )
-        if idx.size and not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"sample indices must be integers, got dtype {idx.dtype}")
-        if not np.issubdtype(z.dtype, np.floating):
-            raise ValueError(f"logits must be floating point, got dtype {z.dtype}")
-        if len(idx) == 0:
-            return
-        idx = idx.astype(np.int64, copy=False)
-        if idx.min() < 0 or idx.max() >= self.n_samples:
-            raise ValueError(f"sample indices out of range [0, {self.n_samples}): min {idx.min()}, max {idx.max()}")
-        order = np.argsort(idx, kind="stable")
-        idx_sorted = idx[order]
-        starts = np.flatnonzero(np.r_[True, idx_sorted[1:] != idx_sorted[:-1]])
-        uniq = idx_sorted[starts]
-        k = np.diff(np.r_[starts, len(idx_sorted)]).astype(np.float32)
-        sums = np.add.reduceat(z[order].astype(np.float32, copy=False), starts, axis=0)
-        c_old = self._counts_mm[uniq].astype(np.float32)
-        m_old = self._logits_mm[uniq].astype(np.float32)
-        # A row observed for the first time has m_old = 0 and c_old = 0, so m_new = sums / k
-        # exactly; NaN/Inf observations propagate and are flagged by the scorers.
-        with np.errstate(over="ignore", invalid="ignore"):
-            m_new = m_old + (sums - k[:, None] * m_old) / (c_old + k)[:, None]
-            if self.dtype == np.float16:
-                over = np.isfinite(m_new) & (np.abs(m_new) > FP16_MAX)
-                if over.any():
-                    self._saturated += int(over.sum())
-                    np.clip(m_new, -FP16_MAX, FP16_MAX, out=m_new, where=over)
-            self._logits_mm[uniq] = m_new.astype(self.dtype)
-        self._counts_mm[uniq] = (c_old + k).astype(np.int32)
+        idx, z = check_batch(indices_B, logits_BC, self.n_samples, self.n_classes)
+        if len(idx):
+            self._saturated += merge_batch(self._logits_mm, self._counts_mm, idx, z)
+
+    def add_saturated(self, count: int) -> None:
+        """Count ``count`` more saturated values in the open epoch (written by other processes)."""
+        self._saturated += int(count)
 
     def put(self, epoch: int, start: int, logits_nC, counts_n) -> None:
         """Set rows ``[start, start + n)`` of the open epoch to already-averaged logits and counts.
@@ -234,6 +207,60 @@ class TrajectoryStore(RunDirStore):
             stop = min(start + chunk_size, self.n_samples)
             logits, counts = self.read(start, stop, epochs, out=buf)
             yield start, stop, logits, counts
+
+
+def epoch_temp_files(run_dir, epoch: int) -> tuple[Path, Path]:
+    """The open epoch's temporary (logits, counts) files, which ``complete_epoch`` renames into place."""
+    run_dir = Path(run_dir)
+    return (temp_name(run_dir / f"epoch_{epoch:04d}.logits.npy"), temp_name(run_dir / f"epoch_{epoch:04d}.counts.npy"))
+
+
+def check_batch(indices_B, logits_BC, n_samples: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of observations as numpy (int64 indices [B], float logits [B, C]), or ValueError."""
+    idx = _to_numpy(indices_B)
+    z = _to_numpy(logits_BC, float_out=True)
+    if idx.ndim != 1 or z.ndim != 2 or z.shape != (len(idx), n_classes):
+        raise ValueError(f"expected indices [B] and logits [B, {n_classes}], got {idx.shape} and {z.shape}")
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"sample indices must be integers, got dtype {idx.dtype}")
+    if not np.issubdtype(z.dtype, np.floating):
+        raise ValueError(f"logits must be floating point, got dtype {z.dtype}")
+    idx = idx.astype(np.int64, copy=False)
+    if len(idx) and (idx.min() < 0 or idx.max() >= n_samples):
+        raise ValueError(f"sample indices out of range [0, {n_samples}): min {idx.min()}, max {idx.max()}")
+    return idx, z
+
+
+def merge_batch(logits_NC, counts_N, idx_B: np.ndarray, z_BC: np.ndarray) -> int:
+    """Fold a batch into the running means, in place; return how many values were saturated.
+
+    ``logits_NC`` (the store dtype) and ``counts_N`` (int32) hold the means and counts so far;
+    ``idx_B`` may repeat (the batch's observations of one sample are summed in batch order).
+    The one rule for merging observations, whoever applies it (the writer of the store, or
+    each rank for its own rows, :mod:`.parts`).
+    """
+    dtype = logits_NC.dtype
+    order = np.argsort(idx_B, kind="stable")
+    idx_sorted = idx_B[order]
+    starts = np.flatnonzero(np.r_[True, idx_sorted[1:] != idx_sorted[:-1]])
+    uniq = idx_sorted[starts]
+    k = np.diff(np.r_[starts, len(idx_sorted)]).astype(np.float32)
+    sums = np.add.reduceat(z_BC[order].astype(np.float32, copy=False), starts, axis=0)
+    c_old = counts_N[uniq].astype(np.float32)
+    m_old = logits_NC[uniq].astype(np.float32)
+    saturated = 0
+    # A row observed for the first time has m_old = 0 and c_old = 0, so m_new = sums / k
+    # exactly; NaN/Inf observations propagate and are flagged by the scorers.
+    with np.errstate(over="ignore", invalid="ignore"):
+        m_new = m_old + (sums - k[:, None] * m_old) / (c_old + k)[:, None]
+        if dtype == np.float16:
+            over = np.isfinite(m_new) & (np.abs(m_new) > FP16_MAX)
+            if over.any():
+                saturated = int(over.sum())
+                np.clip(m_new, -FP16_MAX, FP16_MAX, out=m_new, where=over)
+        logits_NC[uniq] = m_new.astype(dtype)
+    counts_N[uniq] = (c_old + k).astype(np.int32)
+    return saturated
 
 
 def _advise(mm: np.memmap, advice: int, start: int = 0, length: int | None = None) -> None:

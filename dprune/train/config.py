@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from ..recorder import WRITES as RECORD_WRITES
 from ..select import RUN_DEFAULTS
 from ..store import STORE_KINDS
 
@@ -52,6 +53,7 @@ class TrainConfig:
     record: str = field(default="train", metadata={"help": 'train: record the training forward pass (the paper); pass: an extra deterministic pass over the whole training set after each epoch; off: no recording.'})
     store: str = field(default="full", metadata={"help": "full: every epoch's logits (E x N x C on disk); summary: O(N x C) running statistics."})
     store_dtype: str = field(default="float16", metadata={"help": 'Precision of the stored logits: float16 or float32.'})
+    record_writes: str = field(default="auto", metadata={"help": "How a distributed run's logits reach the store: gather (to rank 0, which writes everything), shared (each rank writes its own rows; the store must sit on a filesystem every rank sees) or auto (shared when every rank sees the store's folder and the store is full, else gather). The store is the same either way."})
     manifest: Optional[str] = field(default=None, metadata={"help": "Train only on the manifest's kept samples, with its corrected labels."})
     prune_at: Optional[int] = field(default=None, metadata={"help": "Prune inside this run: after epoch T, score the first T recorded epochs, write OUT/manifest.json and continue epochs T+1.. on the kept samples with the corrected labels, same model, optimizer and schedule."})
     ratio: float = field(default=RUN_DEFAULTS.ratio, metadata={"help": "With --prune-at: fraction of observed samples to prune by score, in [0, 1)."})
@@ -116,6 +118,10 @@ class TrainConfig:
               "labels_file and label_noise cannot be combined (the file holds the labels to train with)")
         check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         check(self.store_dtype in ("float16", "float32"), f"store_dtype must be float16 or float32, got {self.store_dtype!r}")
+        check(self.record_writes in RECORD_WRITES,
+              f"record_writes must be one of {', '.join(RECORD_WRITES)}, got {self.record_writes!r}")
+        check(self.record_writes != "shared" or self.store == "full",
+              f"record_writes shared needs store full (a {self.store} store is written by rank 0)")
         check(self.deepspeed_config is None or self.backend == "deepspeed",
               "deepspeed_config is given but backend is not deepspeed")
         check(not self.frozen or self.record == "pass", f"frozen needs record='pass', got {self.record!r}")

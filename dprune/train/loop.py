@@ -60,8 +60,8 @@ from .config import TrainConfig
 # The test metric of each task, as metrics.json and the epoch lines name it.
 METRIC_NAMES = {"classification": "top-1", "reid": "(mAP+R1)/2"}
 # Fields a resumed run may change: where things are, how much is printed, how often the
-# test set is evaluated, and how many epochs there are in all.
-RESUME_FREE = {"out", "data_root", "epochs", "progress", "num_workers", "eval_every", "device"}
+# test set is evaluated, how many epochs there are in all, and how the logits reach the store.
+RESUME_FREE = {"out", "data_root", "epochs", "progress", "num_workers", "eval_every", "device", "record_writes"}
 
 
 class CheckpointError(ValueError):
@@ -354,12 +354,9 @@ class Trainer:
                        sample_ids=self.train_set.sample_ids, kind=cfg.store, dtype=cfg.store_dtype,
                        epochs=cfg.record_epochs or cfg.epochs, world=self.world,
                        labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
-                       meta={"threshold_samples": self.threshold} if self.threshold else None)
-        if rec.store is not None and rec.store.fingerprint != fingerprint(labels, self.train_set.sample_ids):
-            rec.close()
-            raise StoreError(f"{self.out / TRAJECTORY} holds a trajectory of another dataset or label set; "
-                             f"use a new --out or --restart")
-        return rec
+                       meta={"threshold_samples": self.threshold} if self.threshold else None,
+                       writes=cfg.record_writes)
+        return rec  # the store refuses another dataset's labels, ids or classes (RunDirStore.check_identity)
 
     @property
     def store(self):
