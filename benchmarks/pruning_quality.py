@@ -178,7 +178,8 @@ class Experiment:
 
     def pir_cell(self, size, seed: int, T: int, ratio: float) -> dict:
         cfg = self.config(size, f"prune-in-run/entropy_T{T}_r{ratio:g}", RETRAIN_SEED + seed, record="train",
-                          record_epochs=T, prune_at=T, ratio=ratio, method="entropy", policy="class")
+                          record_epochs=T, prune_at=T, ratio=ratio, method="entropy", policy="class",
+                          relabel=False, remove_outliers=None)  # the score alone (clean labels), as the committed cells
         run = train(cfg)
         m = load_manifest(Path(cfg.out) / "manifest.json")
         return {"acc": run.metrics[-1]["test_metric"], "n_kept": len(m.kept), "cost": run.cost, "wall_s": run.seconds}

@@ -16,6 +16,7 @@ directory held by another writer) is one line naming the file and the cause, exi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -521,13 +522,20 @@ def report_cmd(run_or_manifest, out_path, png):
     from .report.content import collect
     from .report.html import write_contact_sheets, write_html
 
+    from .locking import DirLock
+
     content = collect(run_or_manifest)
-    page = write_html(content, out_path or content.run_dir / "report.html")
+    if out_path is not None:  # a page of one's own: never over a file of a run or store
+        _check_new_output(out_path, "report")
+    page = out_path or content.run_dir / "report.html"
+    # The run's own page is written under the run folder's lock (refused while a run writes there).
+    with DirLock(page.parent, "dprune report") if out_path is None else contextlib.nullcontext():
+        write_html(content, page)
+        sheets = write_contact_sheets(content, page.with_suffix("")) if png else []
     click.echo(f"report: {page} ({page.stat().st_size / 1e6:.2f} MB)")
     for note in content.notes:
         click.echo(f"note: {note}")
-    if png:
-        sheets = write_contact_sheets(content, page.with_suffix(""))
+    if sheets:
         click.echo("contact sheets: " + ", ".join(str(p) for p in sheets))
 
 

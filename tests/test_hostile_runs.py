@@ -217,3 +217,18 @@ def test_pruning_a_read_only_store_elsewhere_scores_without_caching(trained, tmp
     r = cli("prune", trained, "-r", 0.3, "-o", tmp_path / "m.json")
     assert "not cached" in r.output and (tmp_path / "m.json").exists()
     assert not (store / "scores.npz").exists()
+
+
+def test_report_outputs_respect_the_run_and_its_writer(tmp_path):
+    """The class rule of issue 23 for ``dprune report``: its -o is checked against the run's
+    files, and the run's own page is written under the run folder's lock."""
+    from dprune.locking import DirLock
+
+    cli("run", "--out", tmp_path / "p", *RUN)
+    r = cli("report", tmp_path / "p", "-o", tmp_path / "p" / "full" / "checkpoint.pt", ok=False)
+    one_line(r, "checkpoint.pt of the training run")
+    with DirLock(tmp_path / "p", "dprune run"):
+        r = cli("report", tmp_path / "p", ok=False)
+    one_line(r, "in use by another writer")
+    cli("report", tmp_path / "p", "-o", tmp_path / "elsewhere.html")
+    assert (tmp_path / "elsewhere.html").stat().st_size > 0
