@@ -218,7 +218,7 @@ class Experiment:
     def default_spec(self) -> dict:
         d = RUN_DEFAULTS
         return {"method": d.method, "ratio": d.ratio, "policy": d.policy, "relabel": d.relabel,
-                "detector": d.detector, "remove_outliers": d.outliers}
+                "detector": d.detector, "mislabelled": d.mislabelled, "remove_outliers": d.outliers}
 
     def arm(self, noise, seed, arm: str) -> dict:
         a = self.a
