@@ -204,6 +204,23 @@ def run_cells(cells: Cells, todo: list[tuple[str, callable]]) -> None:
         pending = postponed
 
 
+def noise_setting_parser(kinds: tuple[str, ...]):
+    """An argparse type for ``KIND:RATE`` (e.g. ``symmetric:0.2``) with KIND among ``kinds``."""
+    import argparse
+
+    def parse(text: str) -> tuple[str, float]:
+        kind, _, rate = text.partition(":")
+        try:
+            value = float(rate)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected KIND:RATE such as symmetric:0.2, got {text!r}") from None
+        if kind not in kinds or not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"KIND must be one of {kinds} and RATE in (0, 1), got {text!r}")
+        return kind, value
+
+    return parse
+
+
 # --------------------------------------------------------------------------------- verdicts
 VERDICT_RULE = ("A beats B when the paired per-seed differences A - B are positive by a one-sided paired t-test "
                 "at p < 0.05, or positive in every one of at least 5 seeds; worse when the same holds for B - A; "

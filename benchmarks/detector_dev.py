@@ -89,7 +89,6 @@ for T in range(1, min(store.epochs_completed, 6) + 1):
             f[rows[np.argsort(key[rows], kind="stable")[:n_k]]] = True
         out[name] = round(prf(f, flipped)["f1"], 4), int(f.sum())
     # v3: calibrated row counts (cleanlab's calibration) with within-class self-confidence ranking
-    from dprune.scoring.confident import calibrated_joint
     q = calibrated_joint(joint, np.bincount(y, minlength=C))
     f = np.zeros(N, bool)
     for k in range(C):

@@ -43,7 +43,8 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, Cells, auc, machine, prepare_data, prf, run_cells, train_config  # noqa: E402
+from _common import (RESULTS_DIR, Cells, auc, machine, noise_setting_parser, prepare_data, prf, run_cells,  # noqa: E402
+                     train_config)
 
 from dprune.data import IndexedDataset  # noqa: E402
 from dprune.manifest import write_manifest  # noqa: E402
@@ -60,15 +61,7 @@ RELABEL = ("confident", "selfconf", "argmax", "cleanlab")
 SELF_CONFIDENCE = {"confident": {"filter_by": "self_confidence"}}
 
 
-def noise_setting(text: str) -> tuple[str, float]:
-    kind, _, rate = text.partition(":")
-    try:
-        value = float(rate)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected KIND:RATE such as symmetric:0.2, got {text!r}") from None
-    if kind not in ("symmetric", "class") or not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"KIND must be symmetric or class and RATE in (0, 1), got {text!r}")
-    return kind, value
+noise_setting = noise_setting_parser(("symmetric", "class"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

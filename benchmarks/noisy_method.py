@@ -66,12 +66,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, Cells, NotReady, auc, machine, prepare_data, prf, run_cells, train_config  # noqa: E402
+from _common import (RESULTS_DIR, Cells, NotReady, auc, machine, noise_setting_parser, prepare_data, prf,  # noqa: E402
+                     run_cells, train_config)
 from mislabel_detection import custom_manifest, predict  # noqa: E402
 
 from dprune.data import build_dataset, instance_dependent_noise  # noqa: E402
 from dprune.pruning import prune_store  # noqa: E402
-from dprune.scoring import load_or_score  # noqa: E402
 from dprune.select import RUN_DEFAULTS  # noqa: E402
 from dprune.stages import train  # noqa: E402
 from dprune.store import open_store  # noqa: E402
@@ -84,15 +84,7 @@ CLEANLAB_FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_
                     "low_normalized_margin", "low_self_confidence")
 
 
-def noise_setting(text: str) -> tuple[str, float]:
-    kind, _, rate = text.partition(":")
-    try:
-        value = float(rate)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected KIND:RATE such as symmetric:0.2, got {text!r}") from None
-    if kind not in KINDS or not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"KIND must be one of {KINDS} and RATE in (0, 1), got {text!r}")
-    return kind, value
+noise_setting = noise_setting_parser(KINDS)
 
 
 def name_of(noise) -> str:
@@ -221,8 +213,6 @@ class Experiment:
                 "detector": d.detector, "mislabelled": d.mislabelled, "remove_outliers": d.outliers}
 
     def arm(self, noise, seed, arm: str) -> dict:
-        a = self.a
-        n = None
         if arm == "noisy":
             run = self.noisy(noise, seed)[0]
         elif arm == "default":

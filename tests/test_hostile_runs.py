@@ -13,28 +13,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-
-from dprune.cli import main
 from dprune.store import TrajectoryStore
 from dprune.train import TrainConfig
 from dprune.train.loop import Trainer
-
-
-def cli(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def one_line(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
+from test_reliability import cli, one_line
 
 
 class _Killed(BaseException):

@@ -201,7 +201,7 @@ def _largest_margins(chunks: Chunks, y: np.ndarray, valid: np.ndarray, q_KK: np.
                      counts_K: np.ndarray) -> np.ndarray:
     """Step 4: for every given class k and other class j, flag the ``q_KK[k, j]`` valid samples
     labelled k with the largest p_j - p_k (float64; ties: the lower index first), in one pass."""
-    N, K = len(y), len(counts_K)
+    K = len(counts_K)
     quota = q_KK.copy()
     np.fill_diagonal(quota, 0)
     # A quota that reaches the class's size flags the whole class: no heap needed for it.
