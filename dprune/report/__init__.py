@@ -17,7 +17,7 @@ def _pyplot():
 
 def plot_score_histogram(scores_N: np.ndarray, pruned_N: np.ndarray, outlier_N: np.ndarray, path, *,
                          name: str = "entropy", n_classes: int | None = None) -> Path:
-    """Histogram of a score with the pruning cut; pruned, kept and outlier samples coloured."""
+    """Histogram of a score with the pruning cut; pruned, kept and removed (outlier, mislabelled) samples coloured."""
     plt = _pyplot()
     s = np.asarray(scores_N, dtype=np.float64)
     ok = ~np.isnan(s)
@@ -27,7 +27,7 @@ def plot_score_histogram(scores_N: np.ndarray, pruned_N: np.ndarray, outlier_N: 
     ax.hist([s[ok & pruned_N], s[kept], s[ok & outlier_N]], bins=bins, stacked=True,
             color=["#c44e52", "#4c72b0", "#8c8c8c"],
             label=[f"pruned ({int((ok & pruned_N).sum())})", f"kept ({int(kept.sum())})",
-                   f"outliers removed ({int((ok & outlier_N).sum())})"])
+                   f"removed: outliers, mislabelled ({int((ok & outlier_N).sum())})"])
     if (ok & pruned_N).any():
         cut = s[ok & pruned_N].max()
         ax.axvline(cut, color="k", ls="--", lw=1)
