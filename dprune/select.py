@@ -249,16 +249,17 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     key = np.where(nonfinite, -np.inf, score)
     tiebreak = tiebreak_key(spec.seed, method, N)
     n_prune = n_to_prune(spec.ratio, n_observed)
+    # Why samples cannot be pruned, for the refusals below.
+    held = (f"{n_observed} observed, {int(outlier.sum())} removed, {int(relabelled.sum())} relabelled, "
+            f"{int(unscored.sum())} unscored by {method}, {int(thr.sum())} threshold samples")
     if spec.policy == "global":
         idx = np.flatnonzero(pool)
         if n_prune > len(idx):
-            raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable "
-                             f"({n_observed} observed, {int(outlier.sum())} removed, {int(relabelled.sum())} "
-                             f"relabelled, {int(unscored.sum())} unscored, {int(thr.sum())} threshold samples)")
+            raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable ({held})")
         pruned_idx = idx[np.lexsort((tiebreak[idx], key[idx]))[:n_prune]]
     else:
         pruned_idx = _class_balanced(pool, observed & ~outlier, key, tiebreak, labels_final, n_classes, spec.ratio,
-                                     n_prune)
+                                     n_prune, held)
     pruned = np.zeros(N, bool)
     pruned[pruned_idx] = True
     kept = ~pruned & ~outlier
@@ -285,7 +286,7 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     )
 
 
-def _class_balanced(pool, observed, key, tiebreak, labels, n_classes, ratio, n_prune) -> np.ndarray:
+def _class_balanced(pool, observed, key, tiebreak, labels, n_classes, ratio, n_prune, held: str) -> np.ndarray:
     """Per-class quotas proportional to observed class sizes, summing to ``n_prune``.
 
     Largest-remainder rounding; a class keeps at least one sample; quotas a class cannot
@@ -297,7 +298,7 @@ def _class_balanced(pool, observed, key, tiebreak, labels, n_classes, ratio, n_p
     cap = np.maximum(pool_c - (kept_anyway_c == 0), 0)
     if cap.sum() < n_prune:
         raise ValueError(f"cannot prune {n_prune} samples class-balanced without emptying a class "
-                         f"(at most {int(cap.sum())} can go)")
+                         f"(at most {int(cap.sum())} can go; {held})")
     target = ratio * n_c
     quota = np.minimum(np.floor(target).astype(np.int64), cap)
     while quota.sum() < n_prune:

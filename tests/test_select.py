@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from dprune import fileio
 from dprune.scoring import score_arrays
 from dprune.manifest import export_list, load_manifest, write_manifest
-from dprune.select import n_to_prune, select, tiebreak_key
+from dprune.select import PruneSpec, n_to_prune, select, tiebreak_key
 from dprune.synthetic import synthetic_trajectory
 from strategies import random_trajectory
 
@@ -258,3 +258,14 @@ def test_a_torn_pair_is_repaired_from_the_json(tmp_path, monkeypatch):
     assert not npz_is_current(path)
     rewrite_npz(load_manifest(path, labels_N=y), path)
     assert npz_is_current(path) and (tmp_path / "m.npz").read_bytes() == good
+
+
+@pytest.mark.parametrize("policy", ["class", "global"])
+def test_a_refused_selection_says_what_holds_the_samples_back(policy):
+    """A scorer that scores nothing (a windowed one on one epoch) must say so, not only 'at most 0'."""
+    N = 40
+    scores = {"dual": np.full(N, np.nan, np.float32), "n_observed": np.ones(N, np.int32),
+              "nonfinite": np.zeros(N, bool)}
+    labels = np.arange(N) % 4
+    with pytest.raises(ValueError, match="40 unscored by dual"):
+        select(scores, labels, 4, PruneSpec(method="dual", ratio=0.3, policy=policy))
