@@ -206,38 +206,37 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     relabelled = np.zeros(N, bool)
     if spec.relabel:
         usable = observed & ~nonfinite & ~outlier & ~thr
-        if spec.detector == "argmax" and spec.mislabelled == "remove":
-            removed = np.asarray(scores["mislabel"], bool) & usable
-            for i in np.flatnonzero(removed):
-                reasons[int(i)] = (f"mislabelled (soft-label argmax): given {labels_N[i]}, "
-                                   f"argmax {int(scores['soft_argmax'][i])}")
-            outlier |= removed
-        elif spec.detector == "argmax":
-            relabelled = np.asarray(scores["mislabel"], bool) & usable
-            labels_final[relabelled] = np.asarray(scores["soft_argmax"])[relabelled]
+        # Each detector: its flags, its suggested labels, where it agrees to relabel, and a
+        # removed sample's reason (sample index -> text).
+        if spec.detector == "argmax":
+            flagged, suggestion = np.asarray(scores["mislabel"], bool), np.asarray(scores["soft_argmax"])
+            agreed = flagged
+            why = lambda i: f"mislabelled (soft-label argmax): given {labels_N[i]}, argmax {int(suggestion[i])}"  # noqa: E731
         elif spec.detector == "aum":
             if "aum_mislabel" not in scores:
                 raise ValueError("the aum detector needs threshold samples (dprune train --threshold-samples) "
                                  "and the aum score")
-            removed = np.asarray(scores["aum_mislabel"], bool) & usable
-            for i in np.flatnonzero(removed):
-                reasons[int(i)] = "mislabelled: AUM below the threshold samples' (Pleiss et al.)"
-            outlier |= removed
+            flagged, suggestion = np.asarray(scores["aum_mislabel"], bool), labels_N
+            agreed = np.zeros(N, bool)  # no label to propose: always removed
+            why = lambda i: "mislabelled: AUM below the threshold samples' (Pleiss et al.)"  # noqa: E731
         else:
             for key in ("confident", "confident_label", "confident_relabel"):
                 if key not in scores:
                     raise ValueError(f"the confident detector needs {key!r} in the scores (score with "
                                      f"every method, or the 'confident' flags)")
-            flagged = np.asarray(scores["confident"], bool) & usable
-            if spec.mislabelled == "relabel":
-                relabelled = flagged & np.asarray(scores["confident_relabel"], bool)
-                labels_final[relabelled] = np.asarray(scores["confident_label"])[relabelled]
-            removed = flagged & ~relabelled
-            why = "with no agreed label" if spec.mislabelled == "relabel" else "removed"
-            for i in np.flatnonzero(removed):
-                reasons[int(i)] = (f"mislabelled (confident learning) {why}: given "
-                                   f"{labels_N[i]}, suggested {int(scores['confident_label'][i])}")
-            outlier |= removed
+            flagged, suggestion = np.asarray(scores["confident"], bool), np.asarray(scores["confident_label"])
+            agreed = np.asarray(scores["confident_relabel"], bool)
+            state = "with no agreed label" if spec.mislabelled == "relabel" else "removed"
+            why = lambda i: (f"mislabelled (confident learning) {state}: given "  # noqa: E731
+                             f"{labels_N[i]}, suggested {int(suggestion[i])}")
+        flagged = flagged & usable
+        if spec.mislabelled == "relabel":
+            relabelled = flagged & agreed
+            labels_final[relabelled] = suggestion[relabelled]
+        removed = flagged & ~relabelled
+        for i in np.flatnonzero(removed):
+            reasons[int(i)] = why(i)
+        outlier |= removed
 
     if thr.any():  # their dataset labels, which a manifest refers to (not a relabelling)
         labels_final[thr] = np.asarray(scores["threshold_label"])[thr]
