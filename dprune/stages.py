@@ -58,26 +58,33 @@ class Trained:
         return int(sum(m["samples_seen"] for m in self.metrics))
 
 
-def finished(cfg: TrainConfig) -> Trained | None:
-    """The finished run of ``cfg`` in ``cfg.out``, read without taking its lock; None if there is none.
-
-    Finished: a checkpoint of the same configuration (and manifest content) with every epoch
-    done.  DeepSpeed runs are not read here (their checkpoint is a folder per rank).
-    """
+def _checkpoint(cfg: TrainConfig) -> dict | None:
+    """The checkpoint in ``cfg.out``, read without taking its lock; None if there is none or it is
+    not readable here (the trainer then says why).  DeepSpeed runs are not read (their
+    checkpoint is a folder per rank)."""
     import torch
 
-    from .manifest import manifest_digest
     from .rundir import CHECKPOINT
-    from .train.loop import config_changes
 
     path = Path(cfg.out) / CHECKPOINT
     if cfg.backend != "ddp" or not path.exists():
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable: let the trainer say why
+    except Exception:
         return None
-    if not isinstance(ckpt, dict) or ckpt.get("epochs_done") != cfg.epochs:
+    return ckpt if isinstance(ckpt, dict) else None
+
+
+def finished(cfg: TrainConfig, ckpt: dict | None) -> Trained | None:
+    """The finished run of ``cfg`` in its checkpoint ``ckpt`` (see :func:`_checkpoint`); None if not finished.
+
+    Finished: a checkpoint of the same configuration (and manifest content) with every epoch done.
+    """
+    from .manifest import manifest_digest
+    from .train.loop import config_changes
+
+    if ckpt is None or ckpt.get("epochs_done") != cfg.epochs:
         return None
     if config_changes(ckpt.get("config", {}), cfg) or ckpt["config"].get("epochs") != cfg.epochs:
         return None
@@ -87,22 +94,6 @@ def finished(cfg: TrainConfig) -> Trained | None:
     return Trained(cfg, metrics, float(sum(m["seconds"] for m in metrics)))
 
 
-def _planned_epochs(cfg: TrainConfig) -> int | None:
-    """The ``epochs`` of the checkpoint in ``cfg.out`` (None: none, or not readable here)."""
-    import torch
-
-    from .rundir import CHECKPOINT
-
-    path = Path(cfg.out) / CHECKPOINT
-    if cfg.backend != "ddp" or not path.exists():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        return int(ckpt["config"]["epochs"])
-    except Exception:  # unreadable: let the trainer say why
-        return None
-
-
 def train(cfg: TrainConfig, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
     """Train (resuming a killed run, returning a finished one as it is); see the module docstring.
 
@@ -110,10 +101,11 @@ def train(cfg: TrainConfig, *, restart: bool = False, rerun_if_changed: bool = F
     over, and so does one planned for another number of epochs (``dprune train`` may extend
     a run; a pipeline compares runs of one schedule, which the cosine depends on).
     """
-    done = None if restart else finished(cfg)
+    ckpt = None if restart else _checkpoint(cfg)
+    done = finished(cfg, ckpt)
     if done is not None:
         return done
-    if rerun_if_changed and _planned_epochs(cfg) not in (None, cfg.epochs):
+    if rerun_if_changed and ckpt is not None and ckpt.get("config", {}).get("epochs") != cfg.epochs:
         restart = True
     try:
         metrics = Trainer(cfg, restart=restart).fit()
