@@ -123,6 +123,19 @@ def train_config(out: Path, *, seed: int, data_root: str | None, dataset: str, m
                        max_steps_per_epoch=max_steps, **kw)
 
 
+def store_and_truth(run):
+    """The trajectory store of a finished noisy run and its truth (``label_noise.npz``: clean labels,
+    noisy labels, flipped), checked against each other."""
+    from dprune.store import open_store
+
+    store = open_store(Path(run.config.out) / "trajectory")
+    with np.load(Path(run.config.out) / "label_noise.npz") as z:
+        truth = {k: z[k] for k in ("clean_labels", "noisy_labels", "flipped")}
+    if not np.array_equal(truth["noisy_labels"], store.labels):
+        raise RuntimeError(f"{store.run_dir}: the store's labels are not the noisy labels")
+    return store, truth
+
+
 # --------------------------------------------------------------------------------- results
 class Cells:
     """One JSON file per finished cell under ``directory/cells``, and the configuration beside them.

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS_DIR, Cells, auc, machine, noise_setting_parser, prepare_data, prf, run_cells,  # noqa: E402
-                     train_config)
+                     store_and_truth, train_config)
 
 from dprune.data import IndexedDataset  # noqa: E402
 from dprune.manifest import write_manifest  # noqa: E402
@@ -112,12 +112,7 @@ class Experiment:
 
     def recorded(self, noise, seed):
         run = train(self.config(noise, seed, "record", train_seed=seed, record="train"))
-        store = open_store(Path(run.config.out) / "trajectory")
-        with np.load(Path(run.config.out) / "label_noise.npz") as z:
-            truth = {k: z[k] for k in ("clean_labels", "noisy_labels", "flipped")}
-        if not np.array_equal(truth["noisy_labels"], store.labels):
-            raise RuntimeError(f"{store.run_dir}: the store's labels are not the injected noisy labels")
-        return run, store, truth
+        return (run, *store_and_truth(run))
 
     # --------------------------------------------------------------------------- detection
     @functools.lru_cache(maxsize=None)  # detection cells and every retraining variant ask for the same T

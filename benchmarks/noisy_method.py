@@ -67,14 +67,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS_DIR, Cells, NotReady, auc, machine, noise_setting_parser, prepare_data, prf,  # noqa: E402
-                     run_cells, train_config)
+                     run_cells, store_and_truth, train_config)
 from mislabel_detection import custom_manifest, predict  # noqa: E402
 
 from dprune.data import build_dataset, instance_dependent_noise  # noqa: E402
 from dprune.pruning import prune_store  # noqa: E402
 from dprune.select import RUN_DEFAULTS  # noqa: E402
 from dprune.stages import train  # noqa: E402
-from dprune.store import open_store  # noqa: E402
 from dprune.train.loop import Trainer  # noqa: E402
 
 KINDS = ("symmetric", "class", "instance")
@@ -195,12 +194,7 @@ class Experiment:
         """The full noisy run (recording its first E / 5 epochs), its store and the truth."""
         a = self.a
         run = train(self.config(noise, seed, "noisy", record="train", record_epochs=a.epochs // 5, eval_every=1))
-        store = open_store(Path(run.config.out) / "trajectory")
-        with np.load(Path(run.config.out) / "label_noise.npz") as z:
-            truth = {k: z[k] for k in ("clean_labels", "noisy_labels", "flipped")}
-        if not np.array_equal(truth["noisy_labels"], store.labels):
-            raise RuntimeError(f"{store.run_dir}: the store's labels are not the noisy labels")
-        return run, store, truth
+        return (run, *store_and_truth(run))
 
     def pir(self, noise, seed, name: str, **spec):
         a = self.a
