@@ -191,9 +191,10 @@ def _summary_lines(scores: dict, methods) -> list[str]:
 
 @main.command("score")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-m", "--method", "methods", default="all", show_default=True,
+@click.option("-m", "--method", "methods", default=",".join(RUN_DEFAULTS.methods_needed()), show_default=True,
               help="Comma-separated scorers: entropy, entropy_prob, forgetting, el2n, aum, tdds, dyn_unc, "
-                   "loss_mean, dual, random; or 'all'.")
+                   "loss_mean, dual, random, and the detector confident; or 'all'.  The default is what "
+                   "`dprune run`'s default selection reads.")
 @_param_option
 @click.option("--backend", type=click.Choice(["auto", "torch", "triton", "numba"]), default="auto", show_default=True,
               help="Implementation of the scoring pass: 'auto' = Triton on a GPU, the numba kernel on a CPU; "
