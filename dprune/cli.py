@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import os
 import sys
@@ -29,7 +30,13 @@ import click
 import numpy as np
 
 from . import __version__
-from .select import DETECTORS, MISLABELLED_ACTIONS, RUN_DEFAULTS
+from .data.reid_synth import LAYOUTS
+from .scoring import METHODS
+from .scoring.backends import BACKENDS as SCORING_BACKENDS
+from .select import RUN_DEFAULTS, PruneSpec
+from .store import DTYPES
+from .train.config import BACKENDS as TRAIN_BACKENDS
+from .train.config import TASKS
 
 
 def _one_line(e: BaseException) -> str:
@@ -137,7 +144,7 @@ _SIZE = _Size()
 @click.option("--sample-ids", "ids_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Text file with one sample id (e.g. image path) per line, N lines.")
 @click.option("--num-samples", type=click.IntRange(min=1), help="N for tdds imports (default: len(labels)).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+@click.option("--dtype", type=click.Choice(tuple(DTYPES)), default="float16", show_default=True,
               help="Storage precision of the logits (float16 refuses finite values beyond +-65504).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store in OUT.")
 @click.option("--max-size", type=_SIZE, default=None,
@@ -192,10 +199,9 @@ def _summary_lines(scores: dict, methods) -> list[str]:
 @main.command("score")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-m", "--method", "methods", default="all", show_default=True,
-              help="Comma-separated scorers: entropy, entropy_prob, forgetting, el2n, aum, tdds, dyn_unc, "
-                   "loss_mean, dual, random; or 'all'.")
+              help=f"Comma-separated scorers: {', '.join(METHODS)}; or 'all'.")
 @_param_option
-@click.option("--backend", type=click.Choice(["auto", "torch", "triton", "numba"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(SCORING_BACKENDS), default="auto", show_default=True,
               help="Implementation of the scoring pass: 'auto' = Triton on a GPU, the numba kernel on a CPU; "
                    "'torch' = the plain torch reference (slow).")
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Samples per streamed chunk (default: ~64 MB of fp32).")
@@ -228,48 +234,60 @@ def score_cmd(run_dir, methods, params, backend, chunk_size, first_epochs, quiet
 
 
 # ----------------------------------------------------------------------------------- prune
-def _outliers(value: str | None):
-    if value is None:
-        return None
-    if value == "flagged":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"--remove-outliers takes a fraction in [0, 1) or 'flagged', got {value!r}") from None
+def _spec_options(defaults: PruneSpec, *, required=(), skip=()):
+    """One option per field of ``defaults``'s class (:class:`~dprune.select.PruneSpec`): its flag,
+    help and choices from the field's metadata, its default from ``defaults``.  The command gets
+    them as one validated ``spec`` argument.  ``required``: fields the user must give; ``skip``:
+    fields the command sets itself (they keep ``defaults``'s value)."""
+    from .options import parse_value
+
+    cls = type(defaults)
+    hints = typing.get_type_hints(cls)
+    given = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    plain = (bool, int, float, str)
+
+    def decorate(func):
+        @functools.wraps(func)
+        def command(**kwargs):
+            values = {f.name: kwargs.pop(f.name) for f in given}
+            values = {k: v if hints[k] in plain or v is None else parse_value(v) for k, v in values.items()}
+            return func(spec=dataclasses.replace(defaults, **values), **kwargs)
+
+        for f in reversed(given):
+            meta, typ, name = f.metadata, hints[f.name], f.name.replace("_", "-")
+            flag = meta.get("flag") or f"--{name}"
+            decls = [meta["short"]] if meta.get("short") else []
+            kw = dict(help=meta["help"], default=getattr(defaults, f.name), show_default=True)
+            if f.name in required:
+                kw.update(required=True, default=None, show_default=False)
+            if typ is bool:
+                decls.append(f"{flag}/--no-{flag[2:]}")
+            else:
+                decls.append(flag)
+                kw["type"] = click.Choice(meta["choices"]) if typ is str and meta.get("choices") else \
+                    typ if typ in plain else str
+                kw["metavar"] = meta.get("metavar")
+            command = click.option(*decls, f.name, cls=_SpecOption, **kw)(command)
+        return command
+
+    return decorate
+
+
+class _SpecOption(click.Option):
+    """An option generated from a :class:`~dprune.select.PruneSpec` field (by :func:`_spec_options`)."""
 
 
 @main.command("prune")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-r", "--ratio", type=float, required=True,
-              help="Fraction of observed samples to prune by score, in [0, 1). Exactly round(ratio * N_observed) go.")
-@click.option("-m", "--method", default="entropy", show_default=True,
-              help="Scorer that ranks samples (lowest scores are pruned).")
-@click.option("--policy", type=click.Choice(["global", "class"]), default="global", show_default=True,
-              help="'global' ranks all samples together; 'class' prunes each class in proportion and never empties one.")
-@click.option("--relabel/--no-relabel", default=False, show_default=True,
-              help="Act on the mislabel detector: relabel the flagged samples (and keep them), or remove them when "
-                   "the detector has no agreed label.")
-@click.option("--detector", type=click.Choice(DETECTORS), default="argmax", show_default=True,
-              help="'argmax': the paper's rule (soft-label argmax differs from the label, p_max >= "
-                   "mislabel.min_confidence); 'confident': confident learning over the trajectory; 'aum': remove "
-                   "samples whose AUM is below the threshold samples' (needs dprune train --threshold-samples).")
-@click.option("--mislabelled", type=click.Choice(MISLABELLED_ACTIONS), default="relabel", show_default=True,
-              help="With --relabel, what a flagged sample gets: 'relabel' (the detector's agreed label; removed "
-                   "when none is agreed) or 'remove' (every flagged sample removed, no label changed).")
-@click.option("--remove-outliers", "outliers", metavar="FRACTION|flagged",
-              help="Also remove this fraction of observed samples with the flattest soft labels, or 'flagged': "
-                   "those the outlier flag marks (thresholds: --param outlier.*).")
+@_spec_options(PruneSpec(), required=("ratio",))
 @_param_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for breaking score ties.")
 @click.option("--first-epochs", type=click.IntRange(min=1), help=FIRST_EPOCHS_HELP)
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("manifest.json"),
               show_default=True, help="Manifest path; the same arrays go to the .npz beside it.")
 @click.option("--export-list", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the kept samples as 'index<TAB>sample_id<TAB>label' lines.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def prune_cmd(run_dir, ratio, method, policy, relabel, detector, mislabelled, outliers, params, seed, first_epochs, out_path,
-              export_list, quiet):
+def prune_cmd(run_dir, spec, params, first_epochs, out_path, export_list, quiet):
     """Select the samples to keep from RUN_DIR's scores; write a pruning manifest.
 
     Unobserved samples are kept and listed; samples with non-finite logits are pruned first;
@@ -279,11 +297,7 @@ def prune_cmd(run_dir, ratio, method, policy, relabel, detector, mislabelled, ou
     from .manifest import export_list as write_list
     from .pruning import prune_store
     from .scoring import check_methods, parse_params
-    from .select import PruneSpec
-
-    spec = PruneSpec(method=method, ratio=ratio, policy=policy, relabel=relabel, detector=detector,
-                     mislabelled=mislabelled, outliers=_outliers(outliers), seed=seed)
-    check_methods([method])
+    check_methods([spec.method])
     params = parse_params(params)
     _check_new_output(out_path, "manifest")
     if export_list:
@@ -294,7 +308,7 @@ def prune_cmd(run_dir, ratio, method, policy, relabel, detector, mislabelled, ou
         write_list(done.manifest, store.sample_ids, export_list)
     m = done.manifest.data
     if not quiet:
-        click.echo(f"{m['n_observed']} observed samples: pruned {m['n_pruned']} ({m['ratio_achieved']:.2%}) by {method}, "
+        click.echo(f"{m['n_observed']} observed samples: pruned {m['n_pruned']} ({m['ratio_achieved']:.2%}) by {spec.method}, "
                    f"removed {m['n_outliers']}, relabelled {len(m['relabelled'])}, kept {m['n_kept']} "
                    f"(unobserved kept: {len(m['unobserved'])}, unscored kept: {len(m['unscored'])}); scores "
                    + ("reused" if done.scored_with is None else f"computed ({done.scored_with})"))
@@ -446,7 +460,7 @@ def _parse_sets(items) -> dict:
 
 @main.command("run")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for everything the run writes.")
-@click.option("--task", type=click.Choice(["classification", "reid"]), default="classification", show_default=True,
+@click.option("--task", type=click.Choice(TASKS), default="classification", show_default=True,
               help="reid: BoT recipe on market1501 / msmt17 / veri776, evaluated by mAP and CMC.")
 @click.option("--dataset", default="digits", show_default=True,
               help="Dataset name (digits needs no files); for reid: market1501, msmt17, veri776.")
@@ -456,18 +470,7 @@ def _parse_sets(items) -> dict:
 @click.option("--record-epochs", type=click.IntRange(min=1), default=None,
               help="T: epochs scored, the first of the run [default: E / 10, at least 1, as the paper: 12 of 120].")
 @click.option("--epochs", type=click.IntRange(min=2), default=30, show_default=True, help="E: epochs of every run.")
-@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=RUN_DEFAULTS.ratio, show_default=True,
-              help="Prune ratio.")
-@click.option("--method", default=RUN_DEFAULTS.method, show_default=True, help="Scorer that ranks the samples.")
-@click.option("--policy", type=click.Choice(["global", "class"]), default=RUN_DEFAULTS.policy, show_default=True)
-@click.option("--relabel/--no-relabel", default=RUN_DEFAULTS.relabel, show_default=True,
-              help="Act on the mislabel detector.")
-@click.option("--detector", type=click.Choice(DETECTORS), default=RUN_DEFAULTS.detector, show_default=True,
-              help="Mislabel detector (see dprune prune --help); 'aum' records with threshold samples.")
-@click.option("--mislabelled", type=click.Choice(MISLABELLED_ACTIONS), default=RUN_DEFAULTS.mislabelled,
-              show_default=True, help="What a flagged sample gets: 'relabel' (the agreed label) or 'remove'.")
-@click.option("--remove-outliers", type=click.FloatRange(0, 1, max_open=True), default=RUN_DEFAULTS.outliers or 0.0,
-              show_default=True, help="Fraction of flattest soft labels to remove (0 = none).")
+@_spec_options(RUN_DEFAULTS, skip=("seed",))  # the selection's seed is the run's --seed
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also train on the full data (recording it) and retrain from scratch on its pruned set (the "
                    "paper's protocol), for the comparison table; --no-baseline runs prune-in-run alone.")
@@ -479,12 +482,13 @@ def _parse_sets(items) -> dict:
               help="Inject symmetric label noise into the training labels (to watch the correction work).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=float, help="Peak learning rate [default: 0.05 classification, 3.5e-4 reid].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", type=click.Choice(["ddp", "deepspeed"]), default="ddp", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds training, the injected label noise and the selection's tie-break.")
+@click.option("--backend", type=click.Choice(TRAIN_BACKENDS), default="ddp", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="Any 'dprune train' field for every stage, winning over the options above, e.g. --set record=pass "
                    "--set store=summary --set reid_height=128.")
-def run_cmd(out, record_epochs, baseline, controls, label_noise, remove_outliers, sets, **options):
+def run_cmd(out, spec, record_epochs, baseline, controls, label_noise, sets, **options):
     """The whole method end to end, and what each way to the pruned model costs.
 
     Trains the full-data baseline recording its first T epochs (OUT/full), scores and prunes
@@ -500,7 +504,9 @@ def run_cmd(out, record_epochs, baseline, controls, label_noise, remove_outliers
     if record_epochs is None:
         record_epochs = max(1, options["epochs"] // 10)
     options.update(label_noise=label_noise, noise_kind="symmetric" if label_noise else "none",
-                   noise_seed=options["seed"], remove_outliers=remove_outliers or None)
+                   noise_seed=options["seed"])
+    # TrainConfig carries the selection of its stages under the same names (outliers: remove_outliers).
+    options.update({"remove_outliers" if k == "outliers" else k: v for k, v in spec.to_dict().items() if k != "seed"})
     rc = run_config(out, options, _parse_sets(sets), record_epochs=record_epochs, baseline=baseline,
                     controls=controls)
     click.echo(run_pipeline(rc))
@@ -558,7 +564,7 @@ def synth_cmd(out, samples, classes, epochs, noise, seed):
 
 @main.command("synth-reid")
 @click.argument("root", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--layout", type=click.Choice(["market1501", "msmt17_v1", "msmt17_v2", "veri776"]), default="market1501",
+@click.option("--layout", type=click.Choice(LAYOUTS), default="market1501",
               show_default=True, help="Folder layout and file naming of the real dataset to imitate.")
 @click.option("--ids", type=click.IntRange(min=4), default=24, show_default=True, help="Identities (half train, half test).")
 @click.option("--images-per-id", type=click.IntRange(min=2), default=8, show_default=True)

@@ -31,68 +31,81 @@ with the parameters recorded there.  A selection that would keep nothing is refu
 from __future__ import annotations
 
 import math
+import typing
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
 import numpy as np
 
+from .options import coerce
+
 POLICIES = ("global", "class")
-DETECTORS = ("argmax", "confident", "aum")
+MISLABEL_DETECTORS = ("argmax", "confident", "aum")
 MISLABELLED_ACTIONS = ("relabel", "remove")
 # Tie-break streams: numpy SeedSequence entropy [seed, _TIEBREAK, crc32(scorer)] gives every
 # scorer its own stream, independent of the random scorer's default_rng(seed).
 _TIEBREAK = 0x7E1B
 
 
+def _option(default, help: str, *, what: str | None = None, choices: tuple = (), unit: bool = False,
+            flag: str | None = None, short: str | None = None, metavar: str | None = None):
+    """A :class:`PruneSpec` field and everything the command line says and checks about it.
+
+    ``what`` names the field in errors; ``choices`` are its valid strings; ``unit``: a number
+    must be in [0, 1); ``flag`` / ``short`` / ``metavar`` shape its option (default
+    ``--field-name``).  :meth:`PruneSpec.__post_init__` checks these and nothing else.
+    """
+    return field(default=default, metadata={"help": help, "what": what, "choices": choices, "unit": unit,
+                                            "flag": flag, "short": short, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class PruneSpec:
-    """How to select: one place for the options ``dprune prune``, ``train --prune-at`` and ``run`` share.
+    """How to select: the one definition of the selection options.
 
-    Parameters
-    ----------
-    method : str
-        Scorer that ranks the samples (lowest scores are pruned).
-    ratio : float in [0, 1)
-        Fraction of observed samples to prune by score.
-    policy : "global" or "class"
-    relabel : bool
-        Act on the mislabel detector's flags (see the module docstring).
-    mislabelled : "relabel" or "remove"
-        What acting on a flag does: relabel (where the detector proposes an agreed label),
-        or remove every flagged sample.
-    detector : "argmax" or "confident"
-        Which mislabel flags ``relabel`` acts on.
-    outliers : float in [0, 1), "flagged" or None
-        Remove this fraction of flattest soft labels, or the samples the ``outlier`` flag marks.
-    seed : int
-        Seed of the tie-breaking key.
+    ``dprune prune``, ``dprune run`` and ``train --prune-at`` generate their options from these
+    fields (help, choices and checks in each field's metadata, see :func:`_option`); adding a
+    field here adds the option everywhere.  Defaults: ``dprune prune`` uses the ones below,
+    ``dprune run`` and ``train --prune-at`` those of :data:`RUN_DEFAULTS`.
     """
 
-    method: str = "entropy"
-    ratio: float = 0.3
-    policy: str = "global"
-    relabel: bool = False
-    detector: str = "argmax"
-    mislabelled: str = "relabel"
-    outliers: Optional[Union[float, str]] = None
-    seed: int = 0
+    method: str = _option("entropy", "Scorer that ranks the samples (lowest scores are pruned).", short="-m")
+    ratio: float = _option(0.3, "Fraction of observed samples to prune by score, in [0, 1). Exactly "
+                                "round(ratio * N_observed) go.", what="prune ratio", unit=True, short="-r")
+    policy: str = _option("global", "'global' ranks all samples together; 'class' prunes each class in proportion "
+                                    "and never empties one.", choices=POLICIES)
+    relabel: bool = _option(False, "Act on the mislabel detector: relabel the flagged samples (and keep them), or "
+                                   "remove them when the detector has no agreed label.")
+    detector: str = _option("argmax", "'argmax': the paper's rule (soft-label argmax differs from the label, p_max >= "
+                                      "mislabel.min_confidence); 'confident': confident learning over the trajectory; "
+                                      "'aum': remove samples whose AUM is below the threshold samples' (recorded with "
+                                      "dprune train --threshold-samples; dprune run records them itself).",
+                            what="mislabel detector", choices=MISLABEL_DETECTORS)
+    mislabelled: str = _option("relabel", "With --relabel, what a flagged sample gets: 'relabel' (the detector's "
+                                          "agreed label; removed when none is agreed) or 'remove' (every flagged "
+                                          "sample removed, no label changed).",
+                               what="mislabelled action", choices=MISLABELLED_ACTIONS)
+    outliers: Optional[Union[float, str]] = _option(
+        None, "Also remove this fraction of observed samples with the flattest soft labels, or 'flagged': those the "
+              "outlier flag marks (thresholds: --param outlier.*).",
+        choices=("flagged",), unit=True, flag="--remove-outliers", metavar="FRACTION|flagged")
+    seed: int = _option(0, "Seed for breaking score ties.")
 
     def __post_init__(self):
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:
-            raise ValueError(f"prune ratio must be in [0, 1), got {self.ratio}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown policy {self.policy!r}; valid: {', '.join(POLICIES)}")
-        if self.mislabelled not in MISLABELLED_ACTIONS:
-            raise ValueError(f"mislabelled must be one of {', '.join(MISLABELLED_ACTIONS)}, got {self.mislabelled!r}")
-        if self.detector not in DETECTORS:
-            raise ValueError(f"unknown mislabel detector {self.detector!r}; valid: {', '.join(DETECTORS)}")
-        o = self.outliers
-        if o is not None and o != "flagged" and (isinstance(o, bool) or not isinstance(o, (int, float))
-                                                 or not 0 <= o < 1):
-            raise ValueError(f"outliers must be a fraction in [0, 1) or 'flagged', got {o!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            meta = f.metadata
+            what = meta.get("what") or f.name
+            value = coerce(getattr(self, f.name), hints[f.name], what)
+            object.__setattr__(self, f.name, value)
+            choices, unit = meta.get("choices", ()), meta.get("unit", False)
+            if unit and not isinstance(value, (str, type(None))) and not 0 <= value < 1:
+                alternatives = "".join(f" or {c!r}" for c in choices)
+                raise ValueError(f"{what} must be in [0, 1){alternatives}, got {value!r}")
+            if choices and isinstance(value, str) and value not in choices:
+                raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}"
+                                 + (" or a number in [0, 1)" if unit else ""))
 
     def methods_needed(self) -> list[str]:
         """Scorers the scores must hold for this selection."""

@@ -29,10 +29,10 @@ from .scorers import SCORERS, clipped_windows
 from .stats import TrajectoryStats, compute_stats
 
 METHODS = tuple(SCORERS)
-# Detectors are asked for like scorers but give flags, not a ranking: "confident" is confident
-# learning over the mean probabilities (:mod:`.confident`).
-DETECTORS = ("confident",)
-DETECTOR_OUTPUTS = ("confident", "confident_label", "confident_relabel", "label_margin", "p_avg_label")
+# Methods asked for like scorers that give flags, not a ranking: "confident" is confident
+# learning over the mean probabilities (:mod:`.confident`), one of selection's mislabel detectors.
+FLAG_METHODS = ("confident",)
+FLAG_METHOD_OUTPUTS = ("confident", "confident_label", "confident_relabel", "label_margin", "p_avg_label")
 FLAGS = ("soft_argmax", "p_label", "p_max", "margin", "mislabel", "outlier", "nonfinite", "n_observed")
 SCORES_FORMAT = 2
 SCORES_FILE = "scores.npz"
@@ -41,14 +41,14 @@ SCORES_FILE = "scores.npz"
 def check_methods(methods: Iterable[str] | str | None) -> list[str]:
     """Validate scorer and detector names; ``None`` or ``"all"`` means every one."""
     if methods is None or methods == "all":
-        return list(METHODS + DETECTORS)
+        return list(METHODS + FLAG_METHODS)
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in METHODS + DETECTORS]
+    unknown = [m for m in methods if m not in METHODS + FLAG_METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown scoring method {', '.join(unknown) or '(none)'}; valid: "
-                         f"{', '.join(METHODS + DETECTORS)}")
+                         f"{', '.join(METHODS + FLAG_METHODS)}")
     return methods
 
 
@@ -88,7 +88,7 @@ def _scores_from_stats(st: TrajectoryStats, methods: list[str], params: dict, of
                 tdds_decay=params["tdds"]["decay"], dyn_unc_window=params["dyn_unc"]["window"],
                 dual_window=params["dual"]["window"]))
     for m in methods:
-        if m in DETECTORS or m in out:
+        if m in FLAG_METHODS or m in out:
             continue
         kw = dict(params.get(m, {}))
         if m == "random":
@@ -479,7 +479,7 @@ def load_or_score(store, *, methods, params=None, first_epochs: int | None = Non
         if meta and scores_status(meta, made_from, methods, params) is None:
             return scores, meta, None
         if meta and scores_status(meta, made_from, [], params) is None:
-            keep = [m for m in meta["methods"] if m in METHODS + DETECTORS]
+            keep = [m for m in meta["methods"] if m in METHODS + FLAG_METHODS]
     all_methods = list(dict.fromkeys(keep + methods))
     scores, ran = score_store(store, methods=all_methods, params=params, backend=backend, chunk_size=chunk_size,
                               progress=progress, first_epochs=first_epochs)

@@ -7,6 +7,10 @@ defines "hard = low score" the sign is flipped and the docstring says so.
 
 Temporal scorers (``forgetting``, ``tdds``, ``dyn_unc``) walk each sample's *observed* epochs
 in order, skipping epochs where the sample was not seen (P x K sampling, subsets).
+
+Keyword parameters arrive checked against their ranges in :mod:`.params` (by
+:func:`~dprune.scoring.params.merge_params` at the public entry points); the scorers do not
+check them again.
 """
 from __future__ import annotations
 
@@ -111,10 +115,6 @@ def tdds(s: TrajectoryStats, *, window: int = 10, decay: float = 0.9) -> torch.T
     add 1e-8 inside the logs; this uses exact log-softmax.  Higher = kept.  NaN with fewer
     than 2 observed epochs.
     """
-    if window < 2:
-        raise ValueError(f"tdds window must be >= 2, got {window}")
-    if not 0 < decay < 1:
-        raise ValueError(f"tdds decay must be in (0, 1), got {decay}")
     d, n_d = _compact(s.tdds_div, ~torch.isnan(s.tdds_div))
     out = torch.full(n_d.shape, float("nan"), device=d.device)
     for m in torch.unique(n_d).tolist():
@@ -133,11 +133,9 @@ def tdds(s: TrajectoryStats, *, window: int = 10, decay: float = 0.9) -> torch.T
     return _masked(s, out)
 
 
-def _label_prob_windows(s: TrajectoryStats, name: str, window: int, per_window) -> torch.Tensor:
+def _label_prob_windows(s: TrajectoryStats, window: int, per_window) -> torch.Tensor:
     """Mean over the sliding windows of ``per_window(p [rows, K windows, J])`` of each sample's
     label probabilities over its T observed epochs, J = min(window, T); NaN with T < 2."""
-    if window < 2:
-        raise ValueError(f"{name} window must be >= 2, got {window}")
     p, n = _compact(s.logp_label.exp(), ~torch.isnan(s.logp_label))
     out = torch.full(n.shape, float("nan"), device=p.device)
     for T in torch.unique(n).tolist():
@@ -156,7 +154,7 @@ def dyn_unc(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
     population std.  Fluctuating label probability = uncertain = kept.  NaN with fewer than 2
     observed epochs.
     """
-    return _label_prob_windows(s, "dyn_unc", window, lambda w: w.std(-1, unbiased=False))
+    return _label_prob_windows(s, window, lambda w: w.std(-1, unbiased=False))
 
 
 def dual(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
@@ -169,7 +167,7 @@ def dual(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
     kept.  The authors score the first 30 of 200 epochs with J = 10.  NaN with fewer than 2
     observed epochs.
     """
-    return _label_prob_windows(s, "dual", window, lambda w: w.std(-1, unbiased=True) * (1 - w.mean(-1)))
+    return _label_prob_windows(s, window, lambda w: w.std(-1, unbiased=True) * (1 - w.mean(-1)))
 
 
 def random(s: TrajectoryStats, *, seed: int = 0, offset: int = 0, n_total: int | None = None) -> torch.Tensor:
