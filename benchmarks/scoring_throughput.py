@@ -16,12 +16,14 @@ process start-up and fixed costs cancel.  GB/s are of fp16 logits read.
 - ``torch script, every statistic``: the same statistics as dprune's kernel per 4,096-row chunk
   with torch ops (dprune's plain torch reference, :func:`dprune.scoring.compute_stats`, run on
   stacked chunk reads);
-- ``dprune score --method entropy``, ``--method`` every scorer, and ``dprune score`` (every
-  scorer and the confident-learning detector), the real command in a subprocess; its peak RSS
-  at every size (the detector spills the mean probabilities p-bar [N, C] to an unnamed file and
-  reads them back in chunks, so its memory is bounded by the chunk);
+- ``dprune score --method entropy``, ``--method`` every scorer, ``--method all`` (every
+  scorer and the confident-learning detector) and ``dprune score`` (the default: what
+  ``dprune run``'s default selection reads, the entropy and the detector), the real command in
+  a subprocess; its peak RSS at every size (the detector spills the mean probabilities p-bar
+  [N, C] to an unnamed file and reads them back in chunks, so its memory is bounded by the
+  chunk);
 - the detector's two further passes, as built (p-bar spilled and read back twice: the
-  difference between the last two ``dprune score`` rows) against the alternative of two more
+  difference between the ``all`` and the every-scorer rows) against the alternative of two more
   passes over the store (one ``kernel pass with p-bar`` row, timed, counts twice);
 - ``whole-array numpy`` (what not to do): the whole small trajectory converted at once.
 
@@ -155,7 +157,7 @@ def kernel_pass_with_p_avg(store):
     from dprune.scoring.api import _CPU_CHUNK_BYTES, _stream_stats_cpu, default_chunk_size
 
     E, C = store.epochs_completed, store.n_classes
-    for _ in _stream_stats_cpu(store, fused_stats_epochs, {"with_p_avg": True, "soft_only": False},
+    for _ in _stream_stats_cpu(store, fused_stats_epochs, {"with_p_avg": True, "tier": "all"},
                                default_chunk_size(E, C, _CPU_CHUNK_BYTES), E):
         pass
 
@@ -220,9 +222,10 @@ def main(argv=None) -> str:
              kernel_pass_with_p_avg),
             ("dprune score --method entropy", dprune_cli("--method", "entropy")),
             ("dprune score --method (every scorer)", dprune_cli(*every)),
+            (ALL_ROW, dprune_cli("--method", "all")),
             (DEFAULT_ROW, dprune_cli())]
     if a.curve:
-        rows = [r for r in rows if r[0].startswith(("roofline", "dprune score --method (every", DEFAULT_ROW))]
+        rows = [r for r in rows if r[0].startswith(("roofline", "dprune score --method (every", ALL_ROW, DEFAULT_ROW))]
     m = machine()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=a.work) as d:
@@ -232,8 +235,10 @@ def main(argv=None) -> str:
             copy_pass(s)
             dprune_cli("--method", "entropy")(s)
         times = {name: [timed(fn, s, a.repeats) for s in stores] for name, fn in rows}
-        rss_rows = (("every scorer", every), ("with the detector", ())) if a.curve else \
-            (("entropy", ("--method", "entropy")), ("every scorer", every), ("with the detector", ()))
+        rss_rows = (("every scorer", every), ("every scorer and the detector", ("--method", "all")),
+                    ("the default", ()))
+        if not a.curve:
+            rss_rows = (("entropy", ("--method", "entropy")),) + rss_rows
         rss = {name: [peak_rss_growth_mib(s, *args) for s in stores] for name, args in rss_rows}
         whole = None if a.curve else timed(whole_numpy, stores[0], 1)
     rate = {name: (nbytes[-1] - nbytes[0]) / (t[-1] - t[0]) / 1e9 for name, t in times.items()}
@@ -252,7 +257,8 @@ def main(argv=None) -> str:
              " | GB/s (marginal) | x roofline | x torch script (same output) | GB/s (largest store, whole time) |",
              "|---|" + "---|" * (len(nbytes) + 4)]
     for name, _ in rows:
-        same = ent_script if "entropy" in name else all_script if ("every" in name) else None
+        same = ent_script if name.endswith("--method entropy") else \
+            all_script if name.startswith("dprune score --method (every") else None
         lines.append(f"| {name} | " + " | ".join(f"{t:.2f}" for t in times[name]) + f" | {rate[name]:.2f} | "
                      f"{rate[name] / roof:.2f} | {'' if same is None else f'{rate[name] / same:.2f}'} | "
                      f"{nbytes[-1] / times[name][-1] / 1e9:.2f} |")
@@ -264,16 +270,17 @@ def main(argv=None) -> str:
         f"{k}: " + ", ".join(f"{v:.0f} at {b / 1e9:.1f} GB" for v, b in zip(vs, nbytes)) for k, vs in rss.items())]
     if "kernel pass with p-bar (the unit of the detector's alternative: 2 more store passes)" in times:
         kp = times["kernel pass with p-bar (the unit of the detector's alternative: 2 more store passes)"]
-        det = [t1 - t0 for t0, t1 in zip(times["dprune score --method (every scorer)"], times[DEFAULT_ROW])]
+        det = [t1 - t0 for t0, t1 in zip(times["dprune score --method (every scorer)"], times[ALL_ROW])]
         lines += ["", "The detector's passes after the scoring pass, largest store: as built (p-bar spilled and read "
-                  f"back twice; default minus every-scorer row) {det[-1]:.2f} s; the alternative (two more passes of "
+                  f"back twice; `all` minus every-scorer row) {det[-1]:.2f} s; the alternative (two more passes of "
                   f"the kernel over the store) 2 x {kp[-1]:.2f} = {2 * kp[-1]:.2f} s."]
     text = "\n".join(lines) + "\n"
     print(text)
     return text
 
 
-DEFAULT_ROW = "dprune score (every scorer and the confident-learning detector)"
+ALL_ROW = "dprune score --method all (every scorer and the confident-learning detector)"
+DEFAULT_ROW = "dprune score (the default: entropy and the confident-learning detector)"
 
 if __name__ == "__main__":
     main()

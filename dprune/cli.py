@@ -31,7 +31,7 @@ import numpy as np
 
 from . import __version__
 from .data.reid_synth import LAYOUTS
-from .scoring import METHODS
+from .scoring.api import FLAG_METHODS, METHODS
 from .scoring.backends import BACKENDS as SCORING_BACKENDS
 from .select import RUN_DEFAULTS, PruneSpec
 from .store import DTYPES
@@ -198,8 +198,9 @@ def _summary_lines(scores: dict, methods) -> list[str]:
 
 @main.command("score")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-m", "--method", "methods", default="all", show_default=True,
-              help=f"Comma-separated scorers: {', '.join(METHODS)}; or 'all'.")
+@click.option("-m", "--method", "methods", default=",".join(RUN_DEFAULTS.methods_needed()), show_default=True,
+              help=f"Comma-separated scorers: {', '.join(METHODS)}, and the detector {', '.join(FLAG_METHODS)}; or "
+                   "'all'.  The default is what `dprune run`'s default selection reads.")
 @_param_option
 @click.option("--backend", type=click.Choice(SCORING_BACKENDS), default="auto", show_default=True,
               help="Implementation of the scoring pass: 'auto' = Triton on a GPU, the numba kernel on a CPU; "

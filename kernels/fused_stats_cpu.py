@@ -370,18 +370,44 @@ def _row_is_finite(src, e, n, mode, z, scratch):
     return _all_finite(z)
 
 
+@numba.njit(cache=True)
+def _fold_probs(src, e, n, mode, y, z, ex, z_sum, p_sum):
+    """Row n of epoch e added into ``z_sum`` and its softmax into ``p_sum``, and nothing else:
+    the probabilities tier (what the mean probabilities of confident learning need).  The
+    max, the sum of exponentials and p = ex / s are computed as in :func:`_sample`, so both
+    tiers give bit-identical sums."""
+    m = _maxnum(_load_row(src, e, n, mode, y, z, z_sum), z[y])
+    _exp_shifted(z, m, ex)
+    ex_y = ex[y]
+    ex[y] = _ZERO
+    s = _sum(ex) + ex_y
+    ex[y] = ex_y
+    inv_s = _ONE / s
+    for c in range(z.size):
+        p_sum[c] += ex[c] * inv_s
+
+
 # ----------------------------------------------------------------------------- one sample
 @numba.njit(cache=True)
 def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
             n_obs_out, nonfinite_out, entropy_out, entropy_prob_out, p_max_out, p_second_out, soft_argmax_out,
             p_label_out, logp_label_out, correct_out, margin_out, el2n_out, tdds_out, p_avg_out):
-    """All statistics of sample ``n`` (label ``y``), using the scratch rows z, ex, z_sum, p_sum, prev [C]."""
+    """All statistics of sample ``n`` (label ``y``), using the scratch rows z, ex, z_sum, p_sum, prev [C].
+
+    With empty per-epoch outputs ([0, N]: the ``probs`` tier) each row is only folded into the
+    sum of probabilities (:func:`_fold_probs`), with the same arithmetic as the full tier."""
     E = counts.shape[0]
     C = z.size
+    per_epoch = logp_label_out.shape[0] > 0
     z_sum[:] = _ZERO
     p_sum[:] = _ZERO
     n_obs = 0
     for e in range(E):
+        if not per_epoch:
+            if counts[e, n] > 0:
+                _fold_probs(src, e, n, mode, y, z, ex, z_sum, p_sum)
+                n_obs += 1
+            continue
         if counts[e, n] <= 0:
             logp_label_out[e, n] = _NAN
             correct_out[e, n] = _NAN
@@ -585,6 +611,8 @@ def _stats_serial(src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_
 
 # ----------------------------------------------------------------------------- launcher
 _MODES = {np.dtype(np.float16): _FP16, np.dtype(np.float32): _FP32}
+# How much a call computes, least first (see fused_stats_cpu's ``tier``).
+TIERS = ("soft", "probs", "all")
 
 
 def _rows_of_tensor(logits_ENC: torch.Tensor):
@@ -637,7 +665,9 @@ def _check_labels(y: np.ndarray, C: int) -> None:
 
 
 def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with_p_avg: bool,
-             soft_only: bool, p_avg_out: np.ndarray | None = None) -> FusedStats:
+             tier: str, p_avg_out: np.ndarray | None = None) -> FusedStats:
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
     E, N = cnt.shape
 
     def f32(*shape):
@@ -648,14 +678,15 @@ def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with
     entropy, p_max, p_second, p_label = (f32(N) for _ in range(4))
     soft_argmax = np.empty(N, np.int64)
     t = torch.from_numpy
-    if soft_only:
+    if tier == "soft":
         _run(_soft_serial, _soft_parallel, threads, src, mode, cnt, y, n_obs, nonfinite, entropy, p_max, p_second,
              soft_argmax, p_label, C)
         nan_N, empty = t(np.full(N, np.nan, np.float32)), t(f32(0, N))
         return FusedStats(t(n_obs), t(nonfinite), t(entropy), nan_N, t(p_max), t(p_second), t(soft_argmax),
                           t(p_label), empty, empty, empty, empty, empty, None)
     entropy_prob = f32(N)
-    logp_label, correct, margin, el2n, tdds = (f32(E, N) for _ in range(5))
+    # The probs tier leaves the per-epoch fields empty, which tells _sample to skip them.
+    logp_label, correct, margin, el2n, tdds = (f32(E if tier == "all" else 0, N) for _ in range(5))
     if p_avg_out is None:
         p_avg_out = f32(N if with_p_avg else 0, C)
     elif p_avg_out.dtype != np.float32 or p_avg_out.shape != (N, C) or not p_avg_out.flags.c_contiguous:
@@ -672,7 +703,7 @@ def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with
 
 def fused_stats_cpu(
     logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, threads: int | None = None,
-    with_p_avg: bool = False, soft_only: bool = False,
+    with_p_avg: bool = False, tier: str = "all",
 ) -> FusedStats:
     """Every :class:`~.common.FusedStats` field in one pass over the logits, on the CPU.
 
@@ -691,11 +722,13 @@ def fused_stats_cpu(
     with_p_avg : bool
         Also return the mean over observed epochs of the probabilities, [N, C] (NaN rows for
         unobserved samples); otherwise that field is None.
-    soft_only : bool
-        Only the soft label's statistics (``n_obs``, ``nonfinite``, ``entropy``, ``p_max``,
+    tier : str
+        How much to compute (:data:`TIERS`).  ``"all"``: every field.  ``"soft"``: only the
+        soft label's statistics (``n_obs``, ``nonfinite``, ``entropy``, ``p_max``,
         ``p_second``, ``soft_argmax``, ``p_label``): a sum of the observed rows and one softmax
-        per sample, no per-epoch softmax; ``entropy_prob`` is NaN and the per-epoch fields are
-        empty [0, N].
+        per sample, no per-epoch softmax; ``entropy_prob`` is NaN.  ``"probs"``: those and
+        each epoch's softmax folded into the mean probabilities (``entropy_prob``, ``p_avg``),
+        as confident learning needs them.  Below ``"all"`` the per-epoch fields are empty [0, N].
 
     Returns float32 / int64 / bool CPU tensors, equal to
     :func:`dprune.scoring.stats.compute_stats` up to float32 rounding.  The first call in a
@@ -711,14 +744,14 @@ def fused_stats_cpu(
     _check_labels(y, C)
     src, mode, keep = _rows_of_tensor(logits_ENC)
     cnt = counts_EN.to(torch.int32).contiguous().numpy()
-    out = _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, soft_only=soft_only)
+    out = _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, tier=tier)
     del keep  # the kernel has finished reading it
     return out
 
 
 def fused_stats_epochs(
     epochs_nC, counts_EN: np.ndarray, labels_N: np.ndarray, *, threads: int | None = None, with_p_avg: bool = False,
-    soft_only: bool = False, p_avg_out: np.ndarray | None = None,
+    tier: str = "all", p_avg_out: np.ndarray | None = None,
 ) -> FusedStats:
     """:func:`fused_stats_cpu` over E separate arrays [n, C] (one per epoch), read in place.
 
@@ -741,5 +774,5 @@ def fused_stats_epochs(
         raise ValueError("logits must have at least one class")
     src, mode = _rows_of_epochs(epochs_nC, n, C)
     _check_labels(y, C)
-    return _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, soft_only=soft_only,
+    return _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, tier=tier,
                     p_avg_out=p_avg_out)

@@ -87,7 +87,7 @@ def test_scoring_throughput_runs(tmp_path):
     text = st.main(["--epochs", "2", "--classes", "7", "--samples", "300", "1200", "--repeats", "1",
                     "--work", str(tmp_path)])
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| what")]
-    assert len(rows) == 11 and all(r.count("|") == 8 for r in rows)
+    assert len(rows) == 12 and all(r.count("|") == 8 for r in rows)
     assert "dprune score --method entropy" in text and "Peak RSS" in text and "the alternative (two more" in text
 
 

@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from dprune.cli import main
 from dprune.scoring import load_scores
+from dprune.select import RUN_DEFAULTS
 from dprune.store import TrajectoryStore
 from dprune.synthetic import synthetic_trajectory
 
@@ -40,6 +41,8 @@ def test_import_score_prune_inspect(tmp_path, traj):
     store = TrajectoryStore.open(tmp_path / "run")
     scores, meta = load_scores(tmp_path / "run" / "scores.npz", n_samples=store.n_samples)
     assert meta["made_from"] == store.identity() and scores["entropy"].shape == (300,)
+    # By default, what the default selection of `dprune run` reads, and no other scorer.
+    assert meta["methods"] == RUN_DEFAULTS.methods_needed() == ["entropy", "confident"] and "tdds" not in scores
     out = run("prune", tmp_path / "run", "--ratio", 0.25, "--policy", "class", "--relabel", "--remove-outliers", 0.02,
               "-o", tmp_path / "m.json", "--export-list", tmp_path / "kept.tsv").output
     m = json.loads((tmp_path / "m.json").read_text())

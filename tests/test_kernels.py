@@ -396,9 +396,9 @@ SOFT_FIELDS = ("n_obs", "nonfinite", "entropy", "p_max", "p_second", "soft_argma
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("E, N, C", [(1, 1, 2), (3, 37, 7), (4, 50, 1041)])
-def test_numba_soft_only_equals_the_reference_soft_label(E, N, C, dtype):
+def test_numba_soft_tier_equals_the_reference_soft_label(E, N, C, dtype):
     z, c, y = trajectory(E * N + C, E, N, C, dtype=dtype, nonfinite=True)
-    got = fused_stats_cpu(z, c, y, soft_only=True)
+    got = fused_stats_cpu(z, c, y, tier="soft")
     want = compute_stats(z, c, y)
     for f in SOFT_FIELDS:
         g, w = getattr(got, f), getattr(want, f)
@@ -412,15 +412,31 @@ def test_numba_soft_only_equals_the_reference_soft_label(E, N, C, dtype):
     assert torch.isnan(got.entropy_prob).all() and got.logp_label.shape == (0, N)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("E, N, C", [(1, 1, 2), (3, 37, 7), (4, 50, 1041), (5, 19, 1)])
+def test_numba_probs_tier_equals_the_full_tier_without_the_per_epoch_fields(E, N, C, dtype):
+    # The probs tier (confident learning's mean probabilities, no per-epoch statistics) must give
+    # the full tier's numbers exactly, NaN/Inf rows and unobserved samples included.
+    z, c, y = trajectory(E * N + C + 1, E, N, C, dtype=dtype, nonfinite=True)
+    got = fused_stats_cpu(z, c, y, tier="probs", with_p_avg=True)
+    full = fused_stats_cpu(z, c, y, tier="all", with_p_avg=True)
+    for f in SOFT_FIELDS + ("entropy_prob", "p_avg"):
+        assert torch.equal(getattr(got, f).nan_to_num(7.0), getattr(full, f).nan_to_num(7.0)), f
+    for f in ("logp_label", "correct", "logit_margin", "el2n", "tdds_div"):
+        assert getattr(got, f).shape == (0, N), f
+    with pytest.raises(ValueError, match="tier must be one of"):
+        fused_stats_cpu(z, c, y, tier="some")
+
+
 def test_epoch_arrays_read_in_place_equal_the_stacked_tensor():
     from dprune.kernels.fused_stats_cpu import fused_stats_epochs
 
     z, c, y = trajectory(3, 4, 29, 11, dtype=torch.float16)
     # Each epoch in an array of its own, rows of a wider buffer (as slices of mapped files are).
     epochs = [np.ascontiguousarray(z[e].numpy()) for e in range(4)]
-    for soft in (False, True):
-        got = fused_stats_epochs(epochs, c.numpy(), y.numpy(), soft_only=soft, with_p_avg=not soft)
-        want = fused_stats_cpu(z, c, y, soft_only=soft, with_p_avg=not soft)
+    for tier in ("all", "probs", "soft"):
+        got = fused_stats_epochs(epochs, c.numpy(), y.numpy(), tier=tier, with_p_avg=tier != "soft")
+        want = fused_stats_cpu(z, c, y, tier=tier, with_p_avg=tier != "soft")
         for f in want._fields:
             a, b = getattr(got, f), getattr(want, f)
             assert (a is None and b is None) or torch.equal(a, b) or torch.allclose(a, b, equal_nan=True), f

@@ -179,8 +179,10 @@ def score_store(
         fills pinned host buffers that are copied on a second CUDA stream, so the copy of
         chunk i + 1 overlaps the kernel on chunk i.  A :class:`~dprune.store.SummaryStore`
         already holds the statistics accumulated during training and is scored without a
-        trajectory pass.  When only ``entropy`` (and ``random``) are asked for, only the soft
-        label is computed: a sum of each sample's rows and one softmax, no per-epoch softmax.
+        trajectory pass.  On a CPU the kernel computes only what the methods read: for
+        ``entropy`` (and ``random``) a sum of each sample's rows and one softmax, no per-epoch
+        softmax; adding ``entropy_prob`` or ``confident`` folds each epoch's softmax into the
+        mean probabilities; any other scorer needs the per-epoch statistics as well.
     methods, params
         As for :func:`score_arrays`.
     chunk_size : int, optional
@@ -202,7 +204,7 @@ def score_store(
     backend_name, stats_fn = resolve_backend(backend)
     methods = check_methods(methods)
     want_p_avg = "confident" in methods
-    soft_only = set(methods) <= SOFT_METHODS
+    tier = "soft" if set(methods) <= SOFT_METHODS else "probs" if set(methods) <= PROB_METHODS else "all"
     params = merge_params(params)
     E, N, C = store.epochs_completed, store.n_samples, store.n_classes
     if E == 0:
@@ -226,7 +228,7 @@ def score_store(
         stats_fn = functools.partial(stats_fn, with_p_avg=want_p_avg)
         stream = _stream_stats_gpu(store, stats_fn, chunk_size or default_chunk_size(E, C, _GPU_CHUNK_BYTES), E)
     else:
-        kw = {"with_p_avg": want_p_avg, "soft_only": soft_only} if backend_name == "numba" else {"with_p_avg": want_p_avg}
+        kw = {"with_p_avg": want_p_avg, "tier": tier} if backend_name == "numba" else {"with_p_avg": want_p_avg}
         stream = _stream_stats_cpu(store, epochs_stats(backend_name, stats_fn), kw,
                                    chunk_size or default_chunk_size(E, C, _CPU_CHUNK_BYTES), E)
     parts: dict[str, list[np.ndarray]] = {}
@@ -259,8 +261,10 @@ def score_store(
 # that the per-chunk scorers (small kernels) and the device-to-host copies are amortised.
 _CPU_CHUNK_BYTES = 256 << 20
 _GPU_CHUNK_BYTES = 512 << 20
-# Scorers that need only the soft label (the mean logits), not each epoch's softmax.
+# Scorers that need only the soft label (the mean logits), not each epoch's softmax; and those
+# that need each epoch's softmax only through the mean probabilities (the numba kernel's tiers).
 SOFT_METHODS = {"entropy", "random"}
+PROB_METHODS = SOFT_METHODS | {"entropy_prob", "confident"}
 
 
 def _stream_stats_cpu(store, stats_fn, kw: dict, chunk_size: int, n_epochs: int):
@@ -269,7 +273,7 @@ def _stream_stats_cpu(store, stats_fn, kw: dict, chunk_size: int, n_epochs: int)
     views = store.epoch_views(range(n_epochs))
     # The numba kernel writes the mean probabilities into one reused buffer (consumed per chunk).
     p_avg = np.empty((min(chunk_size, store.n_samples), store.n_classes), np.float32) \
-        if kw.get("with_p_avg") and "soft_only" in kw else None
+        if kw.get("with_p_avg") and "tier" in kw else None
     for start in range(0, store.n_samples, chunk_size):
         stop = min(start + chunk_size, store.n_samples)
         counts = np.stack([c[start:stop] for _, c in views])
