@@ -175,13 +175,9 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     elif options:
         spec = PruneSpec(**{**spec.to_dict(), **options})
     method = spec.method
-    if method not in scores:
-        raise ValueError(f"scores hold no {method!r} array; available: {', '.join(sorted(scores))}")
     labels_N = np.asarray(labels_N, dtype=np.int64)
     N = len(labels_N)
-    for k, v in scores.items():
-        if np.asarray(v).shape != (N,):
-            raise ValueError(f"scores[{k!r}] has shape {np.asarray(v).shape}, expected [{N}] (one per sample)")
+    _check_scores(scores, method, N)
     score = np.asarray(scores[method], dtype=np.float64)
     observed = np.asarray(scores["n_observed"]) > 0
     nonfinite = np.asarray(scores["nonfinite"], dtype=bool) & observed
@@ -190,59 +186,14 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     thr = np.asarray(scores.get("threshold_sample", np.zeros(N, bool)), bool)
 
     # 2. outliers
-    outlier = np.zeros(N, bool)
-    reasons: dict[int, str] = {}
-    if spec.outliers is not None:
-        margin = np.asarray(scores["margin"], dtype=np.float64)
-        candidate = observed & ~nonfinite & ~thr
-        if spec.outliers == "flagged":
-            outlier = np.asarray(scores["outlier"], bool) & candidate
-            rule = "outlier flag of the scores"
-            h_norm = None
-        else:
-            if "entropy" not in scores:
-                raise ValueError("outlier removal by fraction needs the 'entropy' score in the scores")
-            ent = np.asarray(scores["entropy"], dtype=np.float64)
-            h_norm = ent / math.log(n_classes) if n_classes > 1 else np.zeros(N)
-            candidate &= np.isfinite(ent)
-            k = n_to_prune(spec.outliers, n_observed)
-            idx = np.flatnonzero(candidate)
-            order = np.lexsort((margin[idx], -h_norm[idx]))[:k]
-            outlier[idx[order]] = True
-            rule = f"among the {spec.outliers:g} flattest soft labels"
-        for i in np.flatnonzero(outlier):
-            h = f"H/logC = {h_norm[i]:.3f}, " if h_norm is not None else ""
-            reasons[int(i)] = f"flat soft label ({rule}): {h}margin = {margin[i]:.3f}"
+    outlier, reasons = _outliers(spec, scores, observed & ~nonfinite & ~thr, n_classes, n_observed)
 
     # 3. mislabels
     labels_final = labels_N.copy()
     relabelled = np.zeros(N, bool)
     if spec.relabel:
-        usable = observed & ~nonfinite & ~outlier & ~thr
-        # Each detector: its flags, its suggested labels, where it agrees to relabel, and a
-        # removed sample's reason (sample index -> text).
-        if spec.detector == "argmax":
-            flagged, suggestion = np.asarray(scores["mislabel"], bool), np.asarray(scores["soft_argmax"])
-            agreed = flagged
-            why = lambda i: f"mislabelled (soft-label argmax): given {labels_N[i]}, argmax {int(suggestion[i])}"  # noqa: E731
-        elif spec.detector == "aum":
-            if "aum_mislabel" not in scores:
-                raise ValueError("the aum detector needs threshold samples (dprune train --threshold-samples) "
-                                 "and the aum score")
-            flagged, suggestion = np.asarray(scores["aum_mislabel"], bool), labels_N
-            agreed = np.zeros(N, bool)  # no label to propose: always removed
-            why = lambda i: "mislabelled: AUM below the threshold samples' (Pleiss et al.)"  # noqa: E731
-        else:
-            for key in ("confident", "confident_label", "confident_relabel"):
-                if key not in scores:
-                    raise ValueError(f"the confident detector needs {key!r} in the scores (score with "
-                                     f"every method, or the 'confident' flags)")
-            flagged, suggestion = np.asarray(scores["confident"], bool), np.asarray(scores["confident_label"])
-            agreed = np.asarray(scores["confident_relabel"], bool)
-            state = "with no agreed label" if spec.mislabelled == "relabel" else "removed"
-            why = lambda i: (f"mislabelled (confident learning) {state}: given "  # noqa: E731
-                             f"{labels_N[i]}, suggested {int(suggestion[i])}")
-        flagged = flagged & usable
+        flagged, suggestion, agreed, why = _detector(spec, scores, labels_N)
+        flagged = flagged & observed & ~nonfinite & ~outlier & ~thr
         if spec.mislabelled == "relabel":
             relabelled = flagged & agreed
             labels_final[relabelled] = suggestion[relabelled]
@@ -257,21 +208,11 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     # 4. pruning
     pool = observed & ~outlier & ~relabelled & ~thr
     unscored = pool & ~nonfinite & np.isnan(score)
-    pool &= ~unscored
-    key = np.where(nonfinite, -np.inf, score)
-    tiebreak = tiebreak_key(spec.seed, method, N)
-    n_prune = n_to_prune(spec.ratio, n_observed)
-    # Why samples cannot be pruned, for the refusals below.
+    # Why samples cannot be pruned, for the refusals.
     held = (f"{n_observed} observed, {int(outlier.sum())} removed, {int(relabelled.sum())} relabelled, "
             f"{int(unscored.sum())} unscored by {method}, {int(thr.sum())} threshold samples")
-    if spec.policy == "global":
-        idx = np.flatnonzero(pool)
-        if n_prune > len(idx):
-            raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable ({held})")
-        pruned_idx = idx[np.lexsort((tiebreak[idx], key[idx]))[:n_prune]]
-    else:
-        pruned_idx = _class_balanced(pool, observed & ~outlier, key, tiebreak, labels_final, n_classes, spec.ratio,
-                                     n_prune, held)
+    pruned_idx = _pruned(spec, np.where(nonfinite, -np.inf, score), pool & ~unscored, observed & ~outlier,
+                         labels_final, n_classes, n_to_prune(spec.ratio, n_observed), held)
     pruned = np.zeros(N, bool)
     pruned[pruned_idx] = True
     kept = ~pruned & ~outlier
@@ -296,6 +237,79 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
         params=spec.to_dict(),
         threshold_index=np.flatnonzero(thr),
     )
+
+
+def _check_scores(scores: dict, method: str, N: int) -> None:
+    if method not in scores:
+        raise ValueError(f"scores hold no {method!r} array; available: {', '.join(sorted(scores))}")
+    for k, v in scores.items():
+        if np.asarray(v).shape != (N,):
+            raise ValueError(f"scores[{k!r}] has shape {np.asarray(v).shape}, expected [{N}] (one per sample)")
+
+
+def _outliers(spec: PruneSpec, scores: dict, candidate_N: np.ndarray, n_classes: int, n_observed: int
+              ) -> tuple[np.ndarray, dict[int, str]]:
+    """Step 2: the outliers among ``candidate_N`` (bool [N]) and a reason each (sample index -> text)."""
+    N = len(candidate_N)
+    outlier = np.zeros(N, bool)
+    if spec.outliers is None:
+        return outlier, {}
+    margin = np.asarray(scores["margin"], dtype=np.float64)
+    if spec.outliers == "flagged":
+        outlier = np.asarray(scores["outlier"], bool) & candidate_N
+        rule = "outlier flag of the scores"
+        h_norm = None
+    else:
+        if "entropy" not in scores:
+            raise ValueError("outlier removal by fraction needs the 'entropy' score in the scores")
+        ent = np.asarray(scores["entropy"], dtype=np.float64)
+        h_norm = ent / math.log(n_classes) if n_classes > 1 else np.zeros(N)
+        idx = np.flatnonzero(candidate_N & np.isfinite(ent))
+        order = np.lexsort((margin[idx], -h_norm[idx]))[:n_to_prune(spec.outliers, n_observed)]
+        outlier[idx[order]] = True
+        rule = f"among the {spec.outliers:g} flattest soft labels"
+    reasons = {}
+    for i in np.flatnonzero(outlier):
+        h = f"H/logC = {h_norm[i]:.3f}, " if h_norm is not None else ""
+        reasons[int(i)] = f"flat soft label ({rule}): {h}margin = {margin[i]:.3f}"
+    return outlier, reasons
+
+
+def _detector(spec: PruneSpec, scores: dict, labels_N: np.ndarray):
+    """Step 3's detector: its flags [N], its suggested labels [N], where it agrees to relabel [N],
+    and a removed sample's reason (sample index -> text)."""
+    if spec.detector == "argmax":
+        flagged, suggestion = np.asarray(scores["mislabel"], bool), np.asarray(scores["soft_argmax"])
+        return flagged, suggestion, flagged, \
+            lambda i: f"mislabelled (soft-label argmax): given {labels_N[i]}, argmax {int(suggestion[i])}"
+    if spec.detector == "aum":
+        if "aum_mislabel" not in scores:
+            raise ValueError("the aum detector needs threshold samples (dprune train --threshold-samples) "
+                             "and the aum score")
+        flagged = np.asarray(scores["aum_mislabel"], bool)
+        return flagged, labels_N, np.zeros_like(flagged), \
+            lambda i: "mislabelled: AUM below the threshold samples' (Pleiss et al.)"  # no label: always removed
+    for key in ("confident", "confident_label", "confident_relabel"):
+        if key not in scores:
+            raise ValueError(f"the confident detector needs {key!r} in the scores (score with "
+                             f"every method, or the 'confident' flags)")
+    suggestion = np.asarray(scores["confident_label"])
+    state = "with no agreed label" if spec.mislabelled == "relabel" else "removed"
+    return np.asarray(scores["confident"], bool), suggestion, np.asarray(scores["confident_relabel"], bool), \
+        lambda i: f"mislabelled (confident learning) {state}: given {labels_N[i]}, suggested {int(suggestion[i])}"
+
+
+def _pruned(spec: PruneSpec, key_N: np.ndarray, pool_N: np.ndarray, observed_N: np.ndarray, labels_N: np.ndarray,
+            n_classes: int, n_prune: int, held: str) -> np.ndarray:
+    """Step 4: the ``n_prune`` samples of ``pool_N`` with the lowest ``key_N`` (ties by the seeded
+    key), over all samples or class-balanced; ``held`` says why the others cannot go."""
+    tiebreak = tiebreak_key(spec.seed, spec.method, len(key_N))
+    if spec.policy == "class":
+        return _class_balanced(pool_N, observed_N, key_N, tiebreak, labels_N, n_classes, spec.ratio, n_prune, held)
+    idx = np.flatnonzero(pool_N)
+    if n_prune > len(idx):
+        raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable ({held})")
+    return idx[np.lexsort((tiebreak[idx], key_N[idx]))[:n_prune]]
 
 
 def _class_balanced(pool, observed, key, tiebreak, labels, n_classes, ratio, n_prune, held: str) -> np.ndarray:
