@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 import dprune.stages
-from dprune import cli
+from dprune import cli, cli_options
 from dprune.select import RUN_DEFAULTS, PruneSpec, _option
 
 # (command, the PruneSpec its defaults come from, fields it requires, fields it sets itself)
@@ -18,10 +18,10 @@ def test_every_prunespec_field_is_a_generated_option(name, defaults, required, s
     options = {p.name: p for p in cli.main.commands[name].params}
     for f in dataclasses.fields(PruneSpec):
         if f.name in skip:
-            assert not isinstance(options[f.name], cli._SpecOption)  # the command's own (run: --seed)
+            assert not isinstance(options[f.name], cli_options.SpecOption)  # the command's own (run: --seed)
             continue
         opt = options[f.name]
-        assert isinstance(opt, cli._SpecOption), f.name
+        assert isinstance(opt, cli_options.SpecOption), f.name
         assert opt.help == f.metadata["help"]
         assert opt.required == (f.name in required)
         if f.name not in required:
@@ -30,7 +30,7 @@ def test_every_prunespec_field_is_a_generated_option(name, defaults, required, s
             assert tuple(opt.type.choices) == f.metadata["choices"]
         else:
             assert not f.metadata["choices"] or f.name == "outliers"  # a fraction or 'flagged'
-    generated = {n for n, p in options.items() if isinstance(p, cli._SpecOption)}
+    generated = {n for n, p in options.items() if isinstance(p, cli_options.SpecOption)}
     assert generated == {f.name for f in dataclasses.fields(PruneSpec)} - set(skip)
 
 
@@ -43,7 +43,7 @@ def test_a_new_field_becomes_an_option_with_its_checks():
     got = {}
 
     @click.command()
-    @cli._spec_options(Wider(), required=("ratio",))
+    @cli_options.spec_options(Wider(), required=("ratio",))
     def cmd(spec):
         got["spec"] = spec
 
