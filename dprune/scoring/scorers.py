@@ -195,6 +195,28 @@ SCORERS = {
     "random": random,
 }
 
+# The scorers that read only per-epoch statistics: the "epoch_scores" kernel of the table in
+# :mod:`.backends` (numba: :mod:`dprune.kernels.epoch_scores_cpu`; reference: :func:`epoch_scores`).
+EPOCH_SCORERS = ("forgetting", "el2n", "aum", "loss_mean", "tdds", "dyn_unc", "dual")
+
+
+def epoch_scores(logp_label_EN, correct_EN, margin_EN, el2n_EN, tdds_EN, invalid_N, *, methods, el2n_epoch=None,
+                 tdds_window=10, tdds_decay=0.9, dyn_unc_window=10, dual_window=10) -> dict[str, np.ndarray]:
+    """The reference of the per-epoch scorers kernel, with its signature: float32 [N] numpy scores
+    of ``methods`` (names in :data:`EPOCH_SCORERS`) from the per-epoch fields of
+    :class:`TrajectoryStats` ([E, N] tensors or arrays, on any device) and ``invalid_N`` (bool
+    [N]: unobserved or non-finite samples, NaN scores)."""
+    fields = [torch.as_tensor(a) for a in (logp_label_EN, correct_EN, margin_EN, el2n_EN, tdds_EN)]
+    invalid = torch.as_tensor(invalid_N, device=fields[0].device)
+    st = TrajectoryStats(n_obs=(~invalid).long(), nonfinite=torch.zeros_like(invalid), entropy=None,
+                         entropy_prob=None, p_max=None, p_second=None, soft_argmax=None, p_label=None,
+                         logp_label=fields[0], correct=fields[1], logit_margin=fields[2], el2n=fields[3],
+                         tdds_div=fields[4], p_avg=None)
+    kw = {"el2n": {"epoch": el2n_epoch}, "tdds": {"window": tdds_window, "decay": tdds_decay},
+          "dyn_unc": {"window": dyn_unc_window}, "dual": {"window": dual_window}}
+    return {m: SCORERS[m](st, **kw.get(m, {})).cpu().numpy().astype(np.float32) for m in methods}
+
+
 # Scorers over sliding windows of epochs: with fewer observed epochs than the window they
 # compute one window of all the epochs there are, a different statistic from the paper's.
 WINDOWED = {"tdds": "window", "dyn_unc": "window", "dual": "window"}
