@@ -92,4 +92,4 @@ def spec_options(defaults: PruneSpec, *, required=(), skip=()):
 
 
 class SpecOption(click.Option):
-    """An option generated from a :class:`~dprune.select.PruneSpec` field (by :func:`_spec_options`)."""
+    """An option generated from a :class:`~dprune.select.PruneSpec` field (by :func:`spec_options`)."""

@@ -177,8 +177,8 @@ def prune_cmd(run_dir, spec, params, first_epochs, out_path, export_list, quiet)
         write_list(done.manifest, store.sample_ids, export_list)
     m = done.manifest.data
     if not quiet:
-        click.echo(f"{m['n_observed']} observed samples: pruned {m['n_pruned']} ({m['ratio_achieved']:.2%}) by {spec.method}, "
-                   f"removed {m['n_outliers']}, relabelled {len(m['relabelled'])}, kept {m['n_kept']} "
+        click.echo(f"{m['n_observed']} observed samples: pruned {m['n_pruned']} ({m['ratio_achieved']:.2%}) by "
+                   f"{spec.method}, removed {m['n_outliers']}, relabelled {len(m['relabelled'])}, kept {m['n_kept']} "
                    f"(unobserved kept: {len(m['unobserved'])}, unscored kept: {len(m['unscored'])}); scores "
                    + ("reused" if done.scored_with is None else f"computed ({done.scored_with})"))
         if m["emptied_classes"]:
