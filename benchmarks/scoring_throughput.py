@@ -154,11 +154,11 @@ def whole_numpy(store):
 def kernel_pass_with_p_avg(store):
     """One pass of dprune's CPU kernel over the store, mean probabilities included (no scorers)."""
     from dprune.kernels.fused_stats_cpu import fused_stats_epochs
-    from dprune.scoring.api import _CPU_CHUNK_BYTES, _stream_stats_cpu, default_chunk_size
+    from dprune.scoring.streams import CPU_CHUNK_BYTES, default_chunk_size, stream_stats_cpu
 
     E, C = store.epochs_completed, store.n_classes
-    for _ in _stream_stats_cpu(store, fused_stats_epochs, {"with_p_avg": True, "tier": "all"},
-                               default_chunk_size(E, C, _CPU_CHUNK_BYTES), E):
+    for _ in stream_stats_cpu(store, fused_stats_epochs, {"with_p_avg": True, "tier": "all"},
+                               default_chunk_size(E, C, CPU_CHUNK_BYTES), E):
         pass
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import sys
 import typing
@@ -29,7 +28,11 @@ import click
 import numpy as np
 
 from . import __version__
-from .select import DETECTORS, MISLABELLED_ACTIONS, RUN_DEFAULTS
+from .cli_options import check_new_output, spec_options
+from .data.reid_synth import LAYOUTS
+from .select import RUN_DEFAULTS
+from .train.config import BACKENDS as TRAIN_BACKENDS
+from .train.config import TASKS
 
 
 def _one_line(e: BaseException) -> str:
@@ -78,289 +81,6 @@ def main(debug):
         os.environ["DPRUNE_DEBUG"] = "1"
 
 
-def _store_dir(run_dir: Path) -> Path:
-    """``run_dir`` itself, or the trajectory store of a ``dprune train --out`` folder."""
-    from .store import META
-
-    if not (run_dir / META).exists() and (run_dir / "trajectory" / META).exists():
-        return run_dir / "trajectory"
-    return run_dir
-
-
-def _open_store(run_dir):
-    """The full or summary store in ``run_dir`` (or its ``trajectory/``), read-only (a snapshot)."""
-    from .store import open_store
-
-    return open_store(_store_dir(Path(run_dir)), "r")
-
-
-def _check_new_output(path: Path, what: str, *, not_same_as=()) -> Path:
-    from .rundir import check_output_path
-
-    return check_output_path(path, what, not_same_as=not_same_as)
-
-
-class _Size(click.ParamType):
-    """A size in bytes: ``1000000``, ``500M``, ``1.5G``, ``2T`` (powers of 1024)."""
-
-    name = "size"
-    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
-        unit = text[-1:] if text[-1:] in self._UNITS else ""
-        try:
-            number = float(text[: len(text) - len(unit)])
-        except ValueError:
-            number = -1.0
-        if not 0 <= number < float(1 << 60):
-            self.fail(f"{value!r} is not a size such as 500M, 20G or 1000000", param, ctx)
-        return int(number * self._UNITS[unit])
-
-
-_SIZE = _Size()
-
-
-# ---------------------------------------------------------------------------------- import
-@main.command("import")
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Run directory to create (the trajectory store).")
-@click.option("--format", "fmt", type=click.Choice(["auto", "arrays", "tdds"]), default="auto", show_default=True,
-              help="'arrays': an .npz/.npy with logits [E,N,C] (+counts [E,N], labels [N]) or a folder of "
-                   "logits.npy/counts.npy/labels.npy; 'tdds': a folder of TDDS/DUAL {e}_Output.npy + {e}_Index.npy; "
-                   "'auto' picks 'tdds' when 0_Output.npy exists.")
-@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="labels [N] as .npy (required for tdds; overrides labels in the arrays).")
-@click.option("--sample-ids", "ids_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Text file with one sample id (e.g. image path) per line, N lines.")
-@click.option("--num-samples", type=click.IntRange(min=1), help="N for tdds imports (default: len(labels)).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Storage precision of the logits (float16 refuses finite values beyond +-65504).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store in OUT.")
-@click.option("--max-size", type=_SIZE, default=None,
-              help="Largest store to create, e.g. 500M, 20G (default: 16 x the size of SRC on disk, at least "
-                   "256 MiB; a small compressed file can claim far more logits than it holds).")
-def import_cmd(src, out_dir, fmt, labels_path, ids_path, num_samples, dtype, overwrite, max_size):
-    """Import a trajectory recorded by another tool into a dprune run directory."""
-    from .fileio import read_text
-    from .importers import import_arrays, import_tdds, read_labels_file
-
-    labels = read_labels_file(labels_path) if labels_path else None
-    ids = read_text(ids_path, "sample ids file").splitlines() if ids_path else None
-    if fmt == "auto":
-        fmt = "tdds" if (src.is_dir() and (src / "0_Output.npy").exists()) else "arrays"
-    if fmt == "tdds":
-        if labels is None:
-            raise ValueError("TDDS/DUAL folders hold no labels: pass --labels labels.npy")
-        store = import_tdds(src, out_dir, labels=labels, n_samples=num_samples, dtype=dtype, sample_ids=ids,
-                            progress=True, overwrite=overwrite, max_size=max_size)
-    else:
-        store = import_arrays(src, out_dir, labels=labels, dtype=dtype, sample_ids=ids, progress=True,
-                              overwrite=overwrite, max_size=max_size)
-    click.echo(f"imported {store.epochs_completed} epochs x {store.n_samples} samples x {store.n_classes} classes "
-               f"({store.dtype.name}) into {out_dir}")
-
-
-# ----------------------------------------------------------------------------------- score
-FIRST_EPOCHS_HELP = ("Use only the first K completed epochs, as if the run had stopped there (the paper scores "
-                     "the first 12 epochs of a 120-epoch schedule). Default: every completed epoch.")
-
-
-def _param_option(func):
-    from .scoring.params import param_help
-
-    return click.option("--param", "params", multiple=True, metavar="NAME.OPTION=VALUE",
-                        help="Scorer/flag parameter, repeatable (type and range checked): " + param_help())(func)
-
-
-def _summary_lines(scores: dict, methods) -> list[str]:
-    lines = [f"{'score':<14}{'min':>10}{'median':>10}{'max':>10}{'no score':>10}"]
-    for m in methods:
-        v = scores[m]
-        ok = v[~np.isnan(v)]
-        stats = (ok.min(), np.median(ok), ok.max()) if ok.size else (np.nan,) * 3
-        lines.append(f"{m:<14}" + "".join(f"{x:>10.4g}" for x in stats) + f"{int(np.isnan(v).sum()):>10d}")
-    flags = ("mislabel", "outlier", "nonfinite")
-    lines.append("flags: " + ", ".join(f"{f} {int(np.asarray(scores[f]).sum())}" for f in flags)
-                 + f", unobserved {int((scores['n_observed'] == 0).sum())}")
-    return lines
-
-
-@main.command("score")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-m", "--method", "methods", default=",".join(RUN_DEFAULTS.methods_needed()), show_default=True,
-              help="Comma-separated scorers: entropy, entropy_prob, forgetting, el2n, aum, tdds, dyn_unc, "
-                   "loss_mean, dual, random, and the detector confident; or 'all'.  The default is what "
-                   "`dprune run`'s default selection reads.")
-@_param_option
-@click.option("--backend", type=click.Choice(["auto", "torch", "triton", "numba"]), default="auto", show_default=True,
-              help="Implementation of the scoring pass: 'auto' = Triton on a GPU, the numba kernel on a CPU; "
-                   "'torch' = the plain torch reference (slow).")
-@click.option("--chunk-size", type=click.IntRange(min=1), help="Samples per streamed chunk (default: ~64 MB of fp32).")
-@click.option("--first-epochs", type=click.IntRange(min=1), help=FIRST_EPOCHS_HELP)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def score_cmd(run_dir, methods, params, backend, chunk_size, first_epochs, quiet):
-    """Score every sample of RUN_DIR's trajectory; write RUN_DIR/scores.npz.
-
-    RUN_DIR is a trajectory store, or a `dprune train --out` folder (its trajectory/ is used).
-
-    The file holds one float32 array [N] per scorer (higher = more important, NaN = no score)
-    and the flags soft_argmax, p_label, p_max, margin, mislabel, outlier, nonfinite,
-    n_observed.  Load it with numpy.load(RUN_DIR / "scores.npz").
-    """
-    from .scoring import SCORES_FILE, check_methods, parse_params, save_scores, score_store
-
-    methods = check_methods(methods)
-    params = parse_params(params)
-    store = _open_store(run_dir)
-    scores, ran = score_store(store, methods=methods, params=params, backend=backend, chunk_size=chunk_size,
-                              progress=not quiet, first_epochs=first_epochs)
-    path = store.run_dir / SCORES_FILE
-    meta = save_scores(path, scores, made_from=store.identity(first_epochs), methods=methods, params=params)
-    if not quiet:
-        click.echo(f"scored {store.n_samples} samples over {meta['made_from']['epochs']} epochs with the "
-                   f"{ran} backend -> {path}")
-        click.echo("\n".join(_summary_lines(scores, methods)))
-        for m, why in meta["clipped"].items():
-            click.echo(f"note: {m}: {why}")
-
-
-# ----------------------------------------------------------------------------------- prune
-def _outliers(value: str | None):
-    if value is None:
-        return None
-    if value == "flagged":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"--remove-outliers takes a fraction in [0, 1) or 'flagged', got {value!r}") from None
-
-
-@main.command("prune")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-r", "--ratio", type=float, required=True,
-              help="Fraction of observed samples to prune by score, in [0, 1). Exactly round(ratio * N_observed) go.")
-@click.option("-m", "--method", default="entropy", show_default=True,
-              help="Scorer that ranks samples (lowest scores are pruned).")
-@click.option("--policy", type=click.Choice(["global", "class"]), default="global", show_default=True,
-              help="'global' ranks all samples together; 'class' prunes each class in proportion and never empties one.")
-@click.option("--relabel/--no-relabel", default=False, show_default=True,
-              help="Act on the mislabel detector: relabel the flagged samples (and keep them), or remove them when "
-                   "the detector has no agreed label.")
-@click.option("--detector", type=click.Choice(DETECTORS), default="argmax", show_default=True,
-              help="'argmax': the paper's rule (soft-label argmax differs from the label, p_max >= "
-                   "mislabel.min_confidence); 'confident': confident learning over the trajectory; 'aum': remove "
-                   "samples whose AUM is below the threshold samples' (needs dprune train --threshold-samples).")
-@click.option("--mislabelled", type=click.Choice(MISLABELLED_ACTIONS), default="relabel", show_default=True,
-              help="With --relabel, what a flagged sample gets: 'relabel' (the detector's agreed label; removed "
-                   "when none is agreed) or 'remove' (every flagged sample removed, no label changed).")
-@click.option("--remove-outliers", "outliers", metavar="FRACTION|flagged",
-              help="Also remove this fraction of observed samples with the flattest soft labels, or 'flagged': "
-                   "those the outlier flag marks (thresholds: --param outlier.*).")
-@_param_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for breaking score ties.")
-@click.option("--first-epochs", type=click.IntRange(min=1), help=FIRST_EPOCHS_HELP)
-@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("manifest.json"),
-              show_default=True, help="Manifest path; the same arrays go to the .npz beside it.")
-@click.option("--export-list", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the kept samples as 'index<TAB>sample_id<TAB>label' lines.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def prune_cmd(run_dir, ratio, method, policy, relabel, detector, mislabelled, outliers, params, seed, first_epochs, out_path,
-              export_list, quiet):
-    """Select the samples to keep from RUN_DIR's scores; write a pruning manifest.
-
-    Unobserved samples are kept and listed; samples with non-finite logits are pruned first;
-    outliers are removed on top of the pruned ratio.  Scores are taken from RUN_DIR/scores.npz
-    when it is current (same trajectory epochs, methods and parameters), else computed.
-    """
-    from .manifest import export_list as write_list
-    from .pruning import prune_store
-    from .scoring import check_methods, parse_params
-    from .select import PruneSpec
-
-    spec = PruneSpec(method=method, ratio=ratio, policy=policy, relabel=relabel, detector=detector,
-                     mislabelled=mislabelled, outliers=_outliers(outliers), seed=seed)
-    check_methods([method])
-    params = parse_params(params)
-    _check_new_output(out_path, "manifest")
-    if export_list:
-        _check_new_output(export_list, "--export-list", not_same_as=[out_path])
-    store = _open_store(run_dir)
-    done = prune_store(store, spec, out_path, params=params, first_epochs=first_epochs, progress=not quiet)
-    if export_list:
-        write_list(done.manifest, store.sample_ids, export_list)
-    m = done.manifest.data
-    if not quiet:
-        click.echo(f"{m['n_observed']} observed samples: pruned {m['n_pruned']} ({m['ratio_achieved']:.2%}) by {method}, "
-                   f"removed {m['n_outliers']}, relabelled {len(m['relabelled'])}, kept {m['n_kept']} "
-                   f"(unobserved kept: {len(m['unobserved'])}, unscored kept: {len(m['unscored'])}); scores "
-                   + ("reused" if done.scored_with is None else f"computed ({done.scored_with})"))
-        if m["emptied_classes"]:
-            click.echo(f"warning: classes emptied by global pruning: {m['emptied_classes']}", err=True)
-        click.echo(f"manifest: {out_path} (+ {out_path.with_suffix('.npz').name})"
-                   + (f"; list: {export_list}" if export_list else ""))
-
-
-# --------------------------------------------------------------------------------- inspect
-@main.command("inspect")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def inspect_cmd(run_dir, as_json):
-    """Show what RUN_DIR's store holds: size, epochs complete, coverage, and a score summary."""
-    from .scoring import SCORES_FILE, load_scores, scores_status
-
-    store = _open_store(run_dir)
-    E = store.epochs_completed
-    info = {
-        "run_dir": str(run_dir), "kind": store.KIND, "n_samples": store.n_samples, "n_classes": store.n_classes,
-        "dtype": store.dtype.name, "epochs_completed": E, "epochs_planned": store.meta.get("epochs_planned"),
-        "bytes": store.nbytes(), "fingerprint": store.fingerprint["sha256"][:16], "generation": store.generation(),
-        "world_size": store.meta.get("world_size"), "command": store.meta.get("command"),
-        "saturated_values": store.meta.get("saturated", 0),
-    }
-    if E:
-        counts = store.counts()
-        seen = counts > 0
-        info["coverage_per_epoch"] = seen.mean(1).round(4).tolist()
-        info["never_observed"] = int((~seen.any(0)).sum())
-        info["mean_observations_per_epoch"] = round(float(counts.sum(0).mean() / E), 4)
-    scores_path = store.run_dir / SCORES_FILE
-    if scores_path.exists():
-        try:
-            scores, meta = load_scores(scores_path, n_samples=store.n_samples)
-            made = meta["made_from"]
-            stale = scores_status(meta, store.identity(min(made.get("epochs", E), E)), [], meta["params"])
-            info["scores"] = {"epochs_used": made.get("epochs"), "methods": meta["methods"], "stale": stale,
-                              "clipped": meta.get("clipped", {}), "summary": _summary_lines(scores, meta["methods"])}
-        except ValueError as e:
-            info["scores"] = {"error": str(e)}
-    if as_json:
-        click.echo(json.dumps(info))
-        return
-    click.echo(f"{run_dir}: {store.KIND} store, {store.n_samples} samples x {store.n_classes} classes, "
-               f"{store.dtype.name}, {E}/{info['epochs_planned']} epochs complete ({store.nbytes() / 1e6:.1f} MB)")
-    click.echo(f"fingerprint {info['fingerprint']}, generation {info['generation'][:12]}, world size "
-               f"{info['world_size']}")
-    if info["saturated_values"]:
-        click.echo(f"note: {info['saturated_values']} recorded logits beyond the fp16 range were saturated to +-65504")
-    if E:
-        cov = info["coverage_per_epoch"]
-        click.echo(f"coverage per epoch: min {min(cov):.2%}, max {max(cov):.2%}; never observed: "
-                   f"{info['never_observed']}; observations per sample per epoch: {info['mean_observations_per_epoch']}")
-    if "scores" in info:
-        sc = info["scores"]
-        if "error" in sc:
-            click.echo(f"scores.npz: {sc['error']}")
-        else:
-            state = f"STALE: {sc['stale']}" if sc["stale"] else "current"
-            click.echo(f"scores.npz (from {sc['epochs_used']} epochs; {state}):")
-            click.echo("\n".join("  " + line for line in sc["summary"]))
-
-
 # ----------------------------------------------------------------------------------- train
 def _config_options(func):
     """One click option per :class:`TrainConfig` field (the dataclass is where they are defined)."""
@@ -407,9 +127,13 @@ def _make_config(config_path, overrides: dict):
 @main.command("train")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="JSON file of TrainConfig fields; command-line options override it.")
+
+
 @click.option("--restart", is_flag=True,
               help="Start a new run in OUT, deleting what an earlier run left there (checkpoint, metrics, "
                    "trajectory, manifest). Without it, a run is resumed, and refused if its settings differ.")
+
+
 @_config_options
 def train_cmd(config_path, restart, **overrides):
     """Train a model, recording every sample's logits into OUT/trajectory.
@@ -447,45 +171,53 @@ def _parse_sets(items) -> dict:
 
 @main.command("run")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for everything the run writes.")
-@click.option("--task", type=click.Choice(["classification", "reid"]), default="classification", show_default=True,
+@click.option("--task", type=click.Choice(TASKS), default="classification", show_default=True,
               help="reid: BoT recipe on market1501 / msmt17 / veri776, evaluated by mAP and CMC.")
+
+
 @click.option("--dataset", default="digits", show_default=True,
               help="Dataset name (digits needs no files); for reid: market1501, msmt17, veri776.")
+
+
 @click.option("--data-root", "--root", "data_root", type=click.Path(exists=True, file_okay=False),
               help="Folder of the dataset.")
+
+
 @click.option("--model", default=None, help="small_cnn, resnet18 or resnet50 [default: small_cnn; reid: resnet50].")
 @click.option("--record-epochs", type=click.IntRange(min=1), default=None,
               help="T: epochs scored, the first of the run [default: E / 10, at least 1, as the paper: 12 of 120].")
+
+
 @click.option("--epochs", type=click.IntRange(min=2), default=30, show_default=True, help="E: epochs of every run.")
-@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=RUN_DEFAULTS.ratio, show_default=True,
-              help="Prune ratio.")
-@click.option("--method", default=RUN_DEFAULTS.method, show_default=True, help="Scorer that ranks the samples.")
-@click.option("--policy", type=click.Choice(["global", "class"]), default=RUN_DEFAULTS.policy, show_default=True)
-@click.option("--relabel/--no-relabel", default=RUN_DEFAULTS.relabel, show_default=True,
-              help="Act on the mislabel detector.")
-@click.option("--detector", type=click.Choice(DETECTORS), default=RUN_DEFAULTS.detector, show_default=True,
-              help="Mislabel detector (see dprune prune --help); 'aum' records with threshold samples.")
-@click.option("--mislabelled", type=click.Choice(MISLABELLED_ACTIONS), default=RUN_DEFAULTS.mislabelled,
-              show_default=True, help="What a flagged sample gets: 'relabel' (the agreed label) or 'remove'.")
-@click.option("--remove-outliers", type=click.FloatRange(0, 1, max_open=True), default=RUN_DEFAULTS.outliers or 0.0,
-              show_default=True, help="Fraction of flattest soft labels to remove (0 = none).")
+@spec_options(RUN_DEFAULTS, skip=("seed",))  # the selection's seed is the run's --seed
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also train on the full data (recording it) and retrain from scratch on its pruned set (the "
                    "paper's protocol), for the comparison table; --no-baseline runs prune-in-run alone.")
+
+
 @click.option("--controls/--no-controls", default=True, show_default=True,
               help="Also train prune-in-run's same-cost controls: random prune-in-run keeping as many samples (no "
                    "cleaning), and the full data for about as many sample-epochs (a shorter schedule). A way counts "
                    "as better only when it beats both.")
+
+
 @click.option("--label-noise", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Inject symmetric label noise into the training labels (to watch the correction work).")
+
+
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=float, help="Peak learning rate [default: 0.05 classification, 3.5e-4 reid].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", type=click.Choice(["ddp", "deepspeed"]), default="ddp", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds training, the injected label noise and the selection's tie-break.")
+
+
+@click.option("--backend", type=click.Choice(TRAIN_BACKENDS), default="ddp", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="Any 'dprune train' field for every stage, winning over the options above, e.g. --set record=pass "
                    "--set store=summary --set reid_height=128.")
-def run_cmd(out, record_epochs, baseline, controls, label_noise, remove_outliers, sets, **options):
+
+
+def run_cmd(out, spec, record_epochs, baseline, controls, label_noise, sets, **options):
     """The whole method end to end, and what each way to the pruned model costs.
 
     Trains the full-data baseline recording its first T epochs (OUT/full), scores and prunes
@@ -501,7 +233,9 @@ def run_cmd(out, record_epochs, baseline, controls, label_noise, remove_outliers
     if record_epochs is None:
         record_epochs = max(1, options["epochs"] // 10)
     options.update(label_noise=label_noise, noise_kind="symmetric" if label_noise else "none",
-                   noise_seed=options["seed"], remove_outliers=remove_outliers or None)
+                   noise_seed=options["seed"])
+    # TrainConfig carries the selection of its stages under the same names (outliers: remove_outliers).
+    options.update({"remove_outliers" if k == "outliers" else k: v for k, v in spec.to_dict().items() if k != "seed"})
     rc = run_config(out, options, _parse_sets(sets), record_epochs=record_epochs, baseline=baseline,
                     controls=controls)
     click.echo(run_pipeline(rc))
@@ -512,6 +246,8 @@ def run_cmd(out, record_epochs, baseline, controls, label_noise, remove_outliers
 @click.argument("run_or_manifest", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Page to write [default: report.html beside the manifest].")
+
+
 @click.option("--png", is_flag=True, help="Also write the galleries as PNG contact sheets beside the page.")
 def report_cmd(run_or_manifest, out_path, png):
     """Write a self-contained report.html of what was pruned, relabelled and removed.
@@ -527,7 +263,7 @@ def report_cmd(run_or_manifest, out_path, png):
 
     content = collect(run_or_manifest)
     if out_path is not None:  # a page of one's own: never over a file of a run or store
-        _check_new_output(out_path, "report")
+        check_new_output(out_path, "report")
     page = out_path or content.run_dir / "report.html"
     # The run's own page is written under the run folder's lock (refused while a run writes there).
     with DirLock(page.parent, "dprune report") if out_path is None else contextlib.nullcontext():
@@ -559,16 +295,22 @@ def synth_cmd(out, samples, classes, epochs, noise, seed):
 
 @main.command("synth-reid")
 @click.argument("root", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--layout", type=click.Choice(["market1501", "msmt17_v1", "msmt17_v2", "veri776"]), default="market1501",
+@click.option("--layout", type=click.Choice(LAYOUTS), default="market1501",
               show_default=True, help="Folder layout and file naming of the real dataset to imitate.")
+
+
 @click.option("--ids", type=click.IntRange(min=4), default=24, show_default=True, help="Identities (half train, half test).")
 @click.option("--images-per-id", type=click.IntRange(min=2), default=8, show_default=True)
 @click.option("--cams", type=click.IntRange(min=2), default=4, show_default=True)
 @click.option("--noise", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Fraction of training images filed under a wrong identity (listed in _synthetic_truth.json).")
+
+
 @click.option("--hardness", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="0: every image of an identity looks alike (easy); up to 1: identities look more alike and "
                    "images vary in brightness, position and noise, some occluded.")
+
+
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth_reid_cmd(root, layout, ids, images_per_id, cams, noise, hardness, seed):
     """Write a small synthetic ReID dataset in a real layout (with junk images, distractors and wrong labels)."""
@@ -581,10 +323,12 @@ def synth_reid_cmd(root, layout, ids, images_per_id, cams, noise, hardness, seed
 
 
 def _register_commands() -> None:
-    """Commands that live beside their subsystems: ReID evaluation."""
+    """Commands that live beside their subsystems: the store's (import, score, prune, inspect), ReID evaluation."""
+    from .cli_store import import_cmd, inspect_cmd, prune_cmd, score_cmd
     from .evaluate.reid_cli import eval_reid
 
-    main.add_command(eval_reid)
+    for command in (import_cmd, score_cmd, prune_cmd, inspect_cmd, eval_reid):
+        main.add_command(command)
 
 
 _register_commands()

@@ -31,68 +31,81 @@ with the parameters recorded there.  A selection that would keep nothing is refu
 from __future__ import annotations
 
 import math
+import typing
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional, Union
 
 import numpy as np
 
+from .options import coerce
+
 POLICIES = ("global", "class")
-DETECTORS = ("argmax", "confident", "aum")
+MISLABEL_DETECTORS = ("argmax", "confident", "aum")
 MISLABELLED_ACTIONS = ("relabel", "remove")
 # Tie-break streams: numpy SeedSequence entropy [seed, _TIEBREAK, crc32(scorer)] gives every
 # scorer its own stream, independent of the random scorer's default_rng(seed).
 _TIEBREAK = 0x7E1B
 
 
+def _option(default, help: str, *, what: str | None = None, choices: tuple = (), unit: bool = False,
+            flag: str | None = None, short: str | None = None, metavar: str | None = None):
+    """A :class:`PruneSpec` field and everything the command line says and checks about it.
+
+    ``what`` names the field in errors; ``choices`` are its valid strings; ``unit``: a number
+    must be in [0, 1); ``flag`` / ``short`` / ``metavar`` shape its option (default
+    ``--field-name``).  :meth:`PruneSpec.__post_init__` checks these and nothing else.
+    """
+    return field(default=default, metadata={"help": help, "what": what, "choices": choices, "unit": unit,
+                                            "flag": flag, "short": short, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class PruneSpec:
-    """How to select: one place for the options ``dprune prune``, ``train --prune-at`` and ``run`` share.
+    """How to select: the one definition of the selection options.
 
-    Parameters
-    ----------
-    method : str
-        Scorer that ranks the samples (lowest scores are pruned).
-    ratio : float in [0, 1)
-        Fraction of observed samples to prune by score.
-    policy : "global" or "class"
-    relabel : bool
-        Act on the mislabel detector's flags (see the module docstring).
-    mislabelled : "relabel" or "remove"
-        What acting on a flag does: relabel (where the detector proposes an agreed label),
-        or remove every flagged sample.
-    detector : "argmax" or "confident"
-        Which mislabel flags ``relabel`` acts on.
-    outliers : float in [0, 1), "flagged" or None
-        Remove this fraction of flattest soft labels, or the samples the ``outlier`` flag marks.
-    seed : int
-        Seed of the tie-breaking key.
+    ``dprune prune``, ``dprune run`` and ``train --prune-at`` generate their options from these
+    fields (help, choices and checks in each field's metadata, see :func:`_option`); adding a
+    field here adds the option everywhere.  Defaults: ``dprune prune`` uses the ones below,
+    ``dprune run`` and ``train --prune-at`` those of :data:`RUN_DEFAULTS`.
     """
 
-    method: str = "entropy"
-    ratio: float = 0.3
-    policy: str = "global"
-    relabel: bool = False
-    detector: str = "argmax"
-    mislabelled: str = "relabel"
-    outliers: Optional[Union[float, str]] = None
-    seed: int = 0
+    method: str = _option("entropy", "Scorer that ranks the samples (lowest scores are pruned).", short="-m")
+    ratio: float = _option(0.3, "Fraction of observed samples to prune by score, in [0, 1). Exactly "
+                                "round(ratio * N_observed) go.", what="prune ratio", unit=True, short="-r")
+    policy: str = _option("global", "'global' ranks all samples together; 'class' prunes each class in proportion "
+                                    "and never empties one.", choices=POLICIES)
+    relabel: bool = _option(False, "Act on the mislabel detector: relabel the flagged samples (and keep them), or "
+                                   "remove them when the detector has no agreed label.")
+    detector: str = _option("argmax", "'argmax': the paper's rule (soft-label argmax differs from the label, p_max >= "
+                                      "mislabel.min_confidence); 'confident': confident learning over the trajectory; "
+                                      "'aum': remove samples whose AUM is below the threshold samples' (recorded with "
+                                      "dprune train --threshold-samples; dprune run records them itself).",
+                            what="mislabel detector", choices=MISLABEL_DETECTORS)
+    mislabelled: str = _option("relabel", "With --relabel, what a flagged sample gets: 'relabel' (the detector's "
+                                          "agreed label; removed when none is agreed) or 'remove' (every flagged "
+                                          "sample removed, no label changed).",
+                               what="mislabelled action", choices=MISLABELLED_ACTIONS)
+    outliers: Optional[Union[float, str]] = _option(
+        None, "Also remove this fraction of observed samples with the flattest soft labels, or 'flagged': those the "
+              "outlier flag marks (thresholds: --param outlier.*).",
+        choices=("flagged",), unit=True, flag="--remove-outliers", metavar="FRACTION|flagged")
+    seed: int = _option(0, "Seed for breaking score ties.")
 
     def __post_init__(self):
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:
-            raise ValueError(f"prune ratio must be in [0, 1), got {self.ratio}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown policy {self.policy!r}; valid: {', '.join(POLICIES)}")
-        if self.mislabelled not in MISLABELLED_ACTIONS:
-            raise ValueError(f"mislabelled must be one of {', '.join(MISLABELLED_ACTIONS)}, got {self.mislabelled!r}")
-        if self.detector not in DETECTORS:
-            raise ValueError(f"unknown mislabel detector {self.detector!r}; valid: {', '.join(DETECTORS)}")
-        o = self.outliers
-        if o is not None and o != "flagged" and (isinstance(o, bool) or not isinstance(o, (int, float))
-                                                 or not 0 <= o < 1):
-            raise ValueError(f"outliers must be a fraction in [0, 1) or 'flagged', got {o!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            meta = f.metadata
+            what = meta.get("what") or f.name
+            value = coerce(getattr(self, f.name), hints[f.name], what)
+            object.__setattr__(self, f.name, value)
+            choices, unit = meta.get("choices", ()), meta.get("unit", False)
+            if unit and not isinstance(value, (str, type(None))) and not 0 <= value < 1:
+                alternatives = "".join(f" or {c!r}" for c in choices)
+                raise ValueError(f"{what} must be in [0, 1){alternatives}, got {value!r}")
+            if choices and isinstance(value, str) and value not in choices:
+                raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}"
+                                 + (" or a number in [0, 1)" if unit else ""))
 
     def methods_needed(self) -> list[str]:
         """Scorers the scores must hold for this selection."""
@@ -162,13 +175,9 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     elif options:
         spec = PruneSpec(**{**spec.to_dict(), **options})
     method = spec.method
-    if method not in scores:
-        raise ValueError(f"scores hold no {method!r} array; available: {', '.join(sorted(scores))}")
     labels_N = np.asarray(labels_N, dtype=np.int64)
     N = len(labels_N)
-    for k, v in scores.items():
-        if np.asarray(v).shape != (N,):
-            raise ValueError(f"scores[{k!r}] has shape {np.asarray(v).shape}, expected [{N}] (one per sample)")
+    _check_scores(scores, method, N)
     score = np.asarray(scores[method], dtype=np.float64)
     observed = np.asarray(scores["n_observed"]) > 0
     nonfinite = np.asarray(scores["nonfinite"], dtype=bool) & observed
@@ -177,59 +186,14 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     thr = np.asarray(scores.get("threshold_sample", np.zeros(N, bool)), bool)
 
     # 2. outliers
-    outlier = np.zeros(N, bool)
-    reasons: dict[int, str] = {}
-    if spec.outliers is not None:
-        margin = np.asarray(scores["margin"], dtype=np.float64)
-        candidate = observed & ~nonfinite & ~thr
-        if spec.outliers == "flagged":
-            outlier = np.asarray(scores["outlier"], bool) & candidate
-            rule = "outlier flag of the scores"
-            h_norm = None
-        else:
-            if "entropy" not in scores:
-                raise ValueError("outlier removal by fraction needs the 'entropy' score in the scores")
-            ent = np.asarray(scores["entropy"], dtype=np.float64)
-            h_norm = ent / math.log(n_classes) if n_classes > 1 else np.zeros(N)
-            candidate &= np.isfinite(ent)
-            k = n_to_prune(spec.outliers, n_observed)
-            idx = np.flatnonzero(candidate)
-            order = np.lexsort((margin[idx], -h_norm[idx]))[:k]
-            outlier[idx[order]] = True
-            rule = f"among the {spec.outliers:g} flattest soft labels"
-        for i in np.flatnonzero(outlier):
-            h = f"H/logC = {h_norm[i]:.3f}, " if h_norm is not None else ""
-            reasons[int(i)] = f"flat soft label ({rule}): {h}margin = {margin[i]:.3f}"
+    outlier, reasons = _outliers(spec, scores, observed & ~nonfinite & ~thr, n_classes, n_observed)
 
     # 3. mislabels
     labels_final = labels_N.copy()
     relabelled = np.zeros(N, bool)
     if spec.relabel:
-        usable = observed & ~nonfinite & ~outlier & ~thr
-        # Each detector: its flags, its suggested labels, where it agrees to relabel, and a
-        # removed sample's reason (sample index -> text).
-        if spec.detector == "argmax":
-            flagged, suggestion = np.asarray(scores["mislabel"], bool), np.asarray(scores["soft_argmax"])
-            agreed = flagged
-            why = lambda i: f"mislabelled (soft-label argmax): given {labels_N[i]}, argmax {int(suggestion[i])}"  # noqa: E731
-        elif spec.detector == "aum":
-            if "aum_mislabel" not in scores:
-                raise ValueError("the aum detector needs threshold samples (dprune train --threshold-samples) "
-                                 "and the aum score")
-            flagged, suggestion = np.asarray(scores["aum_mislabel"], bool), labels_N
-            agreed = np.zeros(N, bool)  # no label to propose: always removed
-            why = lambda i: "mislabelled: AUM below the threshold samples' (Pleiss et al.)"  # noqa: E731
-        else:
-            for key in ("confident", "confident_label", "confident_relabel"):
-                if key not in scores:
-                    raise ValueError(f"the confident detector needs {key!r} in the scores (score with "
-                                     f"every method, or the 'confident' flags)")
-            flagged, suggestion = np.asarray(scores["confident"], bool), np.asarray(scores["confident_label"])
-            agreed = np.asarray(scores["confident_relabel"], bool)
-            state = "with no agreed label" if spec.mislabelled == "relabel" else "removed"
-            why = lambda i: (f"mislabelled (confident learning) {state}: given "  # noqa: E731
-                             f"{labels_N[i]}, suggested {int(suggestion[i])}")
-        flagged = flagged & usable
+        flagged, suggestion, agreed, why = _detector(spec, scores, labels_N)
+        flagged = flagged & observed & ~nonfinite & ~outlier & ~thr
         if spec.mislabelled == "relabel":
             relabelled = flagged & agreed
             labels_final[relabelled] = suggestion[relabelled]
@@ -244,21 +208,11 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     # 4. pruning
     pool = observed & ~outlier & ~relabelled & ~thr
     unscored = pool & ~nonfinite & np.isnan(score)
-    pool &= ~unscored
-    key = np.where(nonfinite, -np.inf, score)
-    tiebreak = tiebreak_key(spec.seed, method, N)
-    n_prune = n_to_prune(spec.ratio, n_observed)
-    # Why samples cannot be pruned, for the refusals below.
+    # Why samples cannot be pruned, for the refusals.
     held = (f"{n_observed} observed, {int(outlier.sum())} removed, {int(relabelled.sum())} relabelled, "
             f"{int(unscored.sum())} unscored by {method}, {int(thr.sum())} threshold samples")
-    if spec.policy == "global":
-        idx = np.flatnonzero(pool)
-        if n_prune > len(idx):
-            raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable ({held})")
-        pruned_idx = idx[np.lexsort((tiebreak[idx], key[idx]))[:n_prune]]
-    else:
-        pruned_idx = _class_balanced(pool, observed & ~outlier, key, tiebreak, labels_final, n_classes, spec.ratio,
-                                     n_prune, held)
+    pruned_idx = _pruned(spec, np.where(nonfinite, -np.inf, score), pool & ~unscored, observed & ~outlier,
+                         labels_final, n_classes, n_to_prune(spec.ratio, n_observed), held)
     pruned = np.zeros(N, bool)
     pruned[pruned_idx] = True
     kept = ~pruned & ~outlier
@@ -283,6 +237,79 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
         params=spec.to_dict(),
         threshold_index=np.flatnonzero(thr),
     )
+
+
+def _check_scores(scores: dict, method: str, N: int) -> None:
+    if method not in scores:
+        raise ValueError(f"scores hold no {method!r} array; available: {', '.join(sorted(scores))}")
+    for k, v in scores.items():
+        if np.asarray(v).shape != (N,):
+            raise ValueError(f"scores[{k!r}] has shape {np.asarray(v).shape}, expected [{N}] (one per sample)")
+
+
+def _outliers(spec: PruneSpec, scores: dict, candidate_N: np.ndarray, n_classes: int, n_observed: int
+              ) -> tuple[np.ndarray, dict[int, str]]:
+    """Step 2: the outliers among ``candidate_N`` (bool [N]) and a reason each (sample index -> text)."""
+    N = len(candidate_N)
+    outlier = np.zeros(N, bool)
+    if spec.outliers is None:
+        return outlier, {}
+    margin = np.asarray(scores["margin"], dtype=np.float64)
+    if spec.outliers == "flagged":
+        outlier = np.asarray(scores["outlier"], bool) & candidate_N
+        rule = "outlier flag of the scores"
+        h_norm = None
+    else:
+        if "entropy" not in scores:
+            raise ValueError("outlier removal by fraction needs the 'entropy' score in the scores")
+        ent = np.asarray(scores["entropy"], dtype=np.float64)
+        h_norm = ent / math.log(n_classes) if n_classes > 1 else np.zeros(N)
+        idx = np.flatnonzero(candidate_N & np.isfinite(ent))
+        order = np.lexsort((margin[idx], -h_norm[idx]))[:n_to_prune(spec.outliers, n_observed)]
+        outlier[idx[order]] = True
+        rule = f"among the {spec.outliers:g} flattest soft labels"
+    reasons = {}
+    for i in np.flatnonzero(outlier):
+        h = f"H/logC = {h_norm[i]:.3f}, " if h_norm is not None else ""
+        reasons[int(i)] = f"flat soft label ({rule}): {h}margin = {margin[i]:.3f}"
+    return outlier, reasons
+
+
+def _detector(spec: PruneSpec, scores: dict, labels_N: np.ndarray):
+    """Step 3's detector: its flags [N], its suggested labels [N], where it agrees to relabel [N],
+    and a removed sample's reason (sample index -> text)."""
+    if spec.detector == "argmax":
+        flagged, suggestion = np.asarray(scores["mislabel"], bool), np.asarray(scores["soft_argmax"])
+        return flagged, suggestion, flagged, \
+            lambda i: f"mislabelled (soft-label argmax): given {labels_N[i]}, argmax {int(suggestion[i])}"
+    if spec.detector == "aum":
+        if "aum_mislabel" not in scores:
+            raise ValueError("the aum detector needs threshold samples (dprune train --threshold-samples) "
+                             "and the aum score")
+        flagged = np.asarray(scores["aum_mislabel"], bool)
+        return flagged, labels_N, np.zeros_like(flagged), \
+            lambda i: "mislabelled: AUM below the threshold samples' (Pleiss et al.)"  # no label: always removed
+    for key in ("confident", "confident_label", "confident_relabel"):
+        if key not in scores:
+            raise ValueError(f"the confident detector needs {key!r} in the scores (score with "
+                             f"every method, or the 'confident' flags)")
+    suggestion = np.asarray(scores["confident_label"])
+    state = "with no agreed label" if spec.mislabelled == "relabel" else "removed"
+    return np.asarray(scores["confident"], bool), suggestion, np.asarray(scores["confident_relabel"], bool), \
+        lambda i: f"mislabelled (confident learning) {state}: given {labels_N[i]}, suggested {int(suggestion[i])}"
+
+
+def _pruned(spec: PruneSpec, key_N: np.ndarray, pool_N: np.ndarray, observed_N: np.ndarray, labels_N: np.ndarray,
+            n_classes: int, n_prune: int, held: str) -> np.ndarray:
+    """Step 4: the ``n_prune`` samples of ``pool_N`` with the lowest ``key_N`` (ties by the seeded
+    key), over all samples or class-balanced; ``held`` says why the others cannot go."""
+    tiebreak = tiebreak_key(spec.seed, spec.method, len(key_N))
+    if spec.policy == "class":
+        return _class_balanced(pool_N, observed_N, key_N, tiebreak, labels_N, n_classes, spec.ratio, n_prune, held)
+    idx = np.flatnonzero(pool_N)
+    if n_prune > len(idx):
+        raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable ({held})")
+    return idx[np.lexsort((tiebreak[idx], key_N[idx]))[:n_prune]]
 
 
 def _class_balanced(pool, observed, key, tiebreak, labels, n_classes, ratio, n_prune, held: str) -> np.ndarray:

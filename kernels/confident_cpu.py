@@ -31,7 +31,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .fused_stats_cpu import _maxnum
+from .cpu_intrinsics import maxnum
 
 _NEG_INF32 = np.float32(-np.inf)
 _BLOCK = 64  # classes per block of the row maxima
@@ -61,8 +61,8 @@ def _row(p, y, t32_C):
         m_conf, m_other = _NEG_INF32, _NEG_INF32
         for k in range(_BLOCK):
             v = p[b0 + k]
-            m_conf = _maxnum(m_conf, v if v >= t32_C[b0 + k] else _NEG_INF32)
-            m_other = _maxnum(m_other, v if b0 + k != y else _NEG_INF32)
+            m_conf = maxnum(m_conf, v if v >= t32_C[b0 + k] else _NEG_INF32)
+            m_other = maxnum(m_other, v if b0 + k != y else _NEG_INF32)
         if m_conf > best:
             best, best_at = m_conf, b0
         if m_other > runner:
@@ -71,8 +71,8 @@ def _row(p, y, t32_C):
     m_conf, m_other = _NEG_INF32, _NEG_INF32
     for c in range(tail, C):
         v = p[c]
-        m_conf = _maxnum(m_conf, v if v >= t32_C[c] else _NEG_INF32)
-        m_other = _maxnum(m_other, v if c != y else _NEG_INF32)
+        m_conf = maxnum(m_conf, v if v >= t32_C[c] else _NEG_INF32)
+        m_other = maxnum(m_other, v if c != y else _NEG_INF32)
     if m_conf > best:
         best, best_at = m_conf, tail
     if m_other > runner:

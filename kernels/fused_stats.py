@@ -393,7 +393,7 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
     if dev.type != "cuda" and not interpreter:
         raise ValueError(
             f"fused_stats needs CUDA tensors (got {dev}); on the CPU set TRITON_INTERPRET=1 "
-            "before dprune.kernels is imported"
+            "before this module (dprune.kernels.fused_stats) is first imported"
         )
     cfg = launch_config(N, C, interpreter=interpreter, block_c=block_c)
     z = logits_ENC.contiguous()

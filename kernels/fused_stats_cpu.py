@@ -51,6 +51,9 @@ exp and log are Cephes' float32 polynomials (~1 ulp) with explicit fused multipl
 vectorisable where ``math.exp`` is a scalar libm call.  So results differ from the reference
 by float32 rounding only (summation order, exp/log: ~1e-6 relative).
 
+The LLVM one-liners this needs (bit casts, the fp16 conversion, FMA, maxNum) are in
+:mod:`.cpu_intrinsics`, which says why they exist and which measurement justifies them.
+
 Compilation: ``cache=True``; the first call in a fresh environment compiles ~9-13 s per input
 width (uint16 for fp16/bf16, uint32 for fp32); later processes load it from the cache (~0.6 s).  The
 kernel releases the GIL; ``threads=1`` runs a serial entry point that never enters numba's
@@ -62,11 +65,8 @@ import numba
 import numpy as np
 import torch
 
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
-
 from .common import FusedStats, check_stats_inputs
+from .cpu_intrinsics import as_f32, bits, fma, half_to_f32, maxnum, u16_at, u32_at
 
 # Samples per parallel work item: ~0.5 ms of work, so that the threads share out the rest of
 # a chunk well when a core is busy with something else (dynamic scheduling).
@@ -95,118 +95,17 @@ _L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8 = (
 _F32_MIN_NORMAL = _F32(1.17549435e-38)
 
 
-# ----------------------------------------------------------------------------- LLVM one-liners
-def _low_bits(builder, v, bitwidth: int, width: int):
-    """An LLVM integer of ``bitwidth`` bits cut or zero-extended to ``width`` bits."""
-    if bitwidth > width:
-        return builder.trunc(v, ir.IntType(width))
-    if bitwidth < width:
-        return builder.zext(v, ir.IntType(width))
-    return v
-
-
-@intrinsic
-def _as_f32(typingctx, bits):
-    """The low 32 bits of an integer, reinterpreted as a float32."""
-    if not isinstance(bits, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(_low_bits(builder, args[0], bits.bitwidth, 32), ir.FloatType())
-
-    return types.float32(bits), codegen
-
-
-@intrinsic
-def _bits(typingctx, x):
-    """The bits of a float32, as an int64 in [0, 2**32)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.zext(builder.bitcast(args[0], ir.IntType(32)), ir.IntType(64))
-
-    return types.int64(x), codegen
-
-
-def _pointer_to(element):
-    def typer(typingctx, addr):
-        if not isinstance(addr, types.Integer):
-            return None
-        ptr = types.CPointer(element)
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(ptr))
-
-        return ptr(addr), codegen
-
-    return typer
-
-
-@intrinsic
-def _u16_at(typingctx, addr):
-    """An address as a pointer to uint16 (rows of fp16 / bf16 logits)."""
-    return _pointer_to(types.uint16)(typingctx, addr)
-
-
-@intrinsic
-def _u32_at(typingctx, addr):
-    """An address as a pointer to uint32 (rows of fp32 logits)."""
-    return _pointer_to(types.uint32)(typingctx, addr)
-
-
-@intrinsic
-def _half_to_f32(typingctx, h):
-    """float16 bits (the low 16 bits of an integer) to the float32 value: LLVM's exact fpext
-    (``vcvtph2ps`` with F16C)."""
-    if not isinstance(h, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        half = builder.bitcast(_low_bits(builder, args[0], h.bitwidth, 16), ir.HalfType())
-        return builder.fpext(half, ir.FloatType())
-
-    return types.float32(h), codegen
-
-
-def _llvm_f32_intrinsic(name: str, n_args: int):
-    def typer(typingctx, *args):
-        if len(args) != n_args or any(a != types.float32 for a in args):
-            return None
-
-        def codegen(context, builder, signature, llargs):
-            f32 = ir.FloatType()
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * n_args), name)
-            return builder.call(fn, llargs)
-
-        return types.float32(*args), codegen
-
-    return typer
-
-
-@intrinsic
-def _maxnum(typingctx, a, b):
-    """IEEE maxNum of two float32: the larger, ignoring a NaN operand (vectorises without fast-math)."""
-    return _llvm_f32_intrinsic("llvm.maxnum.f32", 2)(typingctx, a, b)
-
-
-@intrinsic
-def _fma(typingctx, a, b, c):
-    """a * b + c in float32 with one rounding."""
-    return _llvm_f32_intrinsic("llvm.fma.f32", 3)(typingctx, a, b, c)
-
-
 # ----------------------------------------------------------------------------- exp and log
 @numba.njit(inline="always", cache=True)
 def _exp(x):
     """e^x for float32 x <= 0 (logits minus their max): 0 at -Inf and below -87.3, NaN for NaN."""
-    t = _fma(x, _LOG2E, _ROUND_MAGIC)
+    t = fma(x, _LOG2E, _ROUND_MAGIC)
     k = t - _ROUND_MAGIC  # round(x / ln2), exactly
-    r = _fma(k, _NEG_LN2_HI, x)
-    r = _fma(k, _NEG_LN2_LO, r)
-    p = _fma(_fma(_fma(_fma(_fma(_E0, r, _E1), r, _E2), r, _E3), r, _E4), r, _E5)
-    p = _fma(p, r * r, r) + _ONE
-    scale = _as_f32((_bits(t) - _ROUND_MAGIC_BITS + 127) << 23)  # 2^k
+    r = fma(k, _NEG_LN2_HI, x)
+    r = fma(k, _NEG_LN2_LO, r)
+    p = fma(fma(fma(fma(fma(_E0, r, _E1), r, _E2), r, _E3), r, _E4), r, _E5)
+    p = fma(p, r * r, r) + _ONE
+    scale = as_f32((bits(t) - _ROUND_MAGIC_BITS + 127) << 23)  # 2^k
     return _ZERO if x < _EXP_MIN else p * scale
 
 
@@ -215,18 +114,18 @@ def _log(x):
     """log x for positive float32 x; subnormals count as the smallest normal (they only appear
     in p log p, ~1e-36 either way).  Callers mask x <= 0 and NaN."""
     x = _F32_MIN_NORMAL if x < _F32_MIN_NORMAL else x
-    b = _bits(x)
+    b = bits(x)
     e = (b >> 23) - 126
-    m = _as_f32((b & 0x007FFFFF) | 0x3F000000)  # x = m 2^e, m in [0.5, 1)
+    m = as_f32((b & 0x007FFFFF) | 0x3F000000)  # x = m 2^e, m in [0.5, 1)
     small = m < _SQRT_HALF
     e = e - 1 if small else e
     f = (m + m if small else m) - _ONE
     z = f * f
-    p = _fma(_fma(_fma(_fma(_L0, f, _L1), f, _L2), f, _L3), f, _L4)
-    p = _fma(_fma(_fma(_fma(p, f, _L5), f, _L6), f, _L7), f, _L8)
+    p = fma(fma(fma(fma(_L0, f, _L1), f, _L2), f, _L3), f, _L4)
+    p = fma(fma(fma(fma(p, f, _L5), f, _L6), f, _L7), f, _L8)
     ef = _F32(e)
-    y = _fma(ef, _LN2_LO, p * f * z) - _HALF * z
-    return _fma(ef, _LN2_HI, f + y)
+    y = fma(ef, _LN2_LO, p * f * z) - _HALF * z
+    return fma(ef, _LN2_HI, f + y)
 
 
 # ----------------------------------------------------------------------------- passes over a row
@@ -235,7 +134,7 @@ def _max(x):
     """max of x, ignoring NaN (-Inf if empty or all NaN)."""
     m = _NEG_INF
     for c in range(x.size):
-        m = _maxnum(m, x[c])
+        m = maxnum(m, x[c])
     return m
 
 
@@ -245,21 +144,21 @@ def _convert_row(src, e, n, mode, z, z_sum):
     addr = src[0][e] + n * src[1]
     C = z.size
     if mode == _FP32:
-        s32 = numba.carray(_u32_at(addr), (C,))
+        s32 = numba.carray(u32_at(addr), (C,))
         for c in range(C):
-            v = _as_f32(s32[c])
+            v = as_f32(s32[c])
             z[c] = v
             z_sum[c] += v
         return
-    s = numba.carray(_u16_at(addr), (C,))
+    s = numba.carray(u16_at(addr), (C,))
     if mode == _FP16:
         for c in range(C):
-            v = _half_to_f32(s[c])
+            v = half_to_f32(s[c])
             z[c] = v
             z_sum[c] += v
     else:
         for c in range(C):
-            v = _as_f32(np.int64(s[c]) << 16)
+            v = as_f32(np.int64(s[c]) << 16)
             z[c] = v
             z_sum[c] += v
 
@@ -270,17 +169,17 @@ def _add_row(src, e, n, mode, z_sum):
     addr = src[0][e] + n * src[1]
     C = z_sum.size
     if mode == _FP32:
-        s32 = numba.carray(_u32_at(addr), (C,))
+        s32 = numba.carray(u32_at(addr), (C,))
         for c in range(C):
-            z_sum[c] += _as_f32(s32[c])
+            z_sum[c] += as_f32(s32[c])
         return
-    s = numba.carray(_u16_at(addr), (C,))
+    s = numba.carray(u16_at(addr), (C,))
     if mode == _FP16:
         for c in range(C):
-            z_sum[c] += _half_to_f32(s[c])
+            z_sum[c] += half_to_f32(s[c])
     else:
         for c in range(C):
-            z_sum[c] += _as_f32(np.int64(s[c]) << 16)
+            z_sum[c] += as_f32(np.int64(s[c]) << 16)
 
 
 @numba.njit(cache=True)
@@ -360,7 +259,7 @@ def _first_index(z, v, stop):
 def _all_finite(x):
     bad = 0
     for c in range(x.size):
-        bad |= np.int64((_bits(x[c]) & 0x7F800000) == 0x7F800000)  # exponent all ones: Inf or NaN
+        bad |= np.int64((bits(x[c]) & 0x7F800000) == 0x7F800000)  # exponent all ones: Inf or NaN
     return bad == 0
 
 
@@ -376,7 +275,7 @@ def _fold_probs(src, e, n, mode, y, z, ex, z_sum, p_sum):
     the probabilities tier (what the mean probabilities of confident learning need).  The
     max, the sum of exponentials and p = ex / s are computed as in :func:`_sample`, so both
     tiers give bit-identical sums."""
-    m = _maxnum(_load_row(src, e, n, mode, y, z, z_sum), z[y])
+    m = maxnum(_load_row(src, e, n, mode, y, z, z_sum), z[y])
     _exp_shifted(z, m, ex)
     ex_y = ex[y]
     ex[y] = _ZERO
@@ -417,7 +316,7 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
             continue
         m_o = _load_row(src, e, n, mode, y, z, z_sum)
         z_y = z[y]
-        m = _maxnum(m_o, z_y)
+        m = maxnum(m_o, z_y)
         _exp_shifted(z, m, ex)
         # Sums over the classes other than the label: EL2N without the cancelling 1 - p_y.
         ex_y = ex[y]

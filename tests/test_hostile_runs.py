@@ -184,18 +184,18 @@ def test_pruning_a_read_only_store_elsewhere_scores_without_caching(trained, tmp
     refuses the write here instead.)"""
     import errno
 
-    import dprune.scoring.api as api
+    import dprune.scoring.scores_file as scores_file
 
     store = trained / "trajectory"
     (store / "scores.npz").unlink()
-    real = api.atomic_savez
+    real = scores_file.atomic_savez
 
     def read_only(path, arrays):
         if path.parent == store:
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real(path, arrays)
 
-    monkeypatch.setattr(api, "atomic_savez", read_only)
+    monkeypatch.setattr(scores_file, "atomic_savez", read_only)
     r = cli("prune", trained, "-r", 0.3, "-o", tmp_path / "m.json")
     assert "not cached" in r.output and (tmp_path / "m.json").exists()
     assert not (store / "scores.npz").exists()

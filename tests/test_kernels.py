@@ -19,7 +19,7 @@ from dprune.kernels import fused_stats_cpu as cpu_kernel  # noqa: E402
 from dprune.kernels.fused_stats import MAX_SINGLE_BLOCK_C, fused_stats, interpreter_active, launch_config  # noqa: E402
 from dprune.kernels.fused_stats_cpu import BLOCK_SAMPLES, fused_stats_cpu  # noqa: E402
 from dprune.scoring import score_store  # noqa: E402
-from dprune.scoring.backends import BACKENDS, resolve_backend  # noqa: E402
+from dprune.scoring.backends import BACKENDS, KERNELS, implementation, resolve_backend  # noqa: E402
 from dprune.scoring.stats import TrajectoryStats, compute_stats  # noqa: E402
 from dprune.store import TrajectoryStore  # noqa: E402
 
@@ -278,11 +278,13 @@ def test_numba_kernel_keeps_the_callers_torch_thread_count():
 def test_numba_fp16_conversion_is_exact_for_every_value():
     import numba
 
+    from dprune.kernels.cpu_intrinsics import half_to_f32
+
     @numba.njit
     def convert(bits):
         out = np.empty(bits.size, np.float32)
         for i in range(bits.size):
-            out[i] = cpu_kernel._half_to_f32(bits[i])
+            out[i] = half_to_f32(bits[i])
         return out
 
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
@@ -460,18 +462,32 @@ def test_entropy_alone_is_scored_from_the_soft_label_tier():
 # ------------------------------------------------------------------------------ per-epoch scorers (numba)
 @pytest.mark.parametrize("E, N, C, window", [(1, 5, 3, 10), (2, 40, 4, 2), (6, 61, 7, 3), (12, 33, 5, 10)])
 def test_per_epoch_scorer_kernel_equals_the_torch_scorers(E, N, C, window):
-    from dprune.kernels.epoch_scores_cpu import NAMES, epoch_scores_cpu
-    from dprune.scoring.scorers import SCORERS
+    from dprune.kernels.epoch_scores_cpu import NAMES
+    from dprune.scoring.scorers import EPOCH_SCORERS
 
+    assert set(NAMES) == set(EPOCH_SCORERS)
+    kernel, reference = implementation("epoch_scores", "cpu"), implementation("epoch_scores", "reference")
     z, c, y = trajectory(E + N, E, N, C, p_unobserved=0.4, nonfinite=True)
     st = compute_stats(z, c, y)
-    invalid = ((st.n_obs == 0) | st.nonfinite).numpy()
+    fields = (st.logp_label, st.correct, st.logit_margin, st.el2n, st.tdds_div, (st.n_obs == 0) | st.nonfinite)
     for el2n_epoch in (None, 0, -2 % E):
-        got = epoch_scores_cpu(st.logp_label.numpy(), st.correct.numpy(), st.logit_margin.numpy(), st.el2n.numpy(),
-                               st.tdds_div.numpy(), invalid, methods=list(NAMES), el2n_epoch=el2n_epoch,
-                               tdds_window=window, tdds_decay=0.7, dyn_unc_window=window, dual_window=window)
-        kw = {"el2n": {"epoch": el2n_epoch}, "tdds": {"window": window, "decay": 0.7}, "dyn_unc": {"window": window},
-              "dual": {"window": window}}
-        for name in NAMES:
-            want = SCORERS[name](st, **kw.get(name, {})).numpy()
-            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)
+        kw = dict(methods=list(EPOCH_SCORERS), el2n_epoch=el2n_epoch, tdds_window=window, tdds_decay=0.7,
+                  dyn_unc_window=window, dual_window=window)
+        got, want = kernel(*fields, **kw), reference(*fields, **kw)
+        for name in EPOCH_SCORERS:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)
+
+
+def test_the_kernel_table_imports_each_implementation_when_called():
+    import subprocess
+    import sys
+
+    # Importing scoring (and its table) loads neither numba nor Triton: they load when a call selects them.
+    code = ("import sys, dprune.scoring.backends, dprune.scoring; "
+            "print(sorted(m for m in ('numba', 'triton') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    for name, kernel in KERNELS.items():
+        assert kernel.reference.startswith("dprune.scoring."), name
+        for column in kernel._fields:
+            assert callable(implementation(name, column)), (name, column)

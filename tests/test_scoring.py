@@ -170,7 +170,7 @@ def test_first_epochs_scores_the_run_as_if_it_had_stopped_there(tmp_path):
        st.sampled_from(["margin", "noise_rate", "self_confidence"]))
 def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filter_by):
     from dprune.scoring.confident import confident_learning
-    from numpy_reference import reference_confident
+    from dprune.scoring.confident_reference import confident_learning_reference
 
     rng = np.random.default_rng(seed)
     p = rng.dirichlet(np.full(C, alpha), N).astype(np.float32)
@@ -180,7 +180,7 @@ def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filt
     y = rng.integers(0, C, N)
     valid = rng.random(N) > 0.1
     got = confident_learning(p, y, valid, agree=agree, filter_by=filter_by, chunk_bytes=7 * 4 * C)
-    want = reference_confident(p.astype(np.float64), y, valid, agree=agree, filter_by=filter_by)
+    want = confident_learning_reference(p, y, valid, agree=agree, filter_by=filter_by)
     for k in ("confident", "confident_label", "confident_relabel"):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     for k in ("label_margin", "p_avg_label"):
@@ -194,7 +194,7 @@ def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(
     # chunks of `chunk` rows for steps 2 and 4 (the heaps fill and are replaced across chunks);
     # C = 70 crosses the kernel's 64-class blocks.
     from dprune.scoring.confident import ConfidentSpill
-    from numpy_reference import reference_confident
+    from dprune.scoring.confident_reference import confident_learning_reference
 
     rng = np.random.default_rng(C)
     p = rng.dirichlet(np.full(C, 0.3), N).astype(np.float32)
@@ -211,7 +211,7 @@ def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(
         if a == N:
             break
     got = spill.finish(agree=0.4, filter_by=filter_by)
-    want = reference_confident(p.astype(np.float64), y, valid, agree=0.4, filter_by=filter_by)
+    want = confident_learning_reference(p, y, valid, agree=0.4, filter_by=filter_by)
     assert 0 < got["confident"].sum() < valid.sum()
     for k in ("confident", "confident_label", "confident_relabel"):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)

@@ -152,7 +152,7 @@ def test_outliers_by_fraction_and_by_threshold():
     (dict(ratio=-0.1), r"prune ratio must be in \[0, 1\)"),
     (dict(ratio=0.1, policy="random"), "unknown policy 'random'; valid: global, class"),
     (dict(ratio=0.1, method="nope"), "scores hold no 'nope' array"),
-    (dict(ratio=0.1, outliers=1.5), "outliers must be a fraction"),
+    (dict(ratio=0.1, outliers=1.5), r"outliers must be in \[0, 1\) or 'flagged', got 1.5"),
     (dict(ratio=0.1, detector="vote"), "unknown mislabel detector"),
     (dict(ratio=0.99, policy="global", outliers=0.5), "keeps no sample|cannot prune"),
 ])

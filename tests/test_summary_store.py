@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dprune.scoring import FLAGS, METHODS, score_store
-from dprune.scoring.api import DETECTOR_OUTPUTS
+from dprune.scoring.api import FLAG_METHOD_OUTPUTS
 from dprune.scoring.online import SummaryFold, summary_stats
 from dprune.store import StoreError, SummaryStore, TrajectoryStore, open_or_create_store, open_store
 
@@ -51,7 +51,7 @@ def record(store, seed, epochs, **kw):
 
 
 def assert_same_scores(a, b, rtol, atol):
-    assert set(a) == set(b) == set(METHODS) | set(FLAGS) | set(DETECTOR_OUTPUTS)
+    assert set(a) == set(b) == set(METHODS) | set(FLAGS) | set(FLAG_METHOD_OUTPUTS)
     for k in a:
         x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
         if k in EXACT:

@@ -6,25 +6,16 @@
 ``soft_argmax``, ``p_label``, ``p_max``, ``margin``, ``mislabel``, ``outlier``,
 ``nonfinite`` and ``n_observed``.
 """
-from .api import (
-    FLAGS,
-    METHODS,
-    SCORES_FILE,
-    check_methods,
-    load_or_score,
-    load_scores,
-    save_scores,
-    score_arrays,
-    score_store,
-    scores_status,
-)
+from .api import FLAG_METHODS, FLAGS, METHODS, check_methods, score_arrays, score_store
 from .flags import compute_flags, mislabel_flags, outlier_flags
 from .params import DEFAULT_PARAMS, PARAMS, merge_params, parse_params
 from .scorers import SCORERS
+from .scores_file import SCORES_FILE, load_or_score, load_scores, save_scores, scores_status
 from .stats import TrajectoryStats, compute_stats
 
 __all__ = [
-    "SCORERS", "METHODS", "FLAGS", "DEFAULT_PARAMS", "PARAMS", "SCORES_FILE", "TrajectoryStats", "compute_stats",
+    "SCORERS", "METHODS", "FLAG_METHODS", "FLAGS", "DEFAULT_PARAMS", "PARAMS", "SCORES_FILE", "TrajectoryStats",
+    "compute_stats",
     "check_methods", "merge_params", "parse_params", "score_arrays", "score_store", "save_scores", "load_scores",
     "load_or_score", "scores_status", "compute_flags", "mislabel_flags", "outlier_flags",
 ]

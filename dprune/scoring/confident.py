@@ -52,7 +52,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dprune.kernels.confident_cpu import confident_rows, float32_at_or_above, push_margins
-from dprune.scoring.params import CONFIDENT_RULES
+from dprune.scoring.params import check_param
 
 EPS = 1e-6  # cleanlab's slack on the thresholds
 
@@ -89,7 +89,6 @@ def calibrated_joint(joint_KK: np.ndarray, counts_K: np.ndarray) -> np.ndarray:
     return q
 
 
-FILTERS = CONFIDENT_RULES
 # Chunks of (start, stop, p_nC float32) over all N rows in order; a fresh iterator per call.
 Chunks = Callable[[], Iterator[tuple[int, int, np.ndarray]]]
 
@@ -145,8 +144,7 @@ def confident_learning_chunks(chunks: Chunks, labels_N: np.ndarray, valid_N: np.
                               *, agree: float = 0.5, filter_by: str = "margin") -> dict[str, np.ndarray]:
     """:func:`confident_learning` with p-bar read through ``chunks`` (once for self_confidence,
     twice for noise_rate) and step 1's sums already made (:func:`add_label_sums`)."""
-    if filter_by not in FILTERS:
-        raise ValueError(f"filter_by must be one of {', '.join(FILTERS)}, got {filter_by!r}")
+    agree, filter_by = check_param("confident", "agree", agree), check_param("confident", "filter_by", filter_by)
     y = np.asarray(labels_N, np.int64)
     valid = np.asarray(valid_N, bool)
     N, C = len(y), len(label_sums_C)

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from .params import check_param
+
 
 def mislabel_flags(soft_argmax_N, p_max_N, labels_N, *, min_confidence: float = 0.5):
     """The paper's rule: the soft label disagrees with the given label, and is confident about it.
@@ -18,8 +20,7 @@ def mislabel_flags(soft_argmax_N, p_max_N, labels_N, *, min_confidence: float = 
     ``min_confidence=0`` this is the plain rule (argmax deviates from the label).  Works on
     numpy arrays or torch tensors; unobserved samples (argmax -1) are never flagged.
     """
-    if not 0 <= min_confidence <= 1:
-        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    min_confidence = check_param("mislabel", "min_confidence", min_confidence)
     return (soft_argmax_N >= 0) & (soft_argmax_N != labels_N) & (p_max_N >= min_confidence)
 
 
@@ -30,10 +31,8 @@ def outlier_flags(entropy_N, margin_N, n_classes: int, *, entropy_threshold: flo
     model no consistent signal over the trajectory (ambiguous, corrupt or off-distribution
     images).  Never flagged when C = 1 or when the entropy is NaN.
     """
-    if not 0 <= entropy_threshold <= 1:
-        raise ValueError(f"entropy_threshold must be in [0, 1], got {entropy_threshold}")
-    if not 0 <= margin_threshold <= 1:
-        raise ValueError(f"margin_threshold must be in [0, 1], got {margin_threshold}")
+    entropy_threshold = check_param("outlier", "entropy_threshold", entropy_threshold)
+    margin_threshold = check_param("outlier", "margin_threshold", margin_threshold)
     if n_classes < 2:
         return entropy_N != entropy_N  # all False, same type as the input
     h_norm = entropy_N / math.log(n_classes)

@@ -95,12 +95,17 @@ def merge_params(params: Mapping[str, Mapping] | None) -> dict[str, dict]:
             if opt not in PARAMS[name]:
                 raise ValueError(f"unknown parameter {name}.{opt}; valid: "
                                  f"{', '.join(f'{name}.{o}' for o in PARAMS[name])}")
-            spec = PARAMS[name][opt]
-            value = coerce(value, spec.type, f"{name}.{opt}")
-            if value is not None and not spec.valid(value):
-                raise ValueError(f"{name}.{opt} must be {spec.range}, got {value!r}")
-            merged[name][opt] = value
+            merged[name][opt] = check_param(name, opt, value)
     return merged
+
+
+def check_param(name: str, option: str, value):
+    """``value`` of parameter ``name.option``, type- and range-checked (the only range check)."""
+    spec = PARAMS[name][option]
+    value = coerce(value, spec.type, f"{name}.{option}")
+    if value is not None and not spec.valid(value):
+        raise ValueError(f"{name}.{option} must be {spec.range}, got {value!r}")
+    return value
 
 
 def parse_params(items: Iterable[str]) -> dict[str, dict]:

@@ -7,6 +7,10 @@ defines "hard = low score" the sign is flipped and the docstring says so.
 
 Temporal scorers (``forgetting``, ``tdds``, ``dyn_unc``) walk each sample's *observed* epochs
 in order, skipping epochs where the sample was not seen (P x K sampling, subsets).
+
+Keyword parameters arrive checked against their ranges in :mod:`.params` (by
+:func:`~dprune.scoring.params.merge_params` at the public entry points); the scorers do not
+check them again.
 """
 from __future__ import annotations
 
@@ -111,10 +115,6 @@ def tdds(s: TrajectoryStats, *, window: int = 10, decay: float = 0.9) -> torch.T
     add 1e-8 inside the logs; this uses exact log-softmax.  Higher = kept.  NaN with fewer
     than 2 observed epochs.
     """
-    if window < 2:
-        raise ValueError(f"tdds window must be >= 2, got {window}")
-    if not 0 < decay < 1:
-        raise ValueError(f"tdds decay must be in (0, 1), got {decay}")
     d, n_d = _compact(s.tdds_div, ~torch.isnan(s.tdds_div))
     out = torch.full(n_d.shape, float("nan"), device=d.device)
     for m in torch.unique(n_d).tolist():
@@ -133,11 +133,9 @@ def tdds(s: TrajectoryStats, *, window: int = 10, decay: float = 0.9) -> torch.T
     return _masked(s, out)
 
 
-def _label_prob_windows(s: TrajectoryStats, name: str, window: int, per_window) -> torch.Tensor:
+def _label_prob_windows(s: TrajectoryStats, window: int, per_window) -> torch.Tensor:
     """Mean over the sliding windows of ``per_window(p [rows, K windows, J])`` of each sample's
     label probabilities over its T observed epochs, J = min(window, T); NaN with T < 2."""
-    if window < 2:
-        raise ValueError(f"{name} window must be >= 2, got {window}")
     p, n = _compact(s.logp_label.exp(), ~torch.isnan(s.logp_label))
     out = torch.full(n.shape, float("nan"), device=p.device)
     for T in torch.unique(n).tolist():
@@ -156,7 +154,7 @@ def dyn_unc(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
     population std.  Fluctuating label probability = uncertain = kept.  NaN with fewer than 2
     observed epochs.
     """
-    return _label_prob_windows(s, "dyn_unc", window, lambda w: w.std(-1, unbiased=False))
+    return _label_prob_windows(s, window, lambda w: w.std(-1, unbiased=False))
 
 
 def dual(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
@@ -169,7 +167,7 @@ def dual(s: TrajectoryStats, *, window: int = 10) -> torch.Tensor:
     kept.  The authors score the first 30 of 200 epochs with J = 10.  NaN with fewer than 2
     observed epochs.
     """
-    return _label_prob_windows(s, "dual", window, lambda w: w.std(-1, unbiased=True) * (1 - w.mean(-1)))
+    return _label_prob_windows(s, window, lambda w: w.std(-1, unbiased=True) * (1 - w.mean(-1)))
 
 
 def random(s: TrajectoryStats, *, seed: int = 0, offset: int = 0, n_total: int | None = None) -> torch.Tensor:
@@ -196,6 +194,28 @@ SCORERS = {
     "dual": dual,
     "random": random,
 }
+
+# The scorers that read only per-epoch statistics: the "epoch_scores" kernel of the table in
+# :mod:`.backends` (numba: :mod:`dprune.kernels.epoch_scores_cpu`; reference: :func:`epoch_scores`).
+EPOCH_SCORERS = ("forgetting", "el2n", "aum", "loss_mean", "tdds", "dyn_unc", "dual")
+
+
+def epoch_scores(logp_label_EN, correct_EN, margin_EN, el2n_EN, tdds_EN, invalid_N, *, methods, el2n_epoch=None,
+                 tdds_window=10, tdds_decay=0.9, dyn_unc_window=10, dual_window=10) -> dict[str, np.ndarray]:
+    """The reference of the per-epoch scorers kernel, with its signature: float32 [N] numpy scores
+    of ``methods`` (names in :data:`EPOCH_SCORERS`) from the per-epoch fields of
+    :class:`TrajectoryStats` ([E, N] tensors or arrays, on any device) and ``invalid_N`` (bool
+    [N]: unobserved or non-finite samples, NaN scores)."""
+    fields = [torch.as_tensor(a) for a in (logp_label_EN, correct_EN, margin_EN, el2n_EN, tdds_EN)]
+    invalid = torch.as_tensor(invalid_N, device=fields[0].device)
+    st = TrajectoryStats(n_obs=(~invalid).long(), nonfinite=torch.zeros_like(invalid), entropy=None,
+                         entropy_prob=None, p_max=None, p_second=None, soft_argmax=None, p_label=None,
+                         logp_label=fields[0], correct=fields[1], logit_margin=fields[2], el2n=fields[3],
+                         tdds_div=fields[4], p_avg=None)
+    kw = {"el2n": {"epoch": el2n_epoch}, "tdds": {"window": tdds_window, "decay": tdds_decay},
+          "dyn_unc": {"window": dyn_unc_window}, "dual": {"window": dual_window}}
+    return {m: SCORERS[m](st, **kw.get(m, {})).cpu().numpy().astype(np.float32) for m in methods}
+
 
 # Scorers over sliding windows of epochs: with fewer observed epochs than the window they
 # compute one window of all the epochs there are, a different statistic from the paper's.
