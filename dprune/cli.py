@@ -361,28 +361,59 @@ def inspect_cmd(run_dir, as_json):
 
 
 # ----------------------------------------------------------------------------------- train
-def _config_options(func):
-    """One click option per :class:`TrainConfig` field (the dataclass is where they are defined)."""
+# dprune train's prune-in-run options: the epoch, and the selection (stages.SELECTION_OPTIONS,
+# defaults select.RUN_DEFAULTS), with their types and help.
+_PRUNE_IN_RUN = {
+    "prune_at": (typing.Optional[int], "Prune inside this run: after epoch T, score the first T recorded epochs, write "
+                 "OUT/manifest.json and continue epochs T+1.. on the kept samples with the corrected labels, same "
+                 "model, optimizer and schedule."),
+    "ratio": (float, "With --prune-at: fraction of observed samples to prune by score, in [0, 1)."),
+    "method": (str, "With --prune-at: the scorer that ranks samples (lowest pruned)."),
+    "policy": (str, "With --prune-at: class (prune each class in proportion, never empty one) or global."),
+    "relabel": (bool, "With --prune-at: act on the mislabel detector (relabel, or remove when its suggestion is "
+                "not agreed)."),
+    "detector": (str, "With --prune-at --relabel: argmax (the paper's rule), confident (confident learning over "
+                 "the trajectory) or aum (needs --threshold-samples)."),
+    "mislabelled": (str, "With --prune-at --relabel: relabel the flagged samples (where the detector proposes an "
+                    "agreed label; removed otherwise) or remove them all."),
+    "remove_outliers": (typing.Optional[float], "With --prune-at: also remove this fraction of the flattest soft labels."),
+}
+
+
+def _train_fields() -> dict:
+    """``name -> (type, help, default)`` of every ``dprune train`` option: TrainConfig's fields, then prune-in-run's."""
+    from .select import RUN_DEFAULTS
+    from .stages import SELECTION_OPTIONS
     from .train.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
-    for f in reversed(dataclasses.fields(TrainConfig)):
-        typ = hints[f.name]
+    out = {f.name: (hints[f.name], f.metadata.get("help", ""), None if f.default is dataclasses.MISSING else f.default)
+           for f in dataclasses.fields(TrainConfig)}
+    for name, (typ, help_text) in _PRUNE_IN_RUN.items():
+        default = getattr(RUN_DEFAULTS, SELECTION_OPTIONS[name]) if name in SELECTION_OPTIONS else None
+        out[name] = (typ, help_text, default)
+    return out
+
+
+def _config_options(func):
+    """One click option per ``dprune train`` field (:func:`_train_fields`, from the dataclasses)."""
+    for name, (typ, help_text, default) in reversed(_train_fields().items()):
         base = next((a for a in typing.get_args(typ) if a is not type(None)), typ)
-        flag = "--" + f.name.replace("_", "-")
-        default = None if f.default is dataclasses.MISSING else f.default
-        help_text = f.metadata.get("help", "") + ("" if default is None else f" [default: {default}]")
+        flag = "--" + name.replace("_", "-")
+        help_text += "" if default is None else f" [default: {default}]"
         if base is bool:
-            opt = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text)
+            opt = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
         else:
-            opt = click.option(flag, f.name, type=base, default=None, help=help_text)
+            opt = click.option(flag, name, type=base, default=None, help=help_text)
         func = opt(func)
     return func
 
 
 def _make_config(config_path, overrides: dict):
-    """TrainConfig from an optional JSON file (values type-checked) and command-line options (which win)."""
+    """The run (:class:`dprune.stages.TrainRun`) from an optional JSON file of ``dprune train`` fields
+    (values type-checked) and command-line options (which win)."""
     from .options import coerce
+    from .stages import SELECTION_OPTIONS, TrainRun, selection
     from .train.config import TrainConfig
 
     values = {}
@@ -391,16 +422,19 @@ def _make_config(config_path, overrides: dict):
 
         values = read_json(Path(config_path), "--config file")
         if not isinstance(values, dict):
-            raise ValueError(f"{config_path}: a config must be a JSON object of TrainConfig fields")
-        hints = typing.get_type_hints(TrainConfig)
-        unknown = sorted(set(values) - set(hints))
+            raise ValueError(f"{config_path}: a config must be a JSON object of dprune train fields")
+        fields = _train_fields()
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"{config_path}: unknown config keys {unknown}")
-        values = {k: coerce(v, hints[k], f"{config_path}: {k}") for k, v in values.items()}
+        values = {k: coerce(v, fields[k][0], f"{config_path}: {k}") for k, v in values.items()}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "out" not in values:
         raise ValueError("--out is required (the run directory)")
-    return TrainConfig(**values)
+    prune_at = values.pop("prune_at", None)
+    picked = {k: values.pop(k) for k in list(values) if k in SELECTION_OPTIONS}
+    cfg = TrainConfig(**values)
+    return TrainRun(cfg, None if prune_at is None else selection(picked, cfg.seed), prune_at)
 
 
 @main.command("train")
@@ -421,26 +455,25 @@ def train_cmd(config_path, restart, **overrides):
     """
     from .stages import train
 
-    cfg = _make_config(config_path, overrides)
-    done = train(cfg, restart=restart)
+    run = _make_config(config_path, overrides)
+    done = train(run, restart=restart)
     if done.metrics and "test_metric" in done.metrics[-1]:  # rank 0
         last = done.metrics[-1]
         click.echo(f"final test {last['metric_name']} {last['test_metric']:.4f} after {len(done.metrics)} epochs "
-                   f"({done.cost:,} sample-epochs); metrics in {Path(cfg.out) / 'metrics.json'}")
+                   f"({done.cost:,} sample-epochs); metrics in {Path(run.train.out) / 'metrics.json'}")
 
 
 # ------------------------------------------------------------------------------------- run
 def _parse_sets(items) -> dict:
     from .options import coerce, parse_value, split_assignment
-    from .train.config import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
+    fields = _train_fields()
     out = {}
     for item in items:
         key, value = split_assignment(item, "--set")
-        if key not in hints:
+        if key not in fields:
             raise ValueError(f"--set {key}: not a 'dprune train' field (see dprune train --help)")
-        out[key] = coerce(parse_value(value), hints[key], f"--set {key}")
+        out[key] = coerce(parse_value(value), fields[key][0], f"--set {key}")
     return out
 
 

@@ -35,19 +35,63 @@ import numpy as np
 
 from .fileio import atomic_write_json, atomic_write_text, read_npz
 from .manifest import export_list
-from .pruning import load_store_manifest, prune_store
+from .pruning import PruneInRun, load_store_manifest, prune_store
 from .report.html import write_html_report
 from .select import PruneSpec
 from .store import open_store
 from .train.config import TrainConfig
-from .train.loop import CheckpointError, Trainer
+from .train.engines import CheckpointError
+from .train.loop import CHECKPOINT_FORMAT, Trainer, config_changes, run_identity
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One training run as the stages see it: the trainer's configuration and, for prune-in-run,
+    the selection ``prune`` made after epoch ``prune_at`` (both or neither)."""
+
+    train: TrainConfig
+    prune: PruneSpec | None = None
+    prune_at: int | None = None
+
+    def __post_init__(self):
+        cfg, T = self.train, self.prune_at
+        if (self.prune is None) != (T is None):
+            raise ValueError(f"prune_at ({T}) and the selection ({self.prune}) go together")
+        if T is None:
+            return
+        from .scoring import check_methods
+
+        checks = [
+            (1 <= T < cfg.epochs, f"prune_at must be in [1, epochs) = [1, {cfg.epochs}), got {T}"),
+            (cfg.record != "off", "prune_at needs a recorded trajectory (record train or pass)"),
+            (cfg.record_epochs is None or cfg.record_epochs >= T,
+             f"prune_at {T} needs at least that many recorded epochs (record_epochs {cfg.record_epochs})"),
+            (cfg.manifest is None, "prune_at and manifest cannot be combined"),
+            (not cfg.frozen, "prune_at needs training (not frozen)"),
+            (not (self.prune.relabel and self.prune.detector == "aum") or cfg.threshold_samples,
+             "detector aum needs threshold_samples (--threshold-samples)")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        check_methods([self.prune.method])
+
+    @property
+    def hook(self) -> PruneInRun | None:
+        """The trainer's end-of-epoch hook (None without prune-in-run)."""
+        return None if self.prune is None else PruneInRun(self.prune, self.prune_at)
+
+    def trainer(self, *, restart: bool = False) -> Trainer:
+        """The :class:`Trainer` of this run, with its hook and the summary store's fold."""
+        from .scoring.online import SummaryFold
+
+        return Trainer(self.train, restart=restart, prune=self.hook, fold=SummaryFold())
 
 
 @dataclass
 class Trained:
     """A finished training stage."""
 
-    config: TrainConfig
+    config: TrainRun
     metrics: list[dict]
     seconds: float
     """Wall time of the epochs (sum over its metrics; resumed runs count every epoch once)."""
@@ -76,44 +120,58 @@ def _checkpoint(cfg: TrainConfig) -> dict | None:
     return ckpt if isinstance(ckpt, dict) else None
 
 
-def finished(cfg: TrainConfig, ckpt: dict | None) -> Trained | None:
-    """The finished run of ``cfg`` in its checkpoint ``ckpt`` (see :func:`_checkpoint`); None if not finished.
+def finished(run: TrainRun, ckpt: dict | None) -> Trained | None:
+    """The finished run of ``run`` in its checkpoint ``ckpt`` (see :func:`_checkpoint`); None if not finished.
 
     Finished: a checkpoint of the same configuration (and manifest content) with every epoch done.
     """
     from .manifest import manifest_digest
-    from .train.loop import config_changes
 
-    if ckpt is None or ckpt.get("epochs_done") != cfg.epochs:
+    cfg = run.train
+    if ckpt is None or ckpt.get("epochs_done") != cfg.epochs or ckpt.get("format") != CHECKPOINT_FORMAT:
         return None
-    if config_changes(ckpt.get("config", {}), cfg) or ckpt["config"].get("epochs") != cfg.epochs:
+    if config_changes(ckpt.get("config", {}), run_identity(cfg, run.hook)) or ckpt["config"].get("epochs") != cfg.epochs:
         return None
     if cfg.manifest and ckpt.get("manifest_digest") != manifest_digest(cfg.manifest):
         return None
     metrics = list(ckpt["metrics"])
-    return Trained(cfg, metrics, float(sum(m["seconds"] for m in metrics)))
+    return Trained(run, metrics, float(sum(m["seconds"] for m in metrics)))
 
 
-def train(cfg: TrainConfig, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
+def train(run: TrainRun, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
     """Train (resuming a killed run, returning a finished one as it is); see the module docstring.
 
     ``rerun_if_changed``: a pipeline stage whose checkpoint has another configuration starts
     over, and so does one planned for another number of epochs (``dprune train`` may extend
     a run; a pipeline compares runs of one schedule, which the cosine depends on).
     """
-    ckpt = None if restart else _checkpoint(cfg)
-    done = finished(cfg, ckpt)
+    ckpt = None if restart else _checkpoint(run.train)
+    done = finished(run, ckpt)
     if done is not None:
         return done
-    if rerun_if_changed and ckpt is not None and ckpt.get("config", {}).get("epochs") != cfg.epochs:
+    if rerun_if_changed and ckpt is not None and ckpt.get("config", {}).get("epochs") != run.train.epochs:
         restart = True
     try:
-        metrics = Trainer(cfg, restart=restart).fit()
+        metrics = run.trainer(restart=restart).fit()
     except CheckpointError:
         if not rerun_if_changed or restart:
             raise
-        metrics = Trainer(cfg, restart=True).fit()
-    return Trained(cfg, metrics, float(sum(m["seconds"] for m in metrics)))
+        metrics = run.trainer(restart=True).fit()
+    return Trained(run, metrics, float(sum(m["seconds"] for m in metrics)))
+
+
+# The option names (``dprune train``, ``dprune run``, ``--set``) of the selection's PruneSpec
+# fields; its seed is the training seed.
+SELECTION_OPTIONS = {"method": "method", "ratio": "ratio", "policy": "policy", "relabel": "relabel",
+                     "detector": "detector", "mislabelled": "mislabelled", "remove_outliers": "outliers"}
+
+
+def selection(options: dict, seed: int) -> PruneSpec:
+    """The PruneSpec of the selection options given in ``options`` (``RUN_DEFAULTS`` for the others)."""
+    from .select import RUN_DEFAULTS
+
+    given = {SELECTION_OPTIONS[k]: v for k, v in options.items() if k in SELECTION_OPTIONS and v is not None}
+    return dataclasses.replace(RUN_DEFAULTS, seed=seed, **given)
 
 
 # ----------------------------------------------------------------------------------- dprune run
@@ -134,22 +192,21 @@ class RunConfig:
     out: Path
     base: TrainConfig
     """Every stage's training configuration before the stage sets its owned fields."""
+    spec: PruneSpec
+    """The selection of the paper protocol and of prune-in-run."""
     record_epochs: int
     baseline: bool = True
     controls: bool = True
     """Also train the same-cost controls: random prune-in-run keeping as many samples, and the
     full data for as many sample-epochs as prune-in-run cost (a shorter schedule)."""
 
-    @property
-    def spec(self) -> PruneSpec:
-        return self.base.prune_spec()
-
 
 def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: bool = True,
                controls: bool = True) -> RunConfig:
-    """Map ``dprune run``'s options and ``--set FIELD=VALUE`` onto one :class:`TrainConfig`.
+    """Map ``dprune run``'s options and ``--set FIELD=VALUE`` onto one :class:`TrainConfig` and the selection.
 
-    ``options`` are TrainConfig fields given by ``run``'s own options; ``sets`` win over them.
+    ``options`` are TrainConfig fields and selection options (:data:`SELECTION_OPTIONS`) given
+    by ``run``'s own options; ``sets`` win over them.
     Fields the stages own (:data:`RUN_OWNED`) are refused in ``sets``.  Everything is
     validated here, before any stage runs.
     """
@@ -157,19 +214,23 @@ def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: 
     if owned:
         raise ValueError("; ".join(f"--set {k}: set by dprune run ({RUN_OWNED[k]})" for k in owned))
     values = {**{k: v for k, v in options.items() if v is not None}, **sets}
+    picked = {k: values.pop(k) for k in list(values) if k in SELECTION_OPTIONS}
     if values.get("task") == "reid" and "model" not in values:
         values["model"] = "resnet50"
-    if values.get("detector") == "aum" and values.get("relabel", True):
+    if picked.get("detector") == "aum" and picked.get("relabel", True):
         values["threshold_samples"] = True  # the recording runs set the AUM threshold with them
     base = TrainConfig(out=str(Path(out) / "full"), **values)
     if not 1 <= record_epochs < base.epochs:
         raise ValueError(f"--record-epochs must be in [1, --epochs) = [1, {base.epochs}), got {record_epochs}")
-    base.prune_spec()  # validate method, ratio, policy, detector, outliers now
-    return RunConfig(Path(out), base, record_epochs, baseline, controls)
+    rc = RunConfig(Path(out), base, selection(picked, base.seed), record_epochs, baseline, controls)
+    _stage(rc, "prune-in-run", prune=rc.spec, record_epochs=record_epochs)  # validates the selection now
+    return rc
 
 
-def _stage(rc: RunConfig, name: str, **fields) -> TrainConfig:
-    return dataclasses.replace(rc.base, out=str(rc.out / name), **fields)
+def _stage(rc: RunConfig, name: str, *, prune: PruneSpec | None = None, **fields) -> TrainRun:
+    """Stage ``name``'s run: prune-in-run at T with ``prune``, if given."""
+    cfg = dataclasses.replace(rc.base, out=str(rc.out / name), **fields)
+    return TrainRun(cfg, prune, None if prune is None else rc.record_epochs)
 
 
 def _summary(t: Trained) -> dict:
@@ -198,8 +259,8 @@ def run_pipeline(rc: RunConfig) -> str:
 
 def _run_pipeline(rc: RunConfig) -> str:
     out, T, E = rc.out, rc.record_epochs, rc.base.epochs
-    atomic_write_json(out / "pipeline.json", {"base": rc.base.to_dict(), "record_epochs": T, "baseline": rc.baseline,
-                                              "controls": rc.controls})
+    atomic_write_json(out / "pipeline.json", {"base": rc.base.to_dict(), "selection": rc.spec.to_dict(),
+                                              "record_epochs": T, "baseline": rc.baseline, "controls": rc.controls})
     spec = rc.spec
     steps = (4 if rc.baseline else 1) + (2 if rc.controls else 0)
     step = iter(range(1, steps + 1))
@@ -220,7 +281,7 @@ def _run_pipeline(rc: RunConfig) -> str:
                       rerun_if_changed=True)
     _say(rc, f"[{next(step)}/{steps}] prune-in-run: {T} recorded epochs on the full set, prune, {E - T} more on "
              f"the kept set")
-    pir = train(_stage(rc, "prune-in-run", prune_at=T, record_epochs=T), rerun_if_changed=True)
+    pir = train(_stage(rc, "prune-in-run", prune=spec, record_epochs=T), rerun_if_changed=True)
     pir_store = open_store(out / "prune-in-run" / "trajectory")
     if not rc.baseline:
         shutil.copyfile(out / "prune-in-run" / "manifest.json", manifest_path)
@@ -250,8 +311,9 @@ def _train_controls(rc: RunConfig, pir: Trained, pir_manifest, step, steps: int)
     ratio = (m["n_observed"] - kept_observed) / m["n_observed"]
     _say(rc, f"[{next(step)}/{steps}] control: random prune-in-run at epoch {T}, keeping {kept_observed} "
              f"observed samples like prune-in-run, no cleaning")
-    rand = train(_stage(rc, CONTROLS[0], prune_at=T, record_epochs=T, method="random", ratio=ratio, relabel=False,
-                        remove_outliers=None, threshold_samples=False), rerun_if_changed=True)
+    at_random = dataclasses.replace(rc.spec, method="random", ratio=ratio, relabel=False, outliers=None)
+    rand = train(_stage(rc, CONTROLS[0], prune=at_random, record_epochs=T, threshold_samples=False),
+                 rerun_if_changed=True)
     n = pir.metrics[0]["samples_seen"]  # one epoch of the full data (padded as the sampler pads it)
     epochs = max(1, round(pir.cost / n))
     _say(rc, f"[{next(step)}/{steps}] control: the full data for {epochs} epochs ({epochs * n:,} sample-epochs; "
@@ -302,11 +364,11 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
         control_rows = [
             {"run": f"control: random prune-in-run at epoch {T} (as many kept, no cleaning)", "kept": len(rand_kept),
              "cost": rand.cost, "rel": rand.cost / full_cost, "seconds": rand.seconds, **_summary(rand)},
-            {"run": f"control: full data for {short.config.epochs} epochs (about the same cost)", "kept": N,
+            {"run": f"control: full data for {short.config.train.epochs} epochs (about the same cost)", "kept": N,
              "cost": short.cost, "rel": short.cost / full_cost, "seconds": short.seconds, **_summary(short)}]
         rows += control_rows
         curves["control: random prune-in-run"] = rand.metrics
-        curves[f"control: full data, {short.config.epochs} epochs"] = short.metrics
+        curves[f"control: full data, {short.config.train.epochs} epochs"] = short.metrics
 
     scores, _ = load_scores(store.run_dir / "scores.npz", n_samples=N)
     pruned_mask = np.zeros(N, bool)

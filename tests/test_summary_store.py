@@ -166,16 +166,6 @@ def test_files_identify_the_store_like_the_full_store(tmp_path):
     np.testing.assert_array_equal(reopened.labels, y)
 
 
-def test_state_dict_round_trip(tmp_path):
-    summ = record(SummaryStore.create(tmp_path / "s", labels(), C, fold=FOLD), 6, range(2))
-    state = summ.state_dict()
-    SummaryStore.open(tmp_path / "s").load_state_dict(state)
-    with pytest.raises(StoreError, match="fingerprint"):
-        summ.load_state_dict(dict(state, fingerprint={"n_samples": 1, "sha256": "0"}))
-    with pytest.raises(StoreError, match="only has 2 complete"):
-        summ.load_state_dict(dict(state, epochs_completed=3))
-
-
 def test_factory_opens_and_creates_by_kind(tmp_path):
     y = labels()
     s = open_or_create_store("summary", tmp_path / "s", y, C, dtype="float32", fold=FOLD)

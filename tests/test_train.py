@@ -133,8 +133,8 @@ def test_manifest_retraining_sees_exactly_the_kept_samples_with_new_labels(tmp_p
     trainer = Trainer(TrainConfig(out=str(tmp_path / "re"), epochs=1, batch_size=100, record="off",
                                   manifest=str(tmp_path / "m.json"), progress=False))
     seen_idx, seen_y = [], []
-    trainer.sampler.set_epoch(0)
-    for _, y, idx in trainer.loader:
+    trainer.loaders.sampler.set_epoch(0)
+    for _, y, idx in trainer.loaders.loader:
         seen_idx.append(idx)
         seen_y.append(y)
     idx, y = torch.cat(seen_idx).numpy(), torch.cat(seen_y).numpy()
@@ -254,8 +254,10 @@ def test_summary_store_recording_scores_like_the_full_store(tmp_path):
     full = TrainConfig(out=str(tmp_path / "full"), epochs=2, batch_size=256, progress=False, store_dtype="float32")
     summ = TrainConfig(out=str(tmp_path / "summ"), epochs=2, batch_size=256, progress=False, store_dtype="float32",
                        store="summary")
+    from dprune.scoring.online import SummaryFold
+
     Trainer(full).fit()
-    Trainer(summ).fit()
+    Trainer(summ, fold=SummaryFold()).fit()
     a, _ = score_store(open_store(tmp_path / "full" / "trajectory"))
     b, backend = score_store(open_store(tmp_path / "summ" / "trajectory"))
     assert backend == "summary"

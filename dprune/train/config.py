@@ -2,7 +2,9 @@
 
 The ``dprune train`` options are generated from these fields, ``dprune run`` maps its own
 options and ``--set FIELD=VALUE`` onto them, and the checkpoint records them, so a resumed
-run is compared field by field with the one that made the checkpoint.
+run is compared field by field with the one that made the checkpoint.  The selection of
+prune-in-run is not training configuration: :class:`dprune.stages.TrainRun` nests this and
+the :class:`~dprune.select.PruneSpec`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from ..recorder import WRITES as RECORD_WRITES
-from ..select import RUN_DEFAULTS
 from ..store import STORE_KINDS
 
 TASKS = ("classification", "reid")
@@ -55,14 +56,6 @@ class TrainConfig:
     store_dtype: str = field(default="float16", metadata={"help": 'Precision of the stored logits: float16 or float32.'})
     record_writes: str = field(default="auto", metadata={"help": "How a distributed run's logits reach the store: gather (to rank 0, which writes everything), shared (each rank writes its own rows; the store must sit on a filesystem every rank sees) or auto (shared when every rank sees the store's folder and the store is full, else gather). The store is the same either way."})
     manifest: Optional[str] = field(default=None, metadata={"help": "Train only on the manifest's kept samples, with its corrected labels."})
-    prune_at: Optional[int] = field(default=None, metadata={"help": "Prune inside this run: after epoch T, score the first T recorded epochs, write OUT/manifest.json and continue epochs T+1.. on the kept samples with the corrected labels, same model, optimizer and schedule."})
-    ratio: float = field(default=RUN_DEFAULTS.ratio, metadata={"help": "With --prune-at: fraction of observed samples to prune by score, in [0, 1)."})
-    method: str = field(default=RUN_DEFAULTS.method, metadata={"help": "With --prune-at: the scorer that ranks samples (lowest pruned)."})
-    policy: str = field(default=RUN_DEFAULTS.policy, metadata={"help": "With --prune-at: class (prune each class in proportion, never empty one) or global."})
-    relabel: bool = field(default=RUN_DEFAULTS.relabel, metadata={"help": "With --prune-at: act on the mislabel detector (relabel, or remove when its suggestion is not agreed)."})
-    detector: str = field(default=RUN_DEFAULTS.detector, metadata={"help": "With --prune-at --relabel: argmax (the paper's rule), confident (confident learning over the trajectory) or aum (needs --threshold-samples)."})
-    mislabelled: str = field(default=RUN_DEFAULTS.mislabelled, metadata={"help": "With --prune-at --relabel: relabel the flagged samples (where the detector proposes an agreed label; removed otherwise) or remove them all."})
-    remove_outliers: Optional[float] = field(default=RUN_DEFAULTS.outliers, metadata={"help": "With --prune-at: also remove this fraction of the flattest soft labels."})
     threshold_samples: bool = field(default=False, metadata={"help": "Pleiss et al.'s threshold samples: a seeded 1/(C+1) of the training samples get a fake extra class, so the 99th percentile of their AUM is the data's own mislabel threshold (flag aum_mislabel, detector aum). They cannot be judged in this run; a manifest gives them back their labels."})
     label_noise: float = field(default=0.0, metadata={"help": 'Fraction of training labels to corrupt (for experiments).'})
     noise_kind: str = field(default="none", metadata={"help": 'none, symmetric (uniform to another class) or class (class c -> c+1).'})
@@ -130,27 +123,6 @@ class TrainConfig:
         check(not self.threshold_samples or (self.task == "classification" and self.record != "off"
                                              and self.manifest is None),
               "threshold_samples needs a classification task with recording and no manifest")
-        if self.prune_at is not None:
-            check(1 <= self.prune_at < self.epochs, f"prune_at must be in [1, epochs) = [1, {self.epochs}), "
-                                                     f"got {self.prune_at}")
-            check(self.record != "off", "prune_at needs a recorded trajectory (record train or pass)")
-            check(self.record_epochs is None or self.record_epochs >= self.prune_at,
-                  f"prune_at {self.prune_at} needs at least that many recorded epochs (record_epochs "
-                  f"{self.record_epochs})")
-            check(self.manifest is None, "prune_at and manifest cannot be combined")
-            check(not self.frozen, "prune_at needs training (not frozen)")
-            self.prune_spec()  # validates ratio, method, policy, detector, outliers
-            check(not (self.relabel and self.detector == "aum") or self.threshold_samples,
-                  "detector aum needs threshold_samples (--threshold-samples)")
-
-    def prune_spec(self):
-        """The selection ``prune_at`` makes (a :class:`dprune.select.PruneSpec`)."""
-        from ..scoring import check_methods
-        from ..select import PruneSpec
-
-        check_methods([self.method])
-        return PruneSpec(method=self.method, ratio=self.ratio, policy=self.policy, relabel=self.relabel,
-                         detector=self.detector, mislabelled=self.mislabelled, outliers=self.remove_outliers, seed=self.seed)
 
     def to_dict(self) -> dict:
         return asdict(self)
