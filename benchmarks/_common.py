@@ -128,8 +128,8 @@ def store_and_truth(run):
     noisy labels, flipped), checked against each other."""
     from dprune.store import open_store
 
-    store = open_store(Path(run.config.out) / "trajectory")
-    with np.load(Path(run.config.out) / "label_noise.npz") as z:
+    store = open_store(Path(run.config.train.out) / "trajectory")
+    with np.load(Path(run.config.train.out) / "label_noise.npz") as z:
         truth = {k: z[k] for k in ("clean_labels", "noisy_labels", "flipped")}
     if not np.array_equal(truth["noisy_labels"], store.labels):
         raise RuntimeError(f"{store.run_dir}: the store's labels are not the noisy labels")

@@ -157,8 +157,8 @@ class Experiment:
         (which this run cannot judge) as missed; AUROC/AP are over the judged samples."""
         run = train(self.config(noise, seed, "record_threshold", train_seed=seed, record="train",
                                 threshold_samples=True))
-        store = open_store(Path(run.config.out) / "trajectory")
-        with np.load(Path(run.config.out) / "label_noise.npz") as z:
+        store = open_store(Path(run.config.train.out) / "trajectory")
+        with np.load(Path(run.config.train.out) / "label_noise.npz") as z:
             flipped = z["flipped"]
         scores, _, _ = load_or_score(store, methods=["aum"], first_epochs=T)
         judged = ~scores["threshold_sample"]

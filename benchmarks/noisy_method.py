@@ -73,7 +73,7 @@ from mislabel_detection import custom_manifest, predict  # noqa: E402
 from dprune.data import build_dataset, instance_dependent_noise  # noqa: E402
 from dprune.pruning import prune_store  # noqa: E402
 from dprune.select import RUN_DEFAULTS  # noqa: E402
-from dprune.stages import train  # noqa: E402
+from dprune.stages import TrainRun, selection, train  # noqa: E402
 from dprune.train.loop import Trainer  # noqa: E402
 
 KINDS = ("symmetric", "class", "instance")
@@ -198,8 +198,8 @@ class Experiment:
 
     def pir(self, noise, seed, name: str, **spec):
         a = self.a
-        return train(self.config(noise, seed, name, prune_at=a.T, record_epochs=a.T, **spec),
-                     rerun_if_changed=True)
+        cfg = self.config(noise, seed, name, record_epochs=a.T)
+        return train(TrainRun(cfg, selection(spec, cfg.seed), a.T), rerun_if_changed=True)
 
     def default_spec(self) -> dict:
         d = RUN_DEFAULTS
@@ -249,7 +249,7 @@ class Experiment:
         out = {"acc": run.metrics[-1]["test_metric"], "cost": run.cost,
                "curve": [m["test_metric"] for m in run.metrics], "epoch_samples": [m["samples_seen"] for m in run.metrics],
                "epochs": len(run.metrics), "wall_s": run.seconds}
-        manifest = Path(run.config.out) / "manifest.json"
+        manifest = Path(run.config.train.out) / "manifest.json"
         if manifest.exists() and noise is not None:
             out.update(self._cleaning(noise, seed, arm))
         return out

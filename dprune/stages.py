@@ -40,8 +40,8 @@ from .report.html import write_html_report
 from .select import PruneSpec
 from .store import open_store
 from .train.config import TrainConfig
-from .train.engines import CheckpointError
-from .train.loop import CHECKPOINT_FORMAT, Trainer, config_changes, run_identity
+from .train.checkpoint import CHECKPOINT_FORMAT, CheckpointError, config_changes, run_identity
+from .train.loop import Trainer
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,16 @@ def finished(run: TrainRun, ckpt: dict | None) -> Trained | None:
     return Trained(run, metrics, float(sum(m["seconds"] for m in metrics)))
 
 
-def train(run: TrainRun, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
+def train(run: TrainRun | TrainConfig, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
     """Train (resuming a killed run, returning a finished one as it is); see the module docstring.
+
+    A plain :class:`TrainConfig` is a run without prune-in-run.
 
     ``rerun_if_changed``: a pipeline stage whose checkpoint has another configuration starts
     over, and so does one planned for another number of epochs (``dprune train`` may extend
     a run; a pipeline compares runs of one schedule, which the cosine depends on).
     """
+    run = TrainRun(run) if isinstance(run, TrainConfig) else run
     ckpt = None if restart else _checkpoint(run.train)
     done = finished(run, ckpt)
     if done is not None:

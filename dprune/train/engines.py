@@ -27,11 +27,8 @@ import torch
 from ..distributed import World, barrier
 from ..fileio import atomic_write_with, read_json
 from ..rundir import CHECKPOINT, DS_CHECKPOINT
+from .checkpoint import CheckpointError
 from .config import TrainConfig
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that belongs to another configuration."""
 
 
 class TorchEngine:

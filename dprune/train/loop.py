@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Protocol
@@ -44,22 +43,17 @@ import torch
 
 from ..distributed import World, barrier, broadcast_object, close_world, init_world
 from ..fileio import atomic_savez, atomic_write_json
-from ..locking import DirLock, watch_parent
+from ..locking import watch_parent
 from ..manifest import Manifest, load_manifest
 from ..recorder import Recorder
-from ..rundir import MANIFEST, TRAIN_FILES, TRAJECTORY
+from ..rundir import MANIFEST, TRAJECTORY
 from ..store import StoreError
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_resume, run_identity, take_run_lock, wipe
 from .config import TrainConfig
-from .engines import ENGINES, CheckpointError
 from .data import build_run_data, make_loaders
+from .engines import ENGINES
 from .output import Output
 from .tasks import METRIC_NAMES, TASK_CLASSES
-
-# Fields a resumed run may change: where things are, how much is printed, how often the
-# test set is evaluated, how many epochs there are in all, and how the logits reach the store.
-RESUME_FREE = {"out", "data_root", "epochs", "progress", "num_workers", "eval_every", "device", "record_writes"}
-# The checkpoint's layout; 2: the selection of prune-in-run is the hook's, not TrainConfig's.
-CHECKPOINT_FORMAT = 2
 
 
 class PruneHook(Protocol):
@@ -72,17 +66,6 @@ class PruneHook(Protocol):
 
     def __call__(self, store, path: Path, log: Callable[[str], None]) -> str:
         """Rank 0, after epoch ``at_epoch``: write the manifest at ``path``; return its digest."""
-
-
-def run_identity(cfg: TrainConfig, prune: PruneHook | None) -> dict:
-    """What a checkpoint records of the run's configuration."""
-    return {**cfg.to_dict(), "prune_in_run": None if prune is None else prune.identity()}
-
-
-def config_changes(saved: dict, now: dict) -> list[str]:
-    """``FIELD: saved -> now`` for every field of :func:`run_identity` that matters and differs."""
-    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
-            if k not in RESUME_FREE and saved.get(k, now[k]) != now[k]]
 
 
 def _seed_everything(seed: int) -> None:
@@ -105,15 +88,13 @@ class Trainer:
         self.world: World = init_world(cfg.device)
         self.out = Path(cfg.out)
         self.log = Output(cfg.progress and self.world.is_main)
-        self._lock = self._take_run_lock()
+        self._lock = take_run_lock(self.world, self.out)
         self.recorder = None
         try:
             if self.world.distributed or os.environ.get("TORCHELASTIC_RUN_ID"):
                 watch_parent()
             if restart and self.world.is_main:
-                for name in TRAIN_FILES:  # what restart=True deletes
-                    p = self.out / name
-                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+                wipe(self.out)
             barrier(self.world)
             _seed_everything(cfg.seed)  # identical initialisation on every rank
             self.phase, self.metrics, self._resumed_digest = "full", [], None
@@ -126,22 +107,6 @@ class Trainer:
         except BaseException:
             self.close()
             raise
-
-    def _take_run_lock(self) -> DirLock | None:
-        lock, error = None, None
-        if self.world.is_main:
-            if self.out.exists() and not self.out.is_dir():
-                error = f"--out {self.out} exists and is not a directory"
-            else:
-                try:
-                    lock = DirLock(self.out, "dprune train")
-                except OSError as e:
-                    error = str(e)
-        error = broadcast_object(self.world, error)
-        if error:
-            close_world(self.world)
-            raise StoreError(error)
-        return lock
 
     def _use(self, labels_N: np.ndarray, indices) -> None:
         """Train (and record) from now on over ``indices`` (None: all) with ``labels_N``."""
@@ -160,15 +125,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         """Refuse a checkpoint of another configuration (naming the fields), else take its position."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{self.out} holds a checkpoint of an older dprune (format "
-                                  f"{state.get('format', 1)}, now {CHECKPOINT_FORMAT}); pass --restart to start over")
-        changes = config_changes(state["config"], run_identity(self.cfg, self.prune))
-        if self.manifest is not None and state.get("manifest_digest") != self.manifest.digest:
-            changes.append(f"manifest content: {str(state.get('manifest_digest'))[:12]} -> {self.manifest.digest[:12]}")
-        if changes:
-            raise CheckpointError(f"{self.out} holds a run with another configuration ({'; '.join(changes)}); "
-                                  f"rerun with its settings, or pass --restart to start a new run there")
+        check_resume(self.out, state, run_identity(self.cfg, self.prune),
+                     None if self.manifest is None else self.manifest.digest)
         self.metrics, self.phase = list(state["metrics"]), state["phase"]
         self._resumed_digest = state["manifest_digest"]
 
