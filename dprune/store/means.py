@@ -17,27 +17,36 @@ import numpy as np
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
-def merge_means(m_old_nC: np.ndarray, c_old_n: np.ndarray, sums_nC: np.ndarray, k_n: np.ndarray) -> np.ndarray:
+def merge_means(m_old_nC, c_old_n, sums_nC: np.ndarray, k_n) -> np.ndarray:
     """fp32 [n, C] mean of ``c_old`` observations with mean ``m_old`` and ``k`` more that sum to ``sums``.
 
-    Rows where ``c_old + k == 0`` (never observed) are 0.
+    Rows where ``c_old + k == 0`` (never observed) are 0.  One new array, four passes over it.
     """
     m_old = np.asarray(m_old_nC, np.float32)
-    c_old, k = np.asarray(c_old_n, np.float32), np.asarray(k_n, np.float32)
-    total = c_old + k
+    k = np.asarray(k_n, np.float32)
+    total = np.asarray(c_old_n, np.float32) + k
+    sums = np.asarray(sums_nC, np.float32)
+    out = np.empty(sums.shape, np.float32)
+    np.multiply(k[:, None], m_old, out=out)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        m_new = m_old + (np.asarray(sums_nC, np.float32) - k[:, None] * m_old) / total[:, None]
-    return np.where(total[:, None] > 0, m_new, np.float32(0))
+        np.subtract(sums, out, out=out)
+        np.divide(out, total[:, None], out=out)
+        np.add(out, m_old, out=out)
+    out[total == 0] = 0
+    return out
 
 
 def to_store_dtype(m_nC: np.ndarray, dtype) -> tuple[np.ndarray, int]:
-    """``(m in the store dtype, how many finite values were saturated)``; ``m_nC`` is modified."""
-    saturated = 0
-    if np.dtype(dtype) == np.float16:
-        with np.errstate(invalid="ignore"):
-            over = np.isfinite(m_nC) & (np.abs(m_nC) > FP16_MAX)
-        if over.any():
-            saturated = int(over.sum())
-            np.clip(m_nC, -FP16_MAX, FP16_MAX, out=m_nC, where=over)
+    """``(m in the store dtype, how many finite values were saturated)``; ``m_nC`` may be modified."""
     with np.errstate(over="ignore"):
-        return m_nC.astype(dtype), saturated
+        out = m_nC.astype(dtype)
+    # Only a value that rounded to +-65504 or beyond (or a NaN) can need saturating: look closer then.
+    if out.dtype != np.float16 or not ((out.view(np.uint16) & 0x7FFF) >= 0x7BFF).any():
+        return out, 0
+    with np.errstate(invalid="ignore"):
+        over = np.isfinite(m_nC) & (np.abs(m_nC) > FP16_MAX)
+    saturated = int(over.sum())
+    if saturated:
+        np.clip(m_nC, -FP16_MAX, FP16_MAX, out=m_nC, where=over)
+        out = m_nC.astype(dtype)
+    return out, saturated
