@@ -73,7 +73,8 @@ from mislabel_detection import custom_manifest, predict  # noqa: E402
 from dprune.data import build_dataset, instance_dependent_noise  # noqa: E402
 from dprune.pruning import prune_store  # noqa: E402
 from dprune.select import RUN_DEFAULTS  # noqa: E402
-from dprune.stages import TrainRun, selection, train  # noqa: E402
+from dprune.runs import TrainRun, selection  # noqa: E402
+from dprune.stages import train  # noqa: E402
 from dprune.train.loop import Trainer  # noqa: E402
 
 KINDS = ("symmetric", "class", "instance")

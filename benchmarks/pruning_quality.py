@@ -45,7 +45,8 @@ from dprune.manifest import load_manifest, write_manifest  # noqa: E402
 from dprune.pruning import prune_store  # noqa: E402
 from dprune.scoring import load_or_score  # noqa: E402
 from dprune.select import PruneSpec, select  # noqa: E402
-from dprune.stages import TrainRun, selection, train  # noqa: E402
+from dprune.runs import TrainRun, selection  # noqa: E402
+from dprune.stages import train  # noqa: E402
 from dprune.store import open_store  # noqa: E402
 
 # scorer -> (library method, score over the prefix of T epochs (True) or the whole run (False))

@@ -383,7 +383,7 @@ _PRUNE_IN_RUN = {
 def _train_fields() -> dict:
     """``name -> (type, help, default)`` of every ``dprune train`` option: TrainConfig's fields, then prune-in-run's."""
     from .select import RUN_DEFAULTS
-    from .stages import SELECTION_OPTIONS
+    from .runs import SELECTION_OPTIONS
     from .train.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
@@ -413,7 +413,7 @@ def _make_config(config_path, overrides: dict):
     """The run (:class:`dprune.stages.TrainRun`) from an optional JSON file of ``dprune train`` fields
     (values type-checked) and command-line options (which win)."""
     from .options import coerce
-    from .stages import SELECTION_OPTIONS, TrainRun, selection
+    from .runs import SELECTION_OPTIONS, TrainRun, selection
     from .train.config import TrainConfig
 
     values = {}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from dprune.store import TrajectoryStore
-from dprune.stages import TrainRun, selection
+from dprune.runs import TrainRun, selection
 from dprune.train import TrainConfig
 from dprune.train.loop import Trainer
 from test_reliability import cli, one_line

@@ -14,7 +14,7 @@ import torch
 from dprune.manifest import load_manifest
 from dprune.select import n_to_prune
 from dprune.store import TrajectoryStore
-from dprune.stages import TrainRun, selection
+from dprune.runs import TrainRun, selection
 from dprune.train import TrainConfig
 from test_train import N_DIGITS_TRAIN, finish, launch
 

@@ -7,7 +7,7 @@ from dprune.pruning import prune_store
 from dprune.scoring import load_or_score
 from dprune.select import PruneSpec
 from dprune.store import TrajectoryStore, fingerprint, open_store
-from dprune.stages import TrainRun, selection
+from dprune.runs import TrainRun, selection
 from dprune.train import TrainConfig
 from dprune.train.loop import Trainer
 from test_train import N_DIGITS_TRAIN
