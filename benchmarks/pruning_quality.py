@@ -9,7 +9,7 @@ scratch** on the kept samples with training seed 1000 + s (a seed other than the
 for E epochs ("same epochs": fewer steps, the paper's protocol) or for as many steps as the full
 run ("same steps": E * N / kept epochs), then evaluates top-1 on the test set.  Ties are broken
 by a seeded stream of each scorer's own (never the random scorer's).  Prune-in-run cells train
-one run that records T epochs, prunes itself and carries on (``dprune.stages.TrainRun`` with ``prune_at``).
+one run that records T epochs, prunes itself and carries on (``dprune.runs.TrainRun`` with ``prune_at``).
 
 Scorers: ``entropy``, ``el2n``, ``dual``, ``reverse_entropy`` (prunes the hardest: a sanity
 check) at T; ``aum`` and ``forgetting_full`` over the whole run (T = E); ``random``.

@@ -361,7 +361,7 @@ def inspect_cmd(run_dir, as_json):
 
 
 # ----------------------------------------------------------------------------------- train
-# dprune train's prune-in-run options: the epoch, and the selection (stages.SELECTION_OPTIONS,
+# dprune train's prune-in-run options: the epoch, and the selection (runs.SELECTION_OPTIONS,
 # defaults select.RUN_DEFAULTS), with their types and help.
 _PRUNE_IN_RUN = {
     "prune_at": (typing.Optional[int], "Prune inside this run: after epoch T, score the first T recorded epochs, write "
@@ -410,7 +410,7 @@ def _config_options(func):
 
 
 def _make_config(config_path, overrides: dict):
-    """The run (:class:`dprune.stages.TrainRun`) from an optional JSON file of ``dprune train`` fields
+    """The run (:class:`dprune.runs.TrainRun`) from an optional JSON file of ``dprune train`` fields
     (values type-checked) and command-line options (which win)."""
     from .options import coerce
     from .runs import SELECTION_OPTIONS, TrainRun, selection

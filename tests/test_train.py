@@ -168,6 +168,21 @@ def test_config_is_validated_up_front(kw, match):
         TrainConfig(out="x", **kw)
 
 
+def test_train_config_file_carries_prune_in_run_and_options_win(tmp_path):
+    import dataclasses
+    import json
+
+    from dprune.cli import _make_config
+    from dprune.select import RUN_DEFAULTS
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"out": "x", "epochs": 4, "seed": 3, "prune_at": 2, "ratio": 0.2, "detector": "argmax"}))
+    run = _make_config(path, {"ratio": 0.4})
+    assert (run.train.epochs, run.prune_at) == (4, 2) and "ratio" not in run.train.to_dict()
+    assert run.prune == dataclasses.replace(RUN_DEFAULTS, ratio=0.4, detector="argmax", seed=3)
+    assert _make_config(None, {"out": "x", "ratio": 0.2}).prune is None  # no --prune-at: no selection
+
+
 def test_pipeline_end_to_end_writes_report_manifest_and_plots(tmp_path):
     from dprune.cli import main
 

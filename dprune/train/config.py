@@ -3,7 +3,7 @@
 The ``dprune train`` options are generated from these fields, ``dprune run`` maps its own
 options and ``--set FIELD=VALUE`` onto them, and the checkpoint records them, so a resumed
 run is compared field by field with the one that made the checkpoint.  The selection of
-prune-in-run is not training configuration: :class:`dprune.stages.TrainRun` nests this and
+prune-in-run is not training configuration: :class:`dprune.runs.TrainRun` nests this and
 the :class:`~dprune.select.PruneSpec`.
 """
 from __future__ import annotations
