@@ -20,14 +20,12 @@ or lost.  Randomness is reseeded from (seed, epoch, rank) at the start of every 
 resumed epoch sees the same data order and augmentations as the uninterrupted run would.
 
 Pruning inside the run: after epoch T is recorded, checkpointed and evaluated, rank 0 calls
-the hook, which writes ``OUT/manifest.json`` (atomically, before anything changes) and
-returns its digest; every rank reads that file once, and all must agree on the digest; the
-checkpoint is saved again in the "pruned" phase; epochs T+1..E then train on the kept
-samples with the corrected labels, with the same model, optimizer and learning-rate
-schedule.  The schedule is a function of the fractional epoch (epoch + step / steps in that
-epoch), so it does not restart: an epoch after T has fewer steps and each step moves the
-schedule further.  A kill before, during or after the selection resumes to the same result
-(the hook reuses a manifest already written for these T epochs).
+the hook, which writes ``OUT/manifest.json`` and returns its digest; every rank reads that
+file once and checks the digest; the checkpoint is saved again in the "pruned" phase, and
+epochs T+1..E train on the kept samples with the corrected labels, same model, optimizer
+and schedule.  The schedule is a function of the fractional epoch (epoch + step / steps in
+that epoch), so it does not restart.  A kill around the selection resumes to the same
+result (the hook reuses a manifest already written for these T epochs).
 """
 from __future__ import annotations
 
