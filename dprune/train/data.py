@@ -22,6 +22,7 @@ from torch.utils.data.distributed import DistributedSampler
 from ..data import IndexedDataset, class_dependent_noise, symmetric_noise
 from ..distributed import World
 from ..manifest import Manifest, load_manifest
+from ..recorder import Recorder
 from ..store import fingerprint
 from ..threshold import CLASS_NAME, ThresholdSamples, draw
 from .config import TrainConfig
@@ -99,3 +100,13 @@ def make_loaders(cfg: TrainConfig, world: World, task, train, labels_N: np.ndarr
                                  sampler=DistributedSampler(pass_ds, num_replicas=world.world_size, rank=world.rank,
                                                             shuffle=False))
     return Loaders(sampler, loader, steps, pass_loader)
+
+
+def open_recorder(cfg: TrainConfig, world: World, data: RunData, store_dir, fold) -> Recorder:
+    """The recorder of the run's store (resumed or created), recording against ``data.train_labels``."""
+    thr = data.threshold
+    return Recorder(store_dir, labels=data.train_labels, n_classes=data.num_classes,
+                    sample_ids=data.train_set.sample_ids, kind=cfg.store, dtype=cfg.store_dtype,
+                    epochs=cfg.record_epochs or cfg.epochs, world=world, writes=cfg.record_writes, fold=fold,
+                    labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
+                    meta=None if thr is None else thr.to_meta())

@@ -43,12 +43,11 @@ from ..distributed import World, barrier, broadcast_object, close_world, init_wo
 from ..fileio import atomic_savez, atomic_write_json
 from ..locking import watch_parent
 from ..manifest import Manifest, load_manifest
-from ..recorder import Recorder
 from ..rundir import MANIFEST, TRAJECTORY
 from ..store import StoreError
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_resume, run_identity, take_run_lock, wipe
 from .config import TrainConfig
-from .data import build_run_data, make_loaders
+from .data import build_run_data, make_loaders, open_recorder
 from .engines import ENGINES
 from .output import Output
 from .tasks import METRIC_NAMES, TASK_CLASSES
@@ -141,14 +140,8 @@ class Trainer:
         if self.data.noise_record is not None and self.world.is_main:
             atomic_savez(self.out / "label_noise.npz", self.data.noise_record)
         if self.cfg.record != "off":
-            cfg, thr = self.cfg, self.data.threshold
-            self.recorder = Recorder(
-                self.out / TRAJECTORY, labels=self.data.train_labels, n_classes=self.data.num_classes,
-                sample_ids=self.data.train_set.sample_ids, kind=cfg.store, dtype=cfg.store_dtype,
-                epochs=cfg.record_epochs or cfg.epochs, world=self.world, writes=cfg.record_writes, fold=self.fold,
-                labels_source=cfg.manifest or ("noisy" if cfg.label_noise else "dataset"),
-                meta=None if thr is None else thr.to_meta())
-            self.recorder.sync(done, record_epochs=cfg.record_epochs)
+            self.recorder = open_recorder(self.cfg, self.world, self.data, self.out / TRAJECTORY, self.fold)
+            self.recorder.sync(done, record_epochs=self.cfg.record_epochs)
         return done
 
     # ------------------------------------------------------------------------ pruning inside the run
@@ -164,14 +157,15 @@ class Trainer:
         digest, error = broadcast_object(self.world, (digest, error))
         if error:
             raise StoreError(f"pruning at epoch {self.prune.at_epoch} failed: {error}")
-        self._switch_to(digest, f"is {self.out} on a file system every rank sees?")
+        self._switch_to(digest, StoreError, f"is {self.out} on a file system every rank sees?")
 
-    def _switch_to(self, digest: str, hint: str) -> None:
-        """Read the manifest (once) and train on its kept samples with its labels."""
+    def _switch_to(self, digest: str, error: type, hint: str) -> None:
+        """Read the manifest (once) and train on its kept samples with its labels; ``error(hint)`` if
+        it is not the one of ``digest``."""
         m = load_manifest(self.out / MANIFEST, fingerprint=self.data.fingerprint, labels_N=self.data.given_labels)
         if m.digest != digest:
-            raise CheckpointError(f"rank {self.world.rank}: {self.out / MANIFEST} is not the manifest this run "
-                                  f"switched to; {hint}")
+            raise error(f"rank {self.world.rank}: {self.out / MANIFEST} is not the manifest this run switched to; "
+                        f"{hint}")
         self.manifest, self.phase = m, "pruned"
         self._use(m.labels, m.kept)
 
@@ -183,7 +177,7 @@ class Trainer:
             start = self._start()
             if T is not None and start >= T:
                 if self.phase == "pruned":
-                    self._switch_to(self._resumed_digest, "use --restart")
+                    self._switch_to(self._resumed_digest, CheckpointError, "use --restart")
                 else:  # killed between the checkpoint of epoch T and the switch
                     self._prune()
                     self._save()
