@@ -118,7 +118,7 @@ def prepare_data(dataset: str, work: Path, *, n_train: int | None = None, subset
 def train_config(out: Path, *, seed: int, data_root: str | None, dataset: str, model: str, epochs: int,
                  batch_size: int, lr: float, max_steps: int | None = None, **kw) -> TrainConfig:
     """A benchmark training run: on the CPU, quiet, evaluated only after the last epoch."""
-    return TrainConfig(out=str(out), dataset=dataset, data_root=data_root, model=model, epochs=epochs,
+    return TrainConfig.of(out=str(out), dataset=dataset, data_root=data_root, model=model, epochs=epochs,
                        batch_size=batch_size, lr=lr, seed=seed, device="cpu", progress=False, eval_every=0,
                        max_steps_per_epoch=max_steps, **kw)
 

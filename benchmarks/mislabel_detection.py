@@ -309,9 +309,10 @@ def custom_manifest(path: Path, store, *, kept: np.ndarray, labels: np.ndarray, 
 @torch.no_grad()
 def predict(trainer: Trainer, indices: np.ndarray) -> np.ndarray:
     """Softmax probabilities [n, C] (float64) of a trained run's model on training samples ``indices``."""
-    data = IndexedDataset(trainer.train_set, indices=indices)
-    trainer.module.eval()
-    out = [torch.softmax(trainer.module(batch[0].to(trainer.world.device)).double(), 1).cpu()
+    data = IndexedDataset(trainer.data.train_set, indices=indices)
+    module = trainer.engine.module
+    module.eval()
+    out = [torch.softmax(module(batch[0].to(trainer.world.device)).double(), 1).cpu()
            for batch in DataLoader(data, batch_size=512, shuffle=False)]
     return torch.cat(out).numpy()
 

@@ -150,7 +150,7 @@ class Experiment:
         cfg = train_config(where, seed=seed, data_root=self.root, dataset=a.dataset, model=a.model,
                            epochs=epochs or a.epochs, batch_size=a.batch_size, lr=a.lr,
                            max_steps=a.max_steps_per_epoch, **noise_kw, **kw)
-        return dataclasses.replace(cfg, eval_every=eval_every)
+        return cfg.replace(eval_every=eval_every)
 
     def instance_labels(self, noise, seed: int) -> Path:
         """Instance-dependent noisy labels of seed ``seed`` (made once, from cross-fitted halves)."""
@@ -180,9 +180,9 @@ class Experiment:
             manifest = where / f"half{k}.json"
             custom_manifest(manifest, data, kept=fit_on, labels=data.labels, removed=judge,
                             reason=f"judged by the model of half {k}")
-            cfg = dataclasses.replace(self.config(None, seed, "x", clean=True), out=str(where / f"half{k}"),
-                                      epochs=self.a.instance_epochs, record="off", seed=7000 + seed,
-                                      manifest=str(manifest))
+            cfg = self.config(None, seed, "x", clean=True).replace(
+                out=str(where / f"half{k}"), epochs=self.a.instance_epochs, record="off", seed=7000 + seed,
+                manifest=str(manifest))
             train(cfg)
             trainer = Trainer(cfg)
             trainer.fit()  # finished: loads the model
@@ -294,8 +294,8 @@ class Experiment:
             manifest = where / f"fold{k}.json"
             custom_manifest(manifest, store, kept=fit_on, labels=noisy, removed=held,
                             reason=f"held out: fold {k} of {a.folds}")
-            cfg = dataclasses.replace(self.config(noise, seed, "x"), out=str(where / f"fold{k}"), epochs=cv_epochs,
-                                      record="off", manifest=str(manifest))
+            cfg = self.config(noise, seed, "x").replace(out=str(where / f"fold{k}"), epochs=cv_epochs,
+                                                        record="off", manifest=str(manifest))
             cost += train(cfg).cost
             trainer = Trainer(cfg)
             trainer.fit()  # finished: loads the model

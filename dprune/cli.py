@@ -17,7 +17,6 @@ directory held by another writer) is one line naming the file and the cause, exi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -376,19 +375,19 @@ _PRUNE_IN_RUN = {
                  "the trajectory) or aum (needs --threshold-samples)."),
     "mislabelled": (str, "With --prune-at --relabel: relabel the flagged samples (where the detector proposes an "
                     "agreed label; removed otherwise) or remove them all."),
-    "remove_outliers": (typing.Optional[float], "With --prune-at: also remove this fraction of the flattest soft labels."),
+    "remove_outliers": (typing.Optional[float],
+                        "With --prune-at: also remove this fraction of the flattest soft labels."),
 }
 
 
 def _train_fields() -> dict:
-    """``name -> (type, help, default)`` of every ``dprune train`` option: TrainConfig's fields, then prune-in-run's."""
-    from .select import RUN_DEFAULTS
+    """``name -> (type, help, default)`` of every ``dprune train`` option: TrainConfig's flat fields
+    (:data:`dprune.train.config.FLAT_FIELDS`), then prune-in-run's."""
     from .runs import SELECTION_OPTIONS
-    from .train.config import TrainConfig
+    from .select import RUN_DEFAULTS
+    from .train.config import FLAT_FIELDS
 
-    hints = typing.get_type_hints(TrainConfig)
-    out = {f.name: (hints[f.name], f.metadata.get("help", ""), None if f.default is dataclasses.MISSING else f.default)
-           for f in dataclasses.fields(TrainConfig)}
+    out = {name: (f.type, f.help, f.default) for name, f in FLAT_FIELDS.items()}
     for name, (typ, help_text) in _PRUNE_IN_RUN.items():
         default = getattr(RUN_DEFAULTS, SELECTION_OPTIONS[name]) if name in SELECTION_OPTIONS else None
         out[name] = (typ, help_text, default)
@@ -411,7 +410,8 @@ def _config_options(func):
 
 def _make_config(config_path, overrides: dict):
     """The run (:class:`dprune.runs.TrainRun`) from an optional JSON file of ``dprune train`` fields
-    (values type-checked) and command-line options (which win)."""
+    (flat, or in TrainConfig's sections: ``{"optim": {"lr": 0.1}}``; values type-checked) and
+    command-line options (which win)."""
     from .options import coerce
     from .runs import SELECTION_OPTIONS, TrainRun, selection
     from .train.config import TrainConfig
@@ -420,9 +420,7 @@ def _make_config(config_path, overrides: dict):
     if config_path:
         from .fileio import read_json
 
-        values = read_json(Path(config_path), "--config file")
-        if not isinstance(values, dict):
-            raise ValueError(f"{config_path}: a config must be a JSON object of dprune train fields")
+        values = _flat_config(read_json(Path(config_path), "--config file"), config_path)
         fields = _train_fields()
         unknown = sorted(set(values) - set(fields))
         if unknown:
@@ -433,8 +431,27 @@ def _make_config(config_path, overrides: dict):
         raise ValueError("--out is required (the run directory)")
     prune_at = values.pop("prune_at", None)
     picked = {k: values.pop(k) for k in list(values) if k in SELECTION_OPTIONS}
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig.of(**values)
     return TrainRun(cfg, None if prune_at is None else selection(picked, cfg.seed), prune_at)
+
+
+def _flat_config(doc, config_path) -> dict:
+    """A ``--config`` object with its sections (``"optim": {...}``) spread into flat names."""
+    from .train.config import FLAT_FIELDS, SECTIONS
+
+    if not isinstance(doc, dict):
+        raise ValueError(f"{config_path}: a config must be a JSON object of dprune train fields")
+    flat_of = {(f.section, f.name): key for key, f in FLAT_FIELDS.items()}
+    out = {}
+    for key, value in doc.items():
+        if key not in SECTIONS or not isinstance(value, dict):  # "model": "resnet18" is the flat field
+            out[key] = value
+            continue
+        unknown = sorted(k for k in value if (key, k) not in flat_of)
+        if unknown:
+            raise ValueError(f"{config_path}: unknown keys {unknown} in section {key!r}")
+        out.update({flat_of[key, k]: v for k, v in value.items()})
+    return out
 
 
 @main.command("train")

@@ -49,12 +49,12 @@ class TrainRun:
 
         checks = [
             (1 <= T < cfg.epochs, f"prune_at must be in [1, epochs) = [1, {cfg.epochs}), got {T}"),
-            (cfg.record != "off", "prune_at needs a recorded trajectory (record train or pass)"),
-            (cfg.record_epochs is None or cfg.record_epochs >= T,
-             f"prune_at {T} needs at least that many recorded epochs (record_epochs {cfg.record_epochs})"),
-            (cfg.manifest is None, "prune_at and manifest cannot be combined"),
+            (cfg.record.mode != "off", "prune_at needs a recorded trajectory (record train or pass)"),
+            (cfg.record.record_epochs is None or cfg.record.record_epochs >= T,
+             f"prune_at {T} needs at least that many recorded epochs (record_epochs {cfg.record.record_epochs})"),
+            (cfg.data.manifest is None, "prune_at and manifest cannot be combined"),
             (not cfg.frozen, "prune_at needs training (not frozen)"),
-            (not (self.prune.relabel and self.prune.detector == "aum") or cfg.threshold_samples,
+            (not (self.prune.relabel and self.prune.detector == "aum") or cfg.record.threshold_samples,
              "detector aum needs threshold_samples (--threshold-samples)")]
         for ok, msg in checks:
             if not ok:

@@ -68,7 +68,7 @@ def _checkpoint(cfg: TrainConfig) -> dict | None:
     from .rundir import CHECKPOINT
 
     path = Path(cfg.out) / CHECKPOINT
-    if cfg.backend != "ddp" or not path.exists():
+    if cfg.distributed.backend != "ddp" or not path.exists():
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -87,9 +87,10 @@ def finished(run: TrainRun, ckpt: dict | None) -> Trained | None:
     cfg = run.train
     if ckpt is None or ckpt.get("epochs_done") != cfg.epochs or ckpt.get("format") != CHECKPOINT_FORMAT:
         return None
-    if config_changes(ckpt.get("config", {}), run_identity(cfg, run.hook)) or ckpt["config"].get("epochs") != cfg.epochs:
+    saved = ckpt.get("config", {})
+    if config_changes(saved, run_identity(cfg, run.hook)) or saved.get("epochs") != cfg.epochs:
         return None
-    if cfg.manifest and ckpt.get("manifest_digest") != manifest_digest(cfg.manifest):
+    if cfg.data.manifest and ckpt.get("manifest_digest") != manifest_digest(cfg.data.manifest):
         return None
     metrics = list(ckpt["metrics"])
     return Trained(run, metrics, float(sum(m["seconds"] for m in metrics)))
@@ -165,7 +166,7 @@ def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: 
         values["model"] = "resnet50"
     if picked.get("detector") == "aum" and picked.get("relabel", True):
         values["threshold_samples"] = True  # the recording runs set the AUM threshold with them
-    base = TrainConfig(out=str(Path(out) / "full"), **values)
+    base = TrainConfig.of(out=str(Path(out) / "full"), **values)
     if not 1 <= record_epochs < base.epochs:
         raise ValueError(f"--record-epochs must be in [1, --epochs) = [1, {base.epochs}), got {record_epochs}")
     rc = RunConfig(Path(out), base, selection(picked, base.seed), record_epochs, baseline, controls)
@@ -175,7 +176,7 @@ def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: 
 
 def _stage(rc: RunConfig, name: str, *, prune: PruneSpec | None = None, **fields) -> TrainRun:
     """Stage ``name``'s run: prune-in-run at T with ``prune``, if given."""
-    cfg = dataclasses.replace(rc.base, out=str(rc.out / name), **fields)
+    cfg = rc.base.replace(out=str(rc.out / name), **fields)
     return TrainRun(cfg, prune, None if prune is None else rc.record_epochs)
 
 
@@ -205,7 +206,7 @@ def run_pipeline(rc: RunConfig) -> str:
 
 def _run_pipeline(rc: RunConfig) -> str:
     out, T, E = rc.out, rc.record_epochs, rc.base.epochs
-    atomic_write_json(out / "pipeline.json", {"base": rc.base.to_dict(), "selection": rc.spec.to_dict(),
+    atomic_write_json(out / "pipeline.json", {"base": rc.base.flat(), "selection": rc.spec.to_dict(),
                                               "record_epochs": T, "baseline": rc.baseline, "controls": rc.controls})
     spec = rc.spec
     steps = (4 if rc.baseline else 1) + (2 if rc.controls else 0)
@@ -213,7 +214,7 @@ def _run_pipeline(rc: RunConfig) -> str:
     full = paper = select_s = None
     manifest_path = out / "manifest.json"
     if rc.baseline:
-        _say(rc, f"[{next(step)}/{steps}] full data: {E} epochs of {rc.base.model} on {rc.base.dataset}, "
+        _say(rc, f"[{next(step)}/{steps}] full data: {E} epochs of {rc.base.model.name} on {rc.base.data.dataset}, "
                  f"recording the first {T}")
         full = train(_stage(rc, "full", record_epochs=T), rerun_if_changed=True)
         store = open_store(out / "full" / "trajectory")
@@ -264,7 +265,7 @@ def _train_controls(rc: RunConfig, pir: Trained, pir_manifest, step, steps: int)
     epochs = max(1, round(pir.cost / n))
     _say(rc, f"[{next(step)}/{steps}] control: the full data for {epochs} epochs ({epochs * n:,} sample-epochs; "
              f"prune-in-run: {pir.cost:,})")
-    warmup = min(rc.base.warmup_epochs, epochs - 1)
+    warmup = min(rc.base.optim.warmup_epochs, epochs - 1)
     short = train(_stage(rc, CONTROLS[1], epochs=epochs, warmup_epochs=warmup, record="off",
                          threshold_samples=False), rerun_if_changed=True)
     return {CONTROLS[0]: rand, CONTROLS[1]: short}
@@ -330,7 +331,7 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
             ("best", f"best {metric}")]
     if rc.base.task == "reid":
         cols += [("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"), ("mINP", "mINP")]
-    lines = [f"# dprune run: {rc.base.dataset}, {rc.base.model}, {E} epochs, scores from the first {T}", "",
+    lines = [f"# dprune run: {rc.base.data.dataset}, {rc.base.model.name}, {E} epochs, scores from the first {T}", "",
              markdown_table(rows, cols), ""]
     headline = (f"- **prune-in-run costs {pir_row['rel']:.2f} of one full training** "
                 f"({pir_row['cost']:,} of {full_cost:,} sample-epochs)")
@@ -382,7 +383,7 @@ def _export_reid_list(cfg: TrainConfig, manifest, path: Path) -> None:
     ReID toolkits can train on the pruned, corrected set."""
     from .data.reid import ReIDRecord, build_reid_dataset, export_list as export_reid
 
-    ds = build_reid_dataset(cfg.dataset, cfg.data_root)
+    ds = build_reid_dataset(cfg.data.dataset, cfg.data.data_root)
     original_pid = {label: pid for pid, label in ds.pid_map.items()}
     records = [ReIDRecord(ds.train[i].relpath, original_pid[int(manifest.labels[i])], ds.train[i].camid)
                for i in manifest.kept.tolist()]

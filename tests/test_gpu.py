@@ -59,7 +59,7 @@ def test_recording_cuda_logits_through_pinned_buffers_equals_cpu_recording(tmp_p
 def test_training_on_the_gpu_records_every_sample(tmp_path):
     from dprune.runs import TrainRun, selection
 
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=2, batch_size=128, progress=False, device="cuda")
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=2, batch_size=128, progress=False, device="cuda")
     metrics = TrainRun(cfg, selection({"ratio": 0.3}, cfg.seed), 1).trainer().fit()
     store = TrajectoryStore.open(tmp_path / "r" / "trajectory")
     assert (store.counts()[0] == 1).all() and metrics[-1]["phase"] == "pruned"

@@ -47,7 +47,7 @@ VARIANTS = {
 
 def _trainer(out, variant):
     fields, prune = VARIANTS[variant]
-    cfg = TrainConfig(out=str(out), batch_size=128, progress=False, eval_every=0, **fields)
+    cfg = TrainConfig.of(out=str(out), batch_size=128, progress=False, eval_every=0, **fields)
     return TrainRun(cfg, None if prune is None else selection(prune, cfg.seed), None if prune is None else 2).trainer()
 
 

@@ -21,7 +21,7 @@ from test_train import N_DIGITS_TRAIN, finish, launch
 
 def test_prune_at_switches_to_the_kept_set_and_costs_what_it_should(tmp_path):
     E, T, r = 6, 2, 0.3
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=E, batch_size=128, progress=False, label_noise=0.1,
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=E, batch_size=128, progress=False, label_noise=0.1,
                       noise_kind="symmetric")
     spec = selection(dict(ratio=r, relabel=True, detector="argmax", mislabelled="relabel", remove_outliers=0.01),
                      cfg.seed)
@@ -45,7 +45,7 @@ def test_prune_at_switches_to_the_kept_set_and_costs_what_it_should(tmp_path):
 
 
 def test_the_schedule_runs_on_over_the_switch(tmp_path):
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=4, batch_size=128, progress=False)
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=4, batch_size=128, progress=False)
     trainer = TrainRun(cfg, selection(dict(ratio=0.5, relabel=False), cfg.seed), 1).trainer()
     lrs = []
     real = trainer._set_lr

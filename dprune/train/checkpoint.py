@@ -28,7 +28,7 @@ class CheckpointError(ValueError):
 
 def run_identity(cfg: TrainConfig, prune) -> dict:
     """What a checkpoint records of the run's configuration (``prune``: the prune-in-run hook or None)."""
-    return {**cfg.to_dict(), "prune_in_run": None if prune is None else prune.identity()}
+    return {**cfg.flat(), "prune_in_run": None if prune is None else prune.identity()}
 
 
 def config_changes(saved: dict, now: dict) -> list[str]:

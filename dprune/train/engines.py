@@ -40,7 +40,7 @@ class TorchEngine:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[world.local_rank] if world.device.type == "cuda" else None)
         self.model = model
-        amp = cfg.amp
+        amp = cfg.distributed.amp
         if amp == "auto":
             amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if world.device.type == "cuda" else "off"
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -140,14 +140,14 @@ class DeepSpeedEngine(TorchEngine):
 
 
 def _deepspeed_config(cfg: TrainConfig, world: World) -> dict:
-    if cfg.deepspeed_config:
-        ds = read_json(Path(cfg.deepspeed_config), "DeepSpeed config")
+    if cfg.distributed.deepspeed_config:
+        ds = read_json(Path(cfg.distributed.deepspeed_config), "DeepSpeed config")
         if not isinstance(ds, dict):
-            raise ValueError(f"{cfg.deepspeed_config}: a DeepSpeed config must be a JSON object")
+            raise ValueError(f"{cfg.distributed.deepspeed_config}: a DeepSpeed config must be a JSON object")
     else:
         bf16 = world.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        ds = {"zero_optimization": {"stage": cfg.zero_stage}, "bf16": {"enabled": bf16}}
-    ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        ds = {"zero_optimization": {"stage": cfg.distributed.zero_stage}, "bf16": {"enabled": bf16}}
+    ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
     ds.setdefault("gradient_accumulation_steps", 1)
     ds.pop("train_batch_size", None)
     ds.pop("scheduler", None)  # the trainer sets the learning rate itself

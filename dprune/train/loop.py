@@ -75,14 +75,14 @@ class Trainer:
     """One training run described by a :class:`TrainConfig`; call :meth:`fit`.
 
     ``prune``: the end-of-epoch hook of prune-in-run; ``fold``: the summary store's folding
-    rule (needed when ``cfg.store == "summary"``).  ``restart=True`` deletes what an earlier
+    rule (needed when ``cfg.record.store == "summary"``).  ``restart=True`` deletes what an earlier
     run left in ``cfg.out`` (checkpoint, metrics, trajectory, manifest) and starts over;
     otherwise a checkpoint there is resumed.
     """
 
     def __init__(self, cfg: TrainConfig, *, restart: bool = False, prune: PruneHook | None = None, fold=None):
         self.cfg, self.prune, self.fold = cfg, prune, fold
-        self.world: World = init_world(cfg.device)
+        self.world: World = init_world(cfg.distributed.device)
         self.out = Path(cfg.out)
         self.log = Output(cfg.progress and self.world.is_main)
         self._lock = take_run_lock(self.world, self.out)
@@ -100,7 +100,7 @@ class Trainer:
             self.manifest: Manifest | None = self.data.manifest
             self._use(self.data.train_labels, None if self.manifest is None else self.manifest.kept)
             model, optimizer, self._lr_factor = self.task.build_model(self.data.train_set, self.data.num_classes)
-            self.engine = ENGINES[cfg.backend](cfg, self.world, model, optimizer)
+            self.engine = ENGINES[cfg.distributed.backend](cfg, self.world, model, optimizer)
         except BaseException:
             self.close()
             raise
@@ -139,9 +139,9 @@ class Trainer:
         done = len(self.metrics)
         if self.data.noise_record is not None and self.world.is_main:
             atomic_savez(self.out / "label_noise.npz", self.data.noise_record)
-        if self.cfg.record != "off":
+        if self.cfg.record.mode != "off":
             self.recorder = open_recorder(self.cfg, self.world, self.data, self.out / TRAJECTORY, self.fold)
-            self.recorder.sync(done, record_epochs=self.cfg.record_epochs)
+            self.recorder.sync(done, record_epochs=self.cfg.record.record_epochs)
         return done
 
     # ------------------------------------------------------------------------ pruning inside the run
@@ -195,12 +195,13 @@ class Trainer:
         cfg = self.cfg
         _seed_everything(cfg.seed * 1_000_003 + epoch * 1009 + self.world.rank)
         self.loaders.sampler.set_epoch(epoch)
-        recording = self.recorder is not None and (cfg.record_epochs is None or epoch < cfg.record_epochs)
+        last = cfg.record.record_epochs
+        recording = self.recorder is not None and (last is None or epoch < last)
         if recording:
             self.recorder.begin_epoch(epoch)
         t0 = time.perf_counter()
         stats = self._train_epoch(epoch, recording) if not cfg.frozen else {"samples_seen": 0}
-        if cfg.record == "pass" and recording:
+        if cfg.record.mode == "pass" and recording:
             self._record_pass(epoch)
         if recording:
             self.recorder.complete_epoch(epoch)
@@ -223,7 +224,7 @@ class Trainer:
             x_B, y_B = engine.to_device(x_B), y_B.to(device, non_blocking=True)
             with engine.autocast():
                 loss, logits_BC = self.task.loss(engine.model(x_B), y_B)
-            if recording and self.cfg.record == "train":
+            if recording and self.cfg.record.mode == "train":
                 self.recorder.record(idx_B, logits_BC)
             self._set_lr(epoch, step)
             engine.step(loss)
@@ -242,7 +243,7 @@ class Trainer:
         """The schedule at the fractional epoch, on the torch optimizer (which DeepSpeed steps too)."""
         steps = self.loaders.steps_per_epoch
         for g in self.engine.optimizer.param_groups:  # read anew: a resumed optimizer has new groups
-            g["lr"] = self.cfg.lr * self._lr_factor(epoch + step / steps, steps)
+            g["lr"] = self.cfg.optim.lr * self._lr_factor(epoch + step / steps, steps)
 
     @torch.no_grad()
     def _record_pass(self, epoch: int) -> None:

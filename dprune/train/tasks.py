@@ -27,7 +27,7 @@ def cosine_lr_factor(cfg: TrainConfig, t: float, steps_in_epoch: int) -> float:
     A step is at ``t = epoch + step / steps_in_epoch``; without pruning this is the usual
     per-step schedule (step k of S per epoch: warm-up (k + 1) / (W S), then cosine).
     """
-    W, E = cfg.warmup_epochs, cfg.epochs
+    W, E = cfg.optim.warmup_epochs, cfg.epochs
     if t < W:
         return (t + 1 / steps_in_epoch) / W
     return 0.5 * (1 + math.cos(math.pi * (t - W) / max(E - W, 1e-9)))
@@ -45,20 +45,21 @@ class ClassificationTask:
         """The training set (labels as the dataset gives them) and the evaluation data."""
         cfg = self.cfg
         # The data are the same whatever the training seed (digits: its fixed seed-0 split).
-        train, test = build_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size, augment=cfg.augment)
+        d = cfg.data
+        train, test = build_dataset(d.dataset, d.data_root, image_size=d.image_size, augment=d.augment)
         self.eval_transform = test.transform
-        self.test_loader = DataLoader(IndexedDataset(test), batch_size=max(256, cfg.batch_size), shuffle=False,
-                                      num_workers=cfg.num_workers, pin_memory=self.world.device.type == "cuda")
+        self.test_loader = DataLoader(IndexedDataset(test), batch_size=max(256, cfg.data.batch_size), shuffle=False,
+                                      num_workers=cfg.data.num_workers, pin_memory=self.world.device.type == "cuda")
         return train
 
     def build_model(self, train_set, num_classes: int):
         """The model (on the device), its torch optimizer, and the schedule ``factor(t, steps_in_epoch)``."""
         cfg = self.cfg
         sample = train_set[0][0]
-        model = build_model(cfg.model, num_classes, train_set.in_channels, cfg.weights,
+        model = build_model(cfg.model.name, num_classes, train_set.in_channels, cfg.model.weights,
                             image_size=int(max(sample.shape[-2:]))).to(self.world.device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                    weight_decay=cfg.optim.weight_decay, nesterov=True)
         return model, optimizer, lambda t, steps: cosine_lr_factor(cfg, t, steps)
 
     def sampler(self, train_ds):
@@ -67,11 +68,11 @@ class ClassificationTask:
                                   drop_last=False)
 
     def loader(self, train_ds, sampler, **loader_kw) -> DataLoader:
-        return DataLoader(train_ds, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=False, **loader_kw)
+        return DataLoader(train_ds, batch_size=self.cfg.data.batch_size, sampler=sampler, drop_last=False, **loader_kw)
 
     def loss(self, out, y_B: torch.Tensor):
         """``(loss, logits_BC)`` of a training forward pass ``out``."""
-        return F.cross_entropy(out.float(), y_B, label_smoothing=self.cfg.label_smoothing), out
+        return F.cross_entropy(out.float(), y_B, label_smoothing=self.cfg.optim.label_smoothing), out
 
     def logits(self, module, x_B: torch.Tensor) -> torch.Tensor:
         """What a recording pass stores for the batch ``x_B``."""
@@ -112,11 +113,11 @@ class ReIDTask(ClassificationTask):
         from .reid import reid_transforms
 
         cfg = self.cfg
-        self.reid = build_reid_dataset(cfg.dataset, cfg.data_root)
-        size = (cfg.reid_height, cfg.reid_width)
+        self.reid = build_reid_dataset(cfg.data.dataset, cfg.data.data_root)
+        size = (cfg.reid.reid_height, cfg.reid.reid_width)
         train = ReIDImageDataset(self.reid.train, self.reid.root, reid_transforms(*size, train=True))
         self.eval_transform = reid_transforms(*size, train=False)
-        loader_kw = dict(num_workers=cfg.num_workers, pin_memory=self.world.device.type == "cuda")
+        loader_kw = dict(num_workers=cfg.data.num_workers, pin_memory=self.world.device.type == "cuda")
         self.query_loader, self.gallery_loader = (
             DataLoader(ReIDImageDataset(records, self.reid.root, self.eval_transform), batch_size=128, shuffle=False,
                        **loader_kw) for records in (self.reid.query, self.reid.gallery))
@@ -127,17 +128,18 @@ class ReIDTask(ClassificationTask):
         from .reid import step_lr_factor
 
         cfg = self.cfg
-        model = BoTReID(num_classes, cfg.model, weights=cfg.weights).to(self.world.device)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay)
-        warm = cfg.warmup_epochs or max(1, cfg.epochs // 12)
+        model = BoTReID(num_classes, cfg.model.name, weights=cfg.model.weights).to(self.world.device)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
+                                     weight_decay=cfg.optim.weight_decay)
+        warm = cfg.optim.warmup_epochs or max(1, cfg.epochs // 12)
         return model, optimizer, lambda t, steps: step_lr_factor(cfg.epochs, warm, t)
 
     def sampler(self, train_ds):
         from .reid import PKSampler
 
         cfg, w = self.cfg, self.world
-        return PKSampler(train_ds.labels, cfg.batch_size // cfg.pk_k, cfg.pk_k, world_size=w.world_size, rank=w.rank,
+        k = cfg.reid.pk_k
+        return PKSampler(train_ds.labels, cfg.data.batch_size // k, k, world_size=w.world_size, rank=w.rank,
                          seed=cfg.seed)
 
     def loader(self, train_ds, sampler, **loader_kw) -> DataLoader:
@@ -146,8 +148,8 @@ class ReIDTask(ClassificationTask):
     def loss(self, out, y_B: torch.Tensor):
         from .reid import batch_hard_triplet_loss
 
-        ce = F.cross_entropy(out.logits.float(), y_B, label_smoothing=self.cfg.label_smoothing)
-        return ce + batch_hard_triplet_loss(out.feat, y_B, self.cfg.triplet_margin), out.logits
+        ce = F.cross_entropy(out.logits.float(), y_B, label_smoothing=self.cfg.optim.label_smoothing)
+        return ce + batch_hard_triplet_loss(out.feat, y_B, self.cfg.reid.triplet_margin), out.logits
 
     def logits(self, module, x_B: torch.Tensor) -> torch.Tensor:
         return module.logits(x_B)
