@@ -50,7 +50,7 @@ from .config import TrainConfig
 from .data import build_run_data, make_loaders, open_recorder
 from .engines import ENGINES
 from .output import Output
-from .tasks import METRIC_NAMES, TASK_CLASSES
+from .tasks import TASK_CLASSES
 
 
 class PruneHook(Protocol):
@@ -258,7 +258,7 @@ class Trainer:
         every = self.cfg.eval_every
         if epoch + 1 == self.cfg.epochs or (every and (epoch + 1) % every == 0):
             return self.evaluate()
-        return {"test_metric": math.nan, "metric_name": METRIC_NAMES[self.cfg.task]}
+        return {"test_metric": math.nan, "metric_name": self.task.metric_name}
 
     @torch.no_grad()
     def evaluate(self) -> dict:

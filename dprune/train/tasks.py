@@ -169,4 +169,3 @@ class ReIDTask(ClassificationTask):
 
 
 TASK_CLASSES = {"classification": ClassificationTask, "reid": ReIDTask}
-METRIC_NAMES = {name: task.metric_name for name, task in TASK_CLASSES.items()}
