@@ -118,7 +118,7 @@ def prepare_data(dataset: str, work: Path, *, n_train: int | None = None, subset
 def train_config(out: Path, *, seed: int, data_root: str | None, dataset: str, model: str, epochs: int,
                  batch_size: int, lr: float, max_steps: int | None = None, **kw) -> TrainConfig:
     """A benchmark training run: on the CPU, quiet, evaluated only after the last epoch."""
-    return TrainConfig(out=str(out), dataset=dataset, data_root=data_root, model=model, epochs=epochs,
+    return TrainConfig.of(out=str(out), dataset=dataset, data_root=data_root, model=model, epochs=epochs,
                        batch_size=batch_size, lr=lr, seed=seed, device="cpu", progress=False, eval_every=0,
                        max_steps_per_epoch=max_steps, **kw)
 
@@ -128,8 +128,8 @@ def store_and_truth(run):
     noisy labels, flipped), checked against each other."""
     from dprune.store import open_store
 
-    store = open_store(Path(run.config.out) / "trajectory")
-    with np.load(Path(run.config.out) / "label_noise.npz") as z:
+    store = open_store(Path(run.config.train.out) / "trajectory")
+    with np.load(Path(run.config.train.out) / "label_noise.npz") as z:
         truth = {k: z[k] for k in ("clean_labels", "noisy_labels", "flipped")}
     if not np.array_equal(truth["noisy_labels"], store.labels):
         raise RuntimeError(f"{store.run_dir}: the store's labels are not the noisy labels")

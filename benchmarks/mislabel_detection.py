@@ -157,8 +157,8 @@ class Experiment:
         (which this run cannot judge) as missed; AUROC/AP are over the judged samples."""
         run = train(self.config(noise, seed, "record_threshold", train_seed=seed, record="train",
                                 threshold_samples=True))
-        store = open_store(Path(run.config.out) / "trajectory")
-        with np.load(Path(run.config.out) / "label_noise.npz") as z:
+        store = open_store(Path(run.config.train.out) / "trajectory")
+        with np.load(Path(run.config.train.out) / "label_noise.npz") as z:
             flipped = z["flipped"]
         scores, _, _ = load_or_score(store, methods=["aum"], first_epochs=T)
         judged = ~scores["threshold_sample"]
@@ -309,9 +309,10 @@ def custom_manifest(path: Path, store, *, kept: np.ndarray, labels: np.ndarray, 
 @torch.no_grad()
 def predict(trainer: Trainer, indices: np.ndarray) -> np.ndarray:
     """Softmax probabilities [n, C] (float64) of a trained run's model on training samples ``indices``."""
-    data = IndexedDataset(trainer.train_set, indices=indices)
-    trainer.module.eval()
-    out = [torch.softmax(trainer.module(batch[0].to(trainer.world.device)).double(), 1).cpu()
+    data = IndexedDataset(trainer.data.train_set, indices=indices)
+    module = trainer.engine.module
+    module.eval()
+    out = [torch.softmax(module(batch[0].to(trainer.world.device)).double(), 1).cpu()
            for batch in DataLoader(data, batch_size=512, shuffle=False)]
     return torch.cat(out).numpy()
 

@@ -73,6 +73,7 @@ from mislabel_detection import custom_manifest, predict  # noqa: E402
 from dprune.data import build_dataset, instance_dependent_noise  # noqa: E402
 from dprune.pruning import prune_store  # noqa: E402
 from dprune.select import RUN_DEFAULTS  # noqa: E402
+from dprune.runs import TrainRun, selection  # noqa: E402
 from dprune.stages import train  # noqa: E402
 from dprune.train.loop import Trainer  # noqa: E402
 
@@ -149,7 +150,7 @@ class Experiment:
         cfg = train_config(where, seed=seed, data_root=self.root, dataset=a.dataset, model=a.model,
                            epochs=epochs or a.epochs, batch_size=a.batch_size, lr=a.lr,
                            max_steps=a.max_steps_per_epoch, **noise_kw, **kw)
-        return dataclasses.replace(cfg, eval_every=eval_every)
+        return cfg.replace(eval_every=eval_every)
 
     def instance_labels(self, noise, seed: int) -> Path:
         """Instance-dependent noisy labels of seed ``seed`` (made once, from cross-fitted halves)."""
@@ -179,9 +180,9 @@ class Experiment:
             manifest = where / f"half{k}.json"
             custom_manifest(manifest, data, kept=fit_on, labels=data.labels, removed=judge,
                             reason=f"judged by the model of half {k}")
-            cfg = dataclasses.replace(self.config(None, seed, "x", clean=True), out=str(where / f"half{k}"),
-                                      epochs=self.a.instance_epochs, record="off", seed=7000 + seed,
-                                      manifest=str(manifest))
+            cfg = self.config(None, seed, "x", clean=True).replace(
+                out=str(where / f"half{k}"), epochs=self.a.instance_epochs, record="off", seed=7000 + seed,
+                manifest=str(manifest))
             train(cfg)
             trainer = Trainer(cfg)
             trainer.fit()  # finished: loads the model
@@ -198,8 +199,8 @@ class Experiment:
 
     def pir(self, noise, seed, name: str, **spec):
         a = self.a
-        return train(self.config(noise, seed, name, prune_at=a.T, record_epochs=a.T, **spec),
-                     rerun_if_changed=True)
+        cfg = self.config(noise, seed, name, record_epochs=a.T)
+        return train(TrainRun(cfg, selection(spec, cfg.seed), a.T), rerun_if_changed=True)
 
     def default_spec(self) -> dict:
         d = RUN_DEFAULTS
@@ -249,7 +250,7 @@ class Experiment:
         out = {"acc": run.metrics[-1]["test_metric"], "cost": run.cost,
                "curve": [m["test_metric"] for m in run.metrics], "epoch_samples": [m["samples_seen"] for m in run.metrics],
                "epochs": len(run.metrics), "wall_s": run.seconds}
-        manifest = Path(run.config.out) / "manifest.json"
+        manifest = Path(run.config.train.out) / "manifest.json"
         if manifest.exists() and noise is not None:
             out.update(self._cleaning(noise, seed, arm))
         return out
@@ -293,8 +294,8 @@ class Experiment:
             manifest = where / f"fold{k}.json"
             custom_manifest(manifest, store, kept=fit_on, labels=noisy, removed=held,
                             reason=f"held out: fold {k} of {a.folds}")
-            cfg = dataclasses.replace(self.config(noise, seed, "x"), out=str(where / f"fold{k}"), epochs=cv_epochs,
-                                      record="off", manifest=str(manifest))
+            cfg = self.config(noise, seed, "x").replace(out=str(where / f"fold{k}"), epochs=cv_epochs,
+                                                        record="off", manifest=str(manifest))
             cost += train(cfg).cost
             trainer = Trainer(cfg)
             trainer.fit()  # finished: loads the model

@@ -9,7 +9,7 @@ scratch** on the kept samples with training seed 1000 + s (a seed other than the
 for E epochs ("same epochs": fewer steps, the paper's protocol) or for as many steps as the full
 run ("same steps": E * N / kept epochs), then evaluates top-1 on the test set.  Ties are broken
 by a seeded stream of each scorer's own (never the random scorer's).  Prune-in-run cells train
-one run that records T epochs, prunes itself and carries on (``TrainConfig.prune_at``).
+one run that records T epochs, prunes itself and carries on (``dprune.runs.TrainRun`` with ``prune_at``).
 
 Scorers: ``entropy``, ``el2n``, ``dual``, ``reverse_entropy`` (prunes the hardest: a sanity
 check) at T; ``aum`` and ``forgetting_full`` over the whole run (T = E); ``random``.
@@ -45,6 +45,7 @@ from dprune.manifest import load_manifest, write_manifest  # noqa: E402
 from dprune.pruning import prune_store  # noqa: E402
 from dprune.scoring import load_or_score  # noqa: E402
 from dprune.select import PruneSpec, select  # noqa: E402
+from dprune.runs import TrainRun, selection  # noqa: E402
 from dprune.stages import train  # noqa: E402
 from dprune.store import open_store  # noqa: E402
 
@@ -146,12 +147,12 @@ class Experiment:
     def manifest(self, size, seed: int, scorer: str, T: int, ratio: float) -> tuple[Path, dict]:
         """Select by ``scorer`` over the first ``T`` epochs of the seed's recorded run."""
         run = self.recorded(size, seed)
-        store = open_store(Path(run.config.out) / "trajectory")
+        store = open_store(Path(run.config.train.out) / "trajectory")
         method, prefix = SCORERS[scorer]
         first = T if prefix else None
         spec = PruneSpec(method=method, ratio=ratio, policy="class", seed=seed)
         params = {"random": {"seed": seed}}
-        path = Path(run.config.out).parent / "manifests" / f"{scorer}_T{T}_r{ratio:g}.json"
+        path = Path(run.config.train.out).parent / "manifests" / f"{scorer}_T{T}_r{ratio:g}.json"
         if scorer == "reverse_entropy":
             scores, meta, _ = load_or_score(store, methods=["entropy"], params=params, first_epochs=first)
             scores = dict(scores, reverse_entropy=-scores["entropy"])
@@ -178,9 +179,11 @@ class Experiment:
 
     def pir_cell(self, size, seed: int, T: int, ratio: float) -> dict:
         cfg = self.config(size, f"prune-in-run/entropy_T{T}_r{ratio:g}", RETRAIN_SEED + seed, record="train",
-                          record_epochs=T, prune_at=T, ratio=ratio, method="entropy", policy="class",
-                          relabel=False, remove_outliers=None)  # the score alone (clean labels), as the committed cells
-        run = train(cfg)
+                          record_epochs=T)
+        # The score alone (clean labels), as the committed cells.
+        spec = selection(dict(ratio=ratio, method="entropy", policy="class", relabel=False, remove_outliers=None),
+                         cfg.seed)
+        run = train(TrainRun(cfg, spec, T))
         m = load_manifest(Path(cfg.out) / "manifest.json")
         return {"acc": run.metrics[-1]["test_metric"], "n_kept": len(m.kept), "cost": run.cost, "wall_s": run.seconds}
 
@@ -195,7 +198,7 @@ class Experiment:
             path, _ = self.manifest(size, seed, s, p.T, ratio)
             pruned[s] = set(load_manifest(path).data["pruned"])
             run = self.recorded(size, seed)
-            store = open_store(Path(run.config.out) / "trajectory")
+            store = open_store(Path(run.config.train.out) / "trajectory")
             method, prefix = SCORERS[s]
             sc, _, _ = load_or_score(store, methods=[method], first_epochs=p.T if prefix else None)
             values[s] = -sc[method] if s == "reverse_entropy" else sc[method]

@@ -42,6 +42,7 @@ from _common import machine  # noqa: E402
 
 from dprune.models import build_model  # noqa: E402
 from dprune.recorder import Recorder  # noqa: E402
+from dprune.scoring.online import SummaryFold  # noqa: E402
 
 CONFIGS = {  # name: (N samples, C classes, model, input shape)
     "fashion_mnist": (60000, 10, "small_cnn", (1, 28, 28)),
@@ -60,7 +61,8 @@ def bench(config: str, *, batch: int, steps: int, device: str) -> dict:
     perm = torch.from_numpy(np.random.default_rng(0).permutation(n_samples))
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as d:
-        recs = {kind: Recorder(Path(d) / kind, labels=np.zeros(n_samples, np.int64), n_classes=n_classes, kind=kind)
+        recs = {kind: Recorder(Path(d) / kind, labels=np.zeros(n_samples, np.int64), n_classes=n_classes, kind=kind,
+                               fold=SummaryFold() if kind == "summary" else None)
                 for kind in ("full", "summary")}
         for r in recs.values():
             r.begin_epoch(0)

@@ -82,46 +82,87 @@ def main(debug):
 
 
 # ----------------------------------------------------------------------------------- train
-def _config_options(func):
-    """One click option per :class:`TrainConfig` field (the dataclass is where they are defined)."""
-    from .train.config import TrainConfig
+_PRUNE_AT_HELP = ("Prune inside this run: after epoch T, score the first T recorded epochs, write OUT/manifest.json "
+                  "and continue epochs T+1.. on the kept samples with the corrected labels, same model, optimizer "
+                  "and schedule.")
 
-    hints = typing.get_type_hints(TrainConfig)
-    for f in reversed(dataclasses.fields(TrainConfig)):
-        typ = hints[f.name]
+
+def _train_fields() -> dict:
+    """``name -> (type, help, default)`` of every ``dprune train`` option: TrainConfig's flat fields
+    (:data:`dprune.train.config.FLAT_FIELDS`), then --prune-at and the selection it makes, generated
+    from :class:`~dprune.select.PruneSpec`'s fields (defaults :data:`~dprune.select.RUN_DEFAULTS`)."""
+    from .runs import SELECTION_OPTIONS
+    from .select import RUN_DEFAULTS, PruneSpec
+    from .train.config import FLAT_FIELDS
+
+    out = {name: (f.type, f.help, f.default) for name, f in FLAT_FIELDS.items()}
+    out["prune_at"] = (typing.Optional[int], _PRUNE_AT_HELP, None)
+    spec_fields = {f.name: f for f in dataclasses.fields(PruneSpec)}
+    hints = typing.get_type_hints(PruneSpec)
+    for name, field in SELECTION_OPTIONS.items():
+        typ = hints[field] if hints[field] in (bool, int, float, str) else str  # text parsed by runs.selection
+        out[name] = (typ, spec_fields[field].metadata["help"] + " (With --prune-at.)", getattr(RUN_DEFAULTS, field))
+    return out
+
+
+def _config_options(func):
+    """One click option per ``dprune train`` field (:func:`_train_fields`, from the dataclasses)."""
+    for name, (typ, help_text, default) in reversed(_train_fields().items()):
         base = next((a for a in typing.get_args(typ) if a is not type(None)), typ)
-        flag = "--" + f.name.replace("_", "-")
-        default = None if f.default is dataclasses.MISSING else f.default
-        help_text = f.metadata.get("help", "") + ("" if default is None else f" [default: {default}]")
+        flag = "--" + name.replace("_", "-")
+        help_text += "" if default is None else f" [default: {default}]"
         if base is bool:
-            opt = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text)
+            opt = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
         else:
-            opt = click.option(flag, f.name, type=base, default=None, help=help_text)
+            opt = click.option(flag, name, type=base, default=None, help=help_text)
         func = opt(func)
     return func
 
 
 def _make_config(config_path, overrides: dict):
-    """TrainConfig from an optional JSON file (values type-checked) and command-line options (which win)."""
+    """The run (:class:`dprune.runs.TrainRun`) from an optional JSON file of ``dprune train`` fields
+    (flat, or in TrainConfig's sections: ``{"optim": {"lr": 0.1}}``; values type-checked) and
+    command-line options (which win)."""
     from .options import coerce
+    from .runs import SELECTION_OPTIONS, TrainRun, selection
     from .train.config import TrainConfig
 
     values = {}
     if config_path:
         from .fileio import read_json
 
-        values = read_json(Path(config_path), "--config file")
-        if not isinstance(values, dict):
-            raise ValueError(f"{config_path}: a config must be a JSON object of TrainConfig fields")
-        hints = typing.get_type_hints(TrainConfig)
-        unknown = sorted(set(values) - set(hints))
+        values = _flat_config(read_json(Path(config_path), "--config file"), config_path)
+        fields = _train_fields()
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"{config_path}: unknown config keys {unknown}")
-        values = {k: coerce(v, hints[k], f"{config_path}: {k}") for k, v in values.items()}
+        values = {k: coerce(v, fields[k][0], f"{config_path}: {k}") for k, v in values.items()}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "out" not in values:
         raise ValueError("--out is required (the run directory)")
-    return TrainConfig(**values)
+    prune_at = values.pop("prune_at", None)
+    picked = {k: values.pop(k) for k in list(values) if k in SELECTION_OPTIONS}
+    cfg = TrainConfig.of(**values)
+    return TrainRun(cfg, None if prune_at is None else selection(picked, cfg.seed), prune_at)
+
+
+def _flat_config(doc, config_path) -> dict:
+    """A ``--config`` object with its sections (``"optim": {...}``) spread into flat names."""
+    from .train.config import FLAT_FIELDS, SECTIONS
+
+    if not isinstance(doc, dict):
+        raise ValueError(f"{config_path}: a config must be a JSON object of dprune train fields")
+    flat_of = {(f.section, f.name): key for key, f in FLAT_FIELDS.items()}
+    out = {}
+    for key, value in doc.items():
+        if key not in SECTIONS or not isinstance(value, dict):  # "model": "resnet18" is the flat field
+            out[key] = value
+            continue
+        unknown = sorted(k for k in value if (key, k) not in flat_of)
+        if unknown:
+            raise ValueError(f"{config_path}: unknown keys {unknown} in section {key!r}")
+        out.update({flat_of[key, k]: v for k, v in value.items()})
+    return out
 
 
 @main.command("train")
@@ -146,26 +187,25 @@ def train_cmd(config_path, restart, **overrides):
     """
     from .stages import train
 
-    cfg = _make_config(config_path, overrides)
-    done = train(cfg, restart=restart)
+    run = _make_config(config_path, overrides)
+    done = train(run, restart=restart)
     if done.metrics and "test_metric" in done.metrics[-1]:  # rank 0
         last = done.metrics[-1]
         click.echo(f"final test {last['metric_name']} {last['test_metric']:.4f} after {len(done.metrics)} epochs "
-                   f"({done.cost:,} sample-epochs); metrics in {Path(cfg.out) / 'metrics.json'}")
+                   f"({done.cost:,} sample-epochs); metrics in {Path(run.train.out) / 'metrics.json'}")
 
 
 # ------------------------------------------------------------------------------------- run
 def _parse_sets(items) -> dict:
     from .options import coerce, parse_value, split_assignment
-    from .train.config import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
+    fields = _train_fields()
     out = {}
     for item in items:
         key, value = split_assignment(item, "--set")
-        if key not in hints:
+        if key not in fields:
             raise ValueError(f"--set {key}: not a 'dprune train' field (see dprune train --help)")
-        out[key] = coerce(parse_value(value), hints[key], f"--set {key}")
+        out[key] = coerce(parse_value(value), fields[key][0], f"--set {key}")
     return out
 
 
@@ -234,9 +274,7 @@ def run_cmd(out, spec, record_epochs, baseline, controls, label_noise, sets, **o
         record_epochs = max(1, options["epochs"] // 10)
     options.update(label_noise=label_noise, noise_kind="symmetric" if label_noise else "none",
                    noise_seed=options["seed"])
-    # TrainConfig carries the selection of its stages under the same names (outliers: remove_outliers).
-    options.update({"remove_outliers" if k == "outliers" else k: v for k, v in spec.to_dict().items() if k != "seed"})
-    rc = run_config(out, options, _parse_sets(sets), record_epochs=record_epochs, baseline=baseline,
+    rc = run_config(out, options, _parse_sets(sets), spec=spec, record_epochs=record_epochs, baseline=baseline,
                     controls=controls)
     click.echo(run_pipeline(rc))
 

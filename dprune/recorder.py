@@ -93,12 +93,15 @@ class Recorder:
         Default: the initialised ``torch.distributed`` group, or a single process.
     meta : dict, optional
         Further entries for a new store's ``meta.json``.
+    fold : optional
+        The summary store's folding rule (``dprune.scoring.online.SummaryFold()``); needed
+        for ``kind="summary"`` only.
     """
 
     def __init__(self, store_dir, *, labels=None, n_classes: int | None = None, sample_ids: Sequence[str] | None = None,
                  kind: str = "full", dtype: str = "float16", epochs: int = 0, queue_size: int = 8,
                  world: World | None = None, labels_source: str = "", command: str | None = None,
-                 meta: dict | None = None, writes: str = "auto"):
+                 meta: dict | None = None, writes: str = "auto", fold=None):
         self.world = world or world_of_process_group()
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -106,15 +109,15 @@ class Recorder:
             raise ValueError(f"writes must be one of {', '.join(WRITES)}, got {writes!r}")
         if writes == "shared" and kind != "full":
             raise ValueError(f"writes='shared' needs a full store (a {kind} store is written by rank 0)")
+        if kind == "summary" and fold is None:
+            raise ValueError("a summary store needs its folding rule: fold=dprune.scoring.online.SummaryFold()")
         self.store = None
         error = None
         if self.world.is_main:
-            from .scoring.online import SummaryFold
-
             try:
                 if labels is None or n_classes is None:
                     raise ValueError("rank 0 needs the labels and n_classes to create the store")
-                self.store = open_or_create_store(kind, Path(store_dir), labels, n_classes, fold=SummaryFold(),
+                self.store = open_or_create_store(kind, Path(store_dir), labels, n_classes, fold=fold,
                                                   sample_ids=sample_ids, dtype=dtype, epochs_planned=epochs,
                                                   labels_source=labels_source, world_size=self.world.world_size,
                                                   command=command, extra_meta=meta)

@@ -37,17 +37,18 @@ from .fileio import atomic_write_json, atomic_write_text, read_npz
 from .manifest import export_list
 from .pruning import load_store_manifest, prune_store
 from .report.html import write_html_report
+from .runs import SELECTION_OPTIONS, TrainRun, selection
 from .select import PruneSpec
 from .store import open_store
+from .train.checkpoint import CHECKPOINT_FORMAT, CheckpointError, config_changes, run_identity
 from .train.config import TrainConfig
-from .train.loop import CheckpointError, Trainer
 
 
 @dataclass
 class Trained:
     """A finished training stage."""
 
-    config: TrainConfig
+    config: TrainRun
     metrics: list[dict]
     seconds: float
     """Wall time of the epochs (sum over its metrics; resumed runs count every epoch once)."""
@@ -67,7 +68,7 @@ def _checkpoint(cfg: TrainConfig) -> dict | None:
     from .rundir import CHECKPOINT
 
     path = Path(cfg.out) / CHECKPOINT
-    if cfg.backend != "ddp" or not path.exists():
+    if cfg.distributed.backend != "ddp" or not path.exists():
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -76,44 +77,48 @@ def _checkpoint(cfg: TrainConfig) -> dict | None:
     return ckpt if isinstance(ckpt, dict) else None
 
 
-def finished(cfg: TrainConfig, ckpt: dict | None) -> Trained | None:
-    """The finished run of ``cfg`` in its checkpoint ``ckpt`` (see :func:`_checkpoint`); None if not finished.
+def finished(run: TrainRun, ckpt: dict | None) -> Trained | None:
+    """The finished run of ``run`` in its checkpoint ``ckpt`` (see :func:`_checkpoint`); None if not finished.
 
     Finished: a checkpoint of the same configuration (and manifest content) with every epoch done.
     """
     from .manifest import manifest_digest
-    from .train.loop import config_changes
 
-    if ckpt is None or ckpt.get("epochs_done") != cfg.epochs:
+    cfg = run.train
+    if ckpt is None or ckpt.get("epochs_done") != cfg.epochs or ckpt.get("format") != CHECKPOINT_FORMAT:
         return None
-    if config_changes(ckpt.get("config", {}), cfg) or ckpt["config"].get("epochs") != cfg.epochs:
+    saved = ckpt.get("config", {})
+    if config_changes(saved, run_identity(cfg, run.hook)) or saved.get("epochs") != cfg.epochs:
         return None
-    if cfg.manifest and ckpt.get("manifest_digest") != manifest_digest(cfg.manifest):
+    if cfg.data.manifest and ckpt.get("manifest_digest") != manifest_digest(cfg.data.manifest):
         return None
     metrics = list(ckpt["metrics"])
-    return Trained(cfg, metrics, float(sum(m["seconds"] for m in metrics)))
+    return Trained(run, metrics, float(sum(m["seconds"] for m in metrics)))
 
 
-def train(cfg: TrainConfig, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
+def train(run: TrainRun | TrainConfig, *, restart: bool = False, rerun_if_changed: bool = False) -> Trained:
     """Train (resuming a killed run, returning a finished one as it is); see the module docstring.
+
+    A plain :class:`TrainConfig` is a run without prune-in-run.
 
     ``rerun_if_changed``: a pipeline stage whose checkpoint has another configuration starts
     over, and so does one planned for another number of epochs (``dprune train`` may extend
     a run; a pipeline compares runs of one schedule, which the cosine depends on).
     """
-    ckpt = None if restart else _checkpoint(cfg)
-    done = finished(cfg, ckpt)
+    run = TrainRun(run) if isinstance(run, TrainConfig) else run
+    ckpt = None if restart else _checkpoint(run.train)
+    done = finished(run, ckpt)
     if done is not None:
         return done
-    if rerun_if_changed and ckpt is not None and ckpt.get("config", {}).get("epochs") != cfg.epochs:
+    if rerun_if_changed and ckpt is not None and ckpt.get("config", {}).get("epochs") != run.train.epochs:
         restart = True
     try:
-        metrics = Trainer(cfg, restart=restart).fit()
+        metrics = run.trainer(restart=restart).fit()
     except CheckpointError:
         if not rerun_if_changed or restart:
             raise
-        metrics = Trainer(cfg, restart=True).fit()
-    return Trained(cfg, metrics, float(sum(m["seconds"] for m in metrics)))
+        metrics = run.trainer(restart=True).fit()
+    return Trained(run, metrics, float(sum(m["seconds"] for m in metrics)))
 
 
 # ----------------------------------------------------------------------------------- dprune run
@@ -134,42 +139,47 @@ class RunConfig:
     out: Path
     base: TrainConfig
     """Every stage's training configuration before the stage sets its owned fields."""
+    spec: PruneSpec
+    """The selection of the paper protocol and of prune-in-run."""
     record_epochs: int
     baseline: bool = True
     controls: bool = True
     """Also train the same-cost controls: random prune-in-run keeping as many samples, and the
     full data for as many sample-epochs as prune-in-run cost (a shorter schedule)."""
 
-    @property
-    def spec(self) -> PruneSpec:
-        return self.base.prune_spec()
 
+def run_config(out, options: dict, sets: dict, *, spec: PruneSpec | None = None, record_epochs: int,
+               baseline: bool = True, controls: bool = True) -> RunConfig:
+    """Map ``dprune run``'s options and ``--set FIELD=VALUE`` onto one :class:`TrainConfig` and the selection.
 
-def run_config(out, options: dict, sets: dict, *, record_epochs: int, baseline: bool = True,
-               controls: bool = True) -> RunConfig:
-    """Map ``dprune run``'s options and ``--set FIELD=VALUE`` onto one :class:`TrainConfig`.
-
-    ``options`` are TrainConfig fields given by ``run``'s own options; ``sets`` win over them.
+    ``options`` are TrainConfig fields and ``spec`` the selection (default
+    :data:`~dprune.select.RUN_DEFAULTS`; its seed becomes the training seed); ``sets`` win over
+    both (selection fields by their option names, :data:`SELECTION_OPTIONS`).
     Fields the stages own (:data:`RUN_OWNED`) are refused in ``sets``.  Everything is
     validated here, before any stage runs.
     """
     owned = sorted(set(sets) & set(RUN_OWNED))
     if owned:
         raise ValueError("; ".join(f"--set {k}: set by dprune run ({RUN_OWNED[k]})" for k in owned))
-    values = {**{k: v for k, v in options.items() if v is not None}, **sets}
+    given = {} if spec is None else {k: getattr(spec, f) for k, f in SELECTION_OPTIONS.items()}
+    values = {**given, **{k: v for k, v in options.items() if v is not None}, **sets}
+    picked = {k: values.pop(k) for k in list(values) if k in SELECTION_OPTIONS}
     if values.get("task") == "reid" and "model" not in values:
         values["model"] = "resnet50"
-    if values.get("detector") == "aum" and values.get("relabel", True):
+    if picked.get("detector") == "aum" and picked.get("relabel", True):
         values["threshold_samples"] = True  # the recording runs set the AUM threshold with them
-    base = TrainConfig(out=str(Path(out) / "full"), **values)
+    base = TrainConfig.of(out=str(Path(out) / "full"), **values)
     if not 1 <= record_epochs < base.epochs:
         raise ValueError(f"--record-epochs must be in [1, --epochs) = [1, {base.epochs}), got {record_epochs}")
-    base.prune_spec()  # validate method, ratio, policy, detector, outliers now
-    return RunConfig(Path(out), base, record_epochs, baseline, controls)
+    rc = RunConfig(Path(out), base, selection(picked, base.seed), record_epochs, baseline, controls)
+    _stage(rc, "prune-in-run", prune=rc.spec, record_epochs=record_epochs)  # validates the selection now
+    return rc
 
 
-def _stage(rc: RunConfig, name: str, **fields) -> TrainConfig:
-    return dataclasses.replace(rc.base, out=str(rc.out / name), **fields)
+def _stage(rc: RunConfig, name: str, *, prune: PruneSpec | None = None, **fields) -> TrainRun:
+    """Stage ``name``'s run: prune-in-run at T with ``prune``, if given."""
+    cfg = rc.base.replace(out=str(rc.out / name), **fields)
+    return TrainRun(cfg, prune, None if prune is None else rc.record_epochs)
 
 
 def _summary(t: Trained) -> dict:
@@ -198,15 +208,15 @@ def run_pipeline(rc: RunConfig) -> str:
 
 def _run_pipeline(rc: RunConfig) -> str:
     out, T, E = rc.out, rc.record_epochs, rc.base.epochs
-    atomic_write_json(out / "pipeline.json", {"base": rc.base.to_dict(), "record_epochs": T, "baseline": rc.baseline,
-                                              "controls": rc.controls})
+    atomic_write_json(out / "pipeline.json", {"base": rc.base.flat(), "selection": rc.spec.to_dict(),
+                                              "record_epochs": T, "baseline": rc.baseline, "controls": rc.controls})
     spec = rc.spec
     steps = (4 if rc.baseline else 1) + (2 if rc.controls else 0)
     step = iter(range(1, steps + 1))
     full = paper = select_s = None
     manifest_path = out / "manifest.json"
     if rc.baseline:
-        _say(rc, f"[{next(step)}/{steps}] full data: {E} epochs of {rc.base.model} on {rc.base.dataset}, "
+        _say(rc, f"[{next(step)}/{steps}] full data: {E} epochs of {rc.base.model.name} on {rc.base.data.dataset}, "
                  f"recording the first {T}")
         full = train(_stage(rc, "full", record_epochs=T), rerun_if_changed=True)
         store = open_store(out / "full" / "trajectory")
@@ -220,7 +230,7 @@ def _run_pipeline(rc: RunConfig) -> str:
                       rerun_if_changed=True)
     _say(rc, f"[{next(step)}/{steps}] prune-in-run: {T} recorded epochs on the full set, prune, {E - T} more on "
              f"the kept set")
-    pir = train(_stage(rc, "prune-in-run", prune_at=T, record_epochs=T), rerun_if_changed=True)
+    pir = train(_stage(rc, "prune-in-run", prune=spec, record_epochs=T), rerun_if_changed=True)
     pir_store = open_store(out / "prune-in-run" / "trajectory")
     if not rc.baseline:
         shutil.copyfile(out / "prune-in-run" / "manifest.json", manifest_path)
@@ -250,13 +260,14 @@ def _train_controls(rc: RunConfig, pir: Trained, pir_manifest, step, steps: int)
     ratio = (m["n_observed"] - kept_observed) / m["n_observed"]
     _say(rc, f"[{next(step)}/{steps}] control: random prune-in-run at epoch {T}, keeping {kept_observed} "
              f"observed samples like prune-in-run, no cleaning")
-    rand = train(_stage(rc, CONTROLS[0], prune_at=T, record_epochs=T, method="random", ratio=ratio, relabel=False,
-                        remove_outliers=None, threshold_samples=False), rerun_if_changed=True)
+    at_random = dataclasses.replace(rc.spec, method="random", ratio=ratio, relabel=False, outliers=None)
+    rand = train(_stage(rc, CONTROLS[0], prune=at_random, record_epochs=T, threshold_samples=False),
+                 rerun_if_changed=True)
     n = pir.metrics[0]["samples_seen"]  # one epoch of the full data (padded as the sampler pads it)
     epochs = max(1, round(pir.cost / n))
     _say(rc, f"[{next(step)}/{steps}] control: the full data for {epochs} epochs ({epochs * n:,} sample-epochs; "
              f"prune-in-run: {pir.cost:,})")
-    warmup = min(rc.base.warmup_epochs, epochs - 1)
+    warmup = min(rc.base.optim.warmup_epochs, epochs - 1)
     short = train(_stage(rc, CONTROLS[1], epochs=epochs, warmup_epochs=warmup, record="off",
                          threshold_samples=False), rerun_if_changed=True)
     return {CONTROLS[0]: rand, CONTROLS[1]: short}
@@ -302,11 +313,11 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
         control_rows = [
             {"run": f"control: random prune-in-run at epoch {T} (as many kept, no cleaning)", "kept": len(rand_kept),
              "cost": rand.cost, "rel": rand.cost / full_cost, "seconds": rand.seconds, **_summary(rand)},
-            {"run": f"control: full data for {short.config.epochs} epochs (about the same cost)", "kept": N,
+            {"run": f"control: full data for {short.config.train.epochs} epochs (about the same cost)", "kept": N,
              "cost": short.cost, "rel": short.cost / full_cost, "seconds": short.seconds, **_summary(short)}]
         rows += control_rows
         curves["control: random prune-in-run"] = rand.metrics
-        curves[f"control: full data, {short.config.epochs} epochs"] = short.metrics
+        curves[f"control: full data, {short.config.train.epochs} epochs"] = short.metrics
 
     scores, _ = load_scores(store.run_dir / "scores.npz", n_samples=N)
     pruned_mask = np.zeros(N, bool)
@@ -322,7 +333,7 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
             ("best", f"best {metric}")]
     if rc.base.task == "reid":
         cols += [("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"), ("mINP", "mINP")]
-    lines = [f"# dprune run: {rc.base.dataset}, {rc.base.model}, {E} epochs, scores from the first {T}", "",
+    lines = [f"# dprune run: {rc.base.data.dataset}, {rc.base.model.name}, {E} epochs, scores from the first {T}", "",
              markdown_table(rows, cols), ""]
     headline = (f"- **prune-in-run costs {pir_row['rel']:.2f} of one full training** "
                 f"({pir_row['cost']:,} of {full_cost:,} sample-epochs)")
@@ -374,7 +385,7 @@ def _export_reid_list(cfg: TrainConfig, manifest, path: Path) -> None:
     ReID toolkits can train on the pruned, corrected set."""
     from .data.reid import ReIDRecord, build_reid_dataset, export_list as export_reid
 
-    ds = build_reid_dataset(cfg.dataset, cfg.data_root)
+    ds = build_reid_dataset(cfg.data.dataset, cfg.data.data_root)
     original_pid = {label: pid for pid, label in ds.pid_map.items()}
     records = [ReIDRecord(ds.train[i].relpath, original_pid[int(manifest.labels[i])], ds.train[i].camid)
                for i in manifest.kept.tolist()]

@@ -34,6 +34,23 @@ def test_every_prunespec_field_is_a_generated_option(name, defaults, required, s
     assert generated == {f.name for f in dataclasses.fields(PruneSpec)} - set(skip)
 
 
+def test_train_generates_its_prune_in_run_selection_from_prunespec(tmp_path):
+    from dprune.runs import SELECTION_OPTIONS
+
+    options = {p.name: p for p in cli.main.commands["train"].params}
+    assert set(SELECTION_OPTIONS.values()) == {f.name for f in dataclasses.fields(PruneSpec)} - {"seed"}
+    for name, field in SELECTION_OPTIONS.items():
+        meta = PruneSpec.__dataclass_fields__[field].metadata
+        assert options[name].opts[0] == (meta["flag"] or "--" + field.replace("_", "-"))
+        default = getattr(RUN_DEFAULTS, field)
+        assert meta["help"] in options[name].help and (default is None or f"[default: {default}]" in options[name].help)
+    run = cli._make_config(None, {"out": str(tmp_path / "o"), "epochs": 10, "prune_at": 2, "remove_outliers": "flagged",
+                                  "detector": "argmax", "ratio": 0.4, "seed": 5})
+    assert run.prune == dataclasses.replace(RUN_DEFAULTS, outliers="flagged", detector="argmax", ratio=0.4, seed=5)
+    run = cli._make_config(None, {"out": str(tmp_path / "o"), "epochs": 10, "prune_at": 2, "remove_outliers": "0.05"})
+    assert run.prune.outliers == 0.05
+
+
 def test_a_new_field_becomes_an_option_with_its_checks():
     """What adding a field to PruneSpec gives, here on a subclass: its option, its default, its choices."""
     Wider = dataclasses.make_dataclass(

@@ -11,7 +11,6 @@ from dprune.recorder import Recorder
 from dprune.scoring import score_store
 from dprune.store import TrajectoryStore
 from dprune.train import TrainConfig
-from dprune.train.loop import Trainer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -58,7 +57,9 @@ def test_recording_cuda_logits_through_pinned_buffers_equals_cpu_recording(tmp_p
 
 
 def test_training_on_the_gpu_records_every_sample(tmp_path):
-    metrics = Trainer(TrainConfig(out=str(tmp_path / "r"), epochs=2, batch_size=128, progress=False,
-                                  device="cuda", prune_at=1, ratio=0.3)).fit()
+    from dprune.runs import TrainRun, selection
+
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=2, batch_size=128, progress=False, device="cuda")
+    metrics = TrainRun(cfg, selection({"ratio": 0.3}, cfg.seed), 1).trainer().fit()
     store = TrajectoryStore.open(tmp_path / "r" / "trajectory")
     assert (store.counts()[0] == 1).all() and metrics[-1]["phase"] == "pruned"

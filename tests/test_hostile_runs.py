@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from dprune.store import TrajectoryStore
+from dprune.runs import TrainRun, selection
 from dprune.train import TrainConfig
 from dprune.train.loop import Trainer
 from test_reliability import cli, one_line
@@ -38,14 +39,16 @@ def _same_result(a, b):
 
 
 VARIANTS = {
-    "record first 2 of 4": dict(epochs=4, record_epochs=2),
-    "prune in run at 2 of 4": dict(epochs=4, record_epochs=2, prune_at=2, ratio=0.4, relabel=True,
-                                   label_noise=0.1, noise_kind="symmetric"),
+    "record first 2 of 4": (dict(epochs=4, record_epochs=2), None),
+    "prune in run at 2 of 4": (dict(epochs=4, record_epochs=2, label_noise=0.1, noise_kind="symmetric"),
+                               dict(ratio=0.4, relabel=True)),
 }
 
 
-def _cfg(out, variant):
-    return TrainConfig(out=str(out), batch_size=128, progress=False, eval_every=0, **VARIANTS[variant])
+def _trainer(out, variant):
+    fields, prune = VARIANTS[variant]
+    cfg = TrainConfig.of(out=str(out), batch_size=128, progress=False, eval_every=0, **fields)
+    return TrainRun(cfg, None if prune is None else selection(prune, cfg.seed), None if prune is None else 2).trainer()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def uninterrupted(tmp_path_factory):
     refs = {}
     for variant in VARIANTS:
         out = tmp_path_factory.mktemp("ref")
-        Trainer(_cfg(out, variant)).fit()
+        _trainer(out, variant).fit()
         refs[variant] = out
     return refs
 
@@ -63,18 +66,18 @@ def uninterrupted(tmp_path_factory):
 def test_a_run_recording_its_first_epochs_killed_at_each_epoch_boundary_resumes_to_the_same_result(
         tmp_path, monkeypatch, uninterrupted, variant, boundary):
     """Item 1: the store stops at T by design; the resume used to demand the checkpoint's epochs."""
-    save = Trainer._save_checkpoint
+    save = Trainer._save
 
-    def save_then_die(self, epochs_done):
-        save(self, epochs_done)
-        if epochs_done == boundary:
+    def save_then_die(self):
+        save(self)
+        if len(self.metrics) == boundary:
             raise _Killed
 
-    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
     with pytest.raises(_Killed):
-        Trainer(_cfg(tmp_path, variant)).fit()
-    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
-    Trainer(_cfg(tmp_path, variant)).fit()
+        _trainer(tmp_path, variant).fit()
+    monkeypatch.setattr(Trainer, "_save", save)
+    _trainer(tmp_path, variant).fit()
     _same_result(tmp_path, uninterrupted[variant])
     assert TrajectoryStore.open(tmp_path / "trajectory").epochs_completed == 2
 

@@ -38,7 +38,7 @@ def test_training_on_a_labels_file_records_it_and_its_differences(tmp_path):
     noisy = clean.copy()
     noisy[:50] = (noisy[:50] + 1) % 10
     np.save(tmp_path / "labels.npy", noisy)
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=1, batch_size=256, progress=False,
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=1, batch_size=256, progress=False,
                       labels_file=str(tmp_path / "labels.npy"))
     Trainer(cfg).fit()
     from dprune.store import TrajectoryStore
@@ -48,6 +48,6 @@ def test_training_on_a_labels_file_records_it_and_its_differences(tmp_path):
         assert z["flipped"].sum() == 50 and (z["clean_labels"] == clean).all()
     np.save(tmp_path / "bad.npy", noisy[:-1])
     with pytest.raises(ValueError, match="expected N"):
-        Trainer(TrainConfig(out=str(tmp_path / "b"), epochs=1, labels_file=str(tmp_path / "bad.npy")))
+        Trainer(TrainConfig.of(out=str(tmp_path / "b"), epochs=1, labels_file=str(tmp_path / "bad.npy")))
     with pytest.raises(ValueError, match="cannot be combined"):
-        TrainConfig(out="x", labels_file="l.npy", label_noise=0.1, noise_kind="symmetric")
+        TrainConfig.of(out="x", labels_file="l.npy", label_noise=0.1, noise_kind="symmetric")

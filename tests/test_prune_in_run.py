@@ -14,17 +14,18 @@ import torch
 from dprune.manifest import load_manifest
 from dprune.select import n_to_prune
 from dprune.store import TrajectoryStore
+from dprune.runs import TrainRun, selection
 from dprune.train import TrainConfig
-from dprune.train.loop import Trainer
 from test_train import N_DIGITS_TRAIN, finish, launch
 
 
 def test_prune_at_switches_to_the_kept_set_and_costs_what_it_should(tmp_path):
     E, T, r = 6, 2, 0.3
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=E, prune_at=T, ratio=r, batch_size=128, progress=False,
-                      relabel=True, detector="argmax", mislabelled="relabel", remove_outliers=0.01, label_noise=0.1,
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=E, batch_size=128, progress=False, label_noise=0.1,
                       noise_kind="symmetric")
-    metrics = Trainer(cfg).fit()
+    spec = selection(dict(ratio=r, relabel=True, detector="argmax", mislabelled="relabel", remove_outliers=0.01),
+                     cfg.seed)
+    metrics = TrainRun(cfg, spec, T).trainer().fit()
     m = load_manifest(tmp_path / "r" / "manifest.json")
     kept = len(m.kept)
     assert m.data["n_pruned"] == n_to_prune(r, N_DIGITS_TRAIN) and m.data["made_from"]["epochs"] == T
@@ -44,15 +45,14 @@ def test_prune_at_switches_to_the_kept_set_and_costs_what_it_should(tmp_path):
 
 
 def test_the_schedule_runs_on_over_the_switch(tmp_path):
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=4, prune_at=1, ratio=0.5, batch_size=128, progress=False,
-                      relabel=False, remove_outliers=None)
-    trainer = Trainer(cfg)
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=4, batch_size=128, progress=False)
+    trainer = TrainRun(cfg, selection(dict(ratio=0.5, relabel=False), cfg.seed), 1).trainer()
     lrs = []
     real = trainer._set_lr
 
     def spy(epoch, step):
         real(epoch, step)
-        lrs.append((epoch + step / trainer.steps_per_epoch, trainer._torch_optimizer.param_groups[0]["lr"]))
+        lrs.append((epoch + step / trainer.loaders.steps_per_epoch, trainer.engine.optimizer.param_groups[0]["lr"]))
 
     trainer._set_lr = spy
     trainer.fit()

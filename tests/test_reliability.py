@@ -202,6 +202,18 @@ def test_resume_with_another_configuration_is_refused_naming_the_fields(tmp_path
     assert TrajectoryStore.open(out / "trajectory").epochs_completed == 1
 
 
+def test_resume_with_another_selection_or_a_checkpoint_of_an_older_dprune_is_refused(tmp_path):
+    """The prune-in-run selection is the hook's (not TrainConfig's) and still part of the checkpoint's identity."""
+    out = tmp_path / "r"
+    run = ("train", "--out", out, "--prune-at", 1, "--batch-size", 256, "--eval-every", 0, "--no-progress")
+    cli(*run, "--epochs", 2, "--ratio", 0.3)
+    one_line(cli(*run, "--epochs", 3, "--ratio", 0.5, ok=False), "another configuration", "prune_in_run", "'ratio': 0.5")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["format"]  # as written before the selection left TrainConfig
+    torch.save(ckpt, out / "checkpoint.pt")
+    one_line(cli(*run, "--epochs", 3, "--ratio", 0.3, ok=False), "older dprune", "--restart")
+
+
 def test_resume_with_a_changed_manifest_is_refused(tmp_path):
     cli("train", "--out", tmp_path / "rec", "--epochs", 1, "--batch-size", 256, "--no-progress")
     store = tmp_path / "rec" / "trajectory"

@@ -227,3 +227,37 @@ def test_a_reader_keeps_its_snapshot_while_the_writer_rolls_back_and_records_aga
     fresh = TrajectoryStore.open(tmp_path / "run")
     np.testing.assert_array_equal(fresh.read(0, 6)[0][1], 7.0)
     assert fresh.identity() != old and fresh.identity(1) == reader.identity(1)  # epoch 0 unchanged
+
+
+def test_merge_batch_reads_no_row_before_its_first_observation_of_the_epoch():
+    """Item 4 of issue 20: a row written for the first time is not read (what it held is irrelevant)."""
+    from dprune.store.full import merge_batch
+
+    logits = np.full((6, 3), np.nan, np.float16)  # never-written rows: garbage that must not leak in
+    counts = np.zeros(6, np.int32)
+    z = np.arange(12, dtype=np.float32).reshape(4, 3)
+    merge_batch(logits, counts, np.array([1, 4, 1, 5]), z)
+    np.testing.assert_array_equal(logits[1], ((z[0] + z[2]) / 2).astype(np.float16))
+    np.testing.assert_array_equal(logits[[4, 5]], z[[1, 3]].astype(np.float16))
+    assert np.isnan(logits[[0, 2, 3]]).all() and counts.tolist() == [0, 2, 0, 0, 1, 1]
+    merge_batch(logits, counts, np.array([1]), np.full((1, 3), 30, np.float32))  # a seen row merges
+    np.testing.assert_allclose(logits[1].astype(np.float32), (z[0] + z[2] + 30) / 3, rtol=1e-3)
+    assert counts[1] == 3
+
+
+def test_the_epoch_mean_rule_merges_batches_and_saturates_fp16():
+    from dprune.store.means import FP16_MAX, merge_means, to_store_dtype
+
+    rng = np.random.default_rng(0)
+    obs = rng.normal(0, 5, (7, 4)).astype(np.float32)  # seven observations of one sample
+    m, c = np.zeros((1, 4), np.float32), np.zeros(1)
+    for part in (obs[:3], obs[3:4], obs[4:]):
+        m, c = merge_means(m, c, part.sum(0, keepdims=True), np.array([len(part)])), c + len(part)
+    np.testing.assert_allclose(m[0], obs.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(merge_means(0, 0, np.ones((2, 4), np.float32), np.array([0, 2])),
+                                  [[0] * 4, [0.5] * 4])  # unobserved rows are 0
+    big = np.array([[1.0, FP16_MAX, 65519.0, 7e4, -1e6, np.inf, np.nan]], np.float32)
+    h, saturated = to_store_dtype(big.copy(), np.float16)
+    assert saturated == 3 and h[0, :5].tolist() == [1.0, FP16_MAX, FP16_MAX, FP16_MAX, -FP16_MAX]
+    assert np.isposinf(h[0, 5]) and np.isnan(h[0, 6])
+    assert to_store_dtype(big.copy(), np.float32)[1] == 0

@@ -166,16 +166,6 @@ def test_files_identify_the_store_like_the_full_store(tmp_path):
     np.testing.assert_array_equal(reopened.labels, y)
 
 
-def test_state_dict_round_trip(tmp_path):
-    summ = record(SummaryStore.create(tmp_path / "s", labels(), C, fold=FOLD), 6, range(2))
-    state = summ.state_dict()
-    SummaryStore.open(tmp_path / "s").load_state_dict(state)
-    with pytest.raises(StoreError, match="fingerprint"):
-        summ.load_state_dict(dict(state, fingerprint={"n_samples": 1, "sha256": "0"}))
-    with pytest.raises(StoreError, match="only has 2 complete"):
-        summ.load_state_dict(dict(state, epochs_completed=3))
-
-
 def test_factory_opens_and_creates_by_kind(tmp_path):
     y = labels()
     s = open_or_create_store("summary", tmp_path / "s", y, C, dtype="float32", fold=FOLD)
@@ -237,3 +227,20 @@ def test_accepts_torch_tensors_of_any_float_dtype(tmp_path):
     want, _ = score_store(TrajectoryStore.open(tmp_path / "f"))
     got, _ = score_store(SummaryStore.open(tmp_path / "s"))
     assert_same_scores(got, want, 1e-5, 1e-6)
+
+
+def test_the_summary_store_stores_an_epoch_mean_as_the_full_store_does_fp16_saturation_included(tmp_path):
+    """Item 4 of issue 20: one rule (dprune.store.means) for both kinds; a mean beyond fp16 saturates."""
+    y = labels()
+    full = TrajectoryStore.create(tmp_path / "full", y, C)
+    summ = SummaryStore.create(tmp_path / "summ", y, C, fold=FOLD)
+    rng = np.random.default_rng(3)
+    idx = np.r_[np.arange(N), np.arange(0, N, 3)]  # every third sample observed twice
+    z = rng.normal(0, 2, (len(idx), C)).astype(np.float32)
+    z[0, 1] = z[N, 1] = 7e4  # a mean beyond the fp16 range
+    for store in (full, summ):
+        store.begin_epoch(0)
+        store.write(0, idx, z)
+        store.complete_epoch(0)
+    np.testing.assert_array_equal(np.asarray(summ.state()["prev"]), np.asarray(full.read(0, N)[0][0]))
+    assert full.meta["saturated"] == 1 and np.isfinite(np.asarray(summ.state()["prev"])).all()

@@ -7,6 +7,7 @@ from dprune.pruning import prune_store
 from dprune.scoring import load_or_score
 from dprune.select import PruneSpec
 from dprune.store import TrajectoryStore, fingerprint, open_store
+from dprune.runs import TrainRun, selection
 from dprune.train import TrainConfig
 from dprune.train.loop import Trainer
 from test_train import N_DIGITS_TRAIN
@@ -85,19 +86,19 @@ def test_the_aum_detector_needs_threshold_samples(tmp_path):
     with pytest.raises(ValueError, match="threshold samples"):
         prune_store(store, PruneSpec(method="entropy", ratio=0.2, relabel=True, detector="aum"), tmp_path / "m.json")
     with pytest.raises(ValueError, match="threshold_samples"):
-        TrainConfig(out=str(tmp_path / "r"), epochs=3, prune_at=1, relabel=True, detector="aum")
+        TrainRun(TrainConfig.of(out=str(tmp_path / "r"), epochs=3), selection(dict(relabel=True, detector="aum"), 0), 1)
     with pytest.raises(ValueError, match="threshold_samples"):
-        TrainConfig(out=str(tmp_path / "r"), threshold_samples=True, manifest=str(tmp_path / "m.json"))
+        TrainConfig.of(out=str(tmp_path / "r"), threshold_samples=True, manifest=str(tmp_path / "m.json"))
     with pytest.raises(ValueError, match="threshold_samples"):
-        TrainConfig(out=str(tmp_path / "r"), threshold_samples=True, record="off")
+        TrainConfig.of(out=str(tmp_path / "r"), threshold_samples=True, record="off")
 
 
 def test_a_threshold_run_finds_the_flips_prunes_in_run_and_its_manifest_retrains(tmp_path):
     E, T = 4, 2
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=E, prune_at=T, ratio=0.3, batch_size=128, progress=False,
-                      relabel=True, detector="aum", threshold_samples=True, label_noise=0.2, noise_kind="symmetric")
-    trainer = Trainer(cfg)
-    assert (trainer.num_classes, trainer.real_classes) == (11, 10)
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=E, batch_size=128, progress=False, threshold_samples=True,
+                      label_noise=0.2, noise_kind="symmetric")
+    trainer = TrainRun(cfg, selection(dict(ratio=0.3, relabel=True, detector="aum"), cfg.seed), T).trainer()
+    assert (trainer.data.num_classes, trainer.data.real_classes) == (11, 10)
     metrics = trainer.fit()
     store = open_store(tmp_path / "r" / "trajectory")
     thr = store.meta["threshold_samples"]
@@ -121,9 +122,9 @@ def test_a_threshold_run_finds_the_flips_prunes_in_run_and_its_manifest_retrains
     assert metrics[-1]["test_metric"] > 0.85  # predictions over the 10 real classes
 
     # A plain retrain (no threshold samples) of the same noisy dataset accepts the manifest.
-    again = Trainer(TrainConfig(out=str(tmp_path / "again"), epochs=1, batch_size=128, progress=False,
+    again = Trainer(TrainConfig.of(out=str(tmp_path / "again"), epochs=1, batch_size=128, progress=False,
                                 label_noise=0.2, noise_kind="symmetric", manifest=str(tmp_path / "r" / "manifest.json")))
-    assert again.fingerprint == m.fingerprint and again.num_classes == 10
+    assert again.data.fingerprint == m.fingerprint and again.data.num_classes == 10
     assert again.fit()[-1]["samples_seen"] == len(m.kept)
 
 
@@ -131,5 +132,5 @@ def test_dprune_run_records_with_threshold_samples_for_the_aum_detector(tmp_path
     from dprune.stages import run_config
 
     rc = run_config(tmp_path, {"detector": "aum", "relabel": True, "epochs": 4}, {}, record_epochs=2)
-    assert rc.base.threshold_samples and rc.spec.detector == "aum"
-    assert not run_config(tmp_path, {"epochs": 4}, {}, record_epochs=2).base.threshold_samples
+    assert rc.base.record.threshold_samples and rc.spec.detector == "aum"
+    assert not run_config(tmp_path, {"epochs": 4}, {}, record_epochs=2).base.record.threshold_samples

@@ -73,21 +73,21 @@ def finish(proc, timeout=600):
 
 
 def test_single_process_run_records_every_epoch_and_resumes(tmp_path):
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=2, batch_size=128, progress=False)
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=2, batch_size=128, progress=False)
     metrics = Trainer(cfg).fit()
     assert len(metrics) == 2 and metrics[-1]["test_metric"] > 0.5 and metrics[-1]["metric_name"] == "top-1"
     store = TrajectoryStore.open(tmp_path / "r" / "trajectory")
     assert store.epochs_completed == 2
     np.testing.assert_array_equal(store.counts(), expected_counts(N_DIGITS_TRAIN, 1, 2))
     # Asking for more epochs continues from the checkpoint: no epoch is redone.
-    more = Trainer(TrainConfig(out=str(tmp_path / "r"), epochs=3, batch_size=128, progress=False)).fit()
+    more = Trainer(TrainConfig.of(out=str(tmp_path / "r"), epochs=3, batch_size=128, progress=False)).fit()
     assert [m["epoch"] for m in more] == [0, 1, 2]
     assert TrajectoryStore.open(tmp_path / "r" / "trajectory").epochs_completed == 3
 
 
 @pytest.mark.parametrize("every, evaluated", [(0, [False, False, True]), (2, [False, True, True])])
 def test_eval_every_evaluates_only_the_due_epochs_and_the_last(tmp_path, every, evaluated):
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=3, batch_size=256, record="off", eval_every=every,
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=3, batch_size=256, record="off", eval_every=every,
                       max_steps_per_epoch=2, progress=False)
     metrics = Trainer(cfg).fit()
     assert [not np.isnan(m["test_metric"]) for m in metrics] == evaluated
@@ -95,13 +95,13 @@ def test_eval_every_evaluates_only_the_due_epochs_and_the_last(tmp_path, every, 
 
 
 def test_store_ahead_of_checkpoint_is_rolled_back_and_rerecorded(tmp_path):
-    cfg = TrainConfig(out=str(tmp_path / "r"), epochs=1, batch_size=256, progress=False)
+    cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=1, batch_size=256, progress=False)
     Trainer(cfg).fit()
     ckpt = (tmp_path / "r" / "checkpoint.pt").read_bytes()
-    Trainer(TrainConfig(out=str(tmp_path / "r"), epochs=2, batch_size=256, progress=False)).fit()
+    Trainer(TrainConfig.of(out=str(tmp_path / "r"), epochs=2, batch_size=256, progress=False)).fit()
     # Killed after epoch 2 was marked complete but before its checkpoint was written:
     (tmp_path / "r" / "checkpoint.pt").write_bytes(ckpt)
-    Trainer(TrainConfig(out=str(tmp_path / "r"), epochs=2, batch_size=256, progress=False)).fit()
+    Trainer(TrainConfig.of(out=str(tmp_path / "r"), epochs=2, batch_size=256, progress=False)).fit()
     store = TrajectoryStore.open(tmp_path / "r" / "trajectory")
     assert store.epochs_completed == 2
     np.testing.assert_array_equal(store.counts(), expected_counts(N_DIGITS_TRAIN, 1, 2))
@@ -115,12 +115,12 @@ def test_hostile_checkpoint_is_refused(tmp_path):
     (tmp_path / "r").mkdir()
     torch.save({"model": Evil()}, tmp_path / "r" / "checkpoint.pt")
     with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
-        Trainer(TrainConfig(out=str(tmp_path / "r"), epochs=1, progress=False)).fit()
+        Trainer(TrainConfig.of(out=str(tmp_path / "r"), epochs=1, progress=False)).fit()
     assert not (tmp_path / "pwned").exists()
 
 
 def test_manifest_retraining_sees_exactly_the_kept_samples_with_new_labels(tmp_path):
-    rec = TrainConfig(out=str(tmp_path / "rec"), epochs=2, batch_size=256, progress=False)
+    rec = TrainConfig.of(out=str(tmp_path / "rec"), epochs=2, batch_size=256, progress=False)
     Trainer(rec).fit()
     store = TrajectoryStore.open(tmp_path / "rec" / "trajectory")
     scores, _ = score_store(store, methods=["entropy"])
@@ -130,11 +130,11 @@ def test_manifest_retraining_sees_exactly_the_kept_samples_with_new_labels(tmp_p
     write_test_manifest(tmp_path / "m.json", sel, store)
     assert len(sel.relabel_index) > 0
 
-    trainer = Trainer(TrainConfig(out=str(tmp_path / "re"), epochs=1, batch_size=100, record="off",
+    trainer = Trainer(TrainConfig.of(out=str(tmp_path / "re"), epochs=1, batch_size=100, record="off",
                                   manifest=str(tmp_path / "m.json"), progress=False))
     seen_idx, seen_y = [], []
-    trainer.sampler.set_epoch(0)
-    for _, y, idx in trainer.loader:
+    trainer.loaders.sampler.set_epoch(0)
+    for _, y, idx in trainer.loaders.loader:
         seen_idx.append(idx)
         seen_y.append(y)
     idx, y = torch.cat(seen_idx).numpy(), torch.cat(seen_y).numpy()
@@ -145,13 +145,13 @@ def test_manifest_retraining_sees_exactly_the_kept_samples_with_new_labels(tmp_p
 
 
 def test_manifest_of_another_dataset_is_refused(tmp_path):
-    Trainer(TrainConfig(out=str(tmp_path / "rec"), epochs=1, batch_size=256, progress=False)).fit()
+    Trainer(TrainConfig.of(out=str(tmp_path / "rec"), epochs=1, batch_size=256, progress=False)).fit()
     store = TrajectoryStore.open(tmp_path / "rec" / "trajectory")
     scores, _ = score_store(store, methods=["entropy"])
     sel = select(scores, store.labels, 10, method="entropy", ratio=0.1)
     write_test_manifest(tmp_path / "m.json", sel, store)
     with pytest.raises(ValueError, match="different dataset"):
-        Trainer(TrainConfig(out=str(tmp_path / "x"), epochs=1, record="off", manifest=str(tmp_path / "m.json"),
+        Trainer(TrainConfig.of(out=str(tmp_path / "x"), epochs=1, record="off", manifest=str(tmp_path / "m.json"),
                             label_noise=0.1, noise_kind="symmetric", progress=False))
 
 
@@ -165,7 +165,45 @@ def test_manifest_of_another_dataset_is_refused(tmp_path):
 ])
 def test_config_is_validated_up_front(kw, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(out="x", **kw)
+        TrainConfig.of(out="x", **kw)
+
+
+def test_train_config_file_carries_prune_in_run_and_sections_and_options_win(tmp_path):
+    import dataclasses
+    import json
+
+    from dprune.cli import _make_config
+    from dprune.select import RUN_DEFAULTS
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"out": "x", "epochs": 4, "seed": 3, "prune_at": 2, "ratio": 0.2, "detector": "argmax",
+                                "optim": {"lr": 0.2, "momentum": 0.5}, "model": {"name": "resnet18"}, "record": "pass",
+                                "data": {"batch_size": 32}, "label_noise": 0.1, "noise_kind": "symmetric"}))
+    run = _make_config(path, {"ratio": 0.4, "momentum": 0.7})
+    cfg = run.train
+    assert (cfg.epochs, run.prune_at, cfg.optim.lr, cfg.optim.momentum) == (4, 2, 0.2, 0.7)
+    assert (cfg.model.name, cfg.record.mode, cfg.data.batch_size, cfg.data.label_noise) == ("resnet18", "pass", 32, 0.1)
+    assert "ratio" not in cfg.flat() and cfg.flat()["model"] == "resnet18"
+    assert run.prune == dataclasses.replace(RUN_DEFAULTS, ratio=0.4, detector="argmax", seed=3)
+    assert _make_config(None, {"out": "x", "ratio": 0.2}).prune is None  # no --prune-at: no selection
+    path.write_text(json.dumps({"out": "x", "optim": {"learning_rate": 0.1}}))
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\] in section 'optim'"):
+        _make_config(path, {})
+    path.write_text(json.dumps({"out": "x", "optim": {"lr": "fast"}}))
+    with pytest.raises(ValueError, match="lr"):
+        _make_config(path, {})
+
+
+def test_sections_hold_the_fields_and_flat_names_round_trip():
+    cfg = TrainConfig.of(out="x", lr=0.1, model="resnet18", record="pass", store="summary", backend="deepspeed",
+                         pk_k=3)
+    assert (cfg.optim.lr, cfg.model.name, cfg.record.mode, cfg.record.store, cfg.distributed.backend,
+            cfg.reid.pk_k) == (0.1, "resnet18", "pass", "summary", "deepspeed", 3)
+    assert TrainConfig.of(**cfg.flat()) == cfg and cfg.replace(epochs=5).epochs == 5
+    with pytest.raises(ValueError, match="unknown training field"):
+        TrainConfig.of(out="x", learning_rate=0.1)
+    with pytest.raises(ValueError, match="frozen needs record='pass'"):
+        cfg.replace(frozen=True, record="train")
 
 
 def test_pipeline_end_to_end_writes_report_manifest_and_plots(tmp_path):
@@ -210,7 +248,7 @@ def test_two_rank_recording_equals_one_rank_recording_of_the_same_checkpoint(tmp
     torch.save(model.state_dict(), tmp_path / "w.pt")
     args = ["--frozen", "--record", "pass", "--weights", tmp_path / "w.pt", "--epochs", 1]
     finish(launch(args, tmp_path / "two"))
-    Trainer(TrainConfig(out=str(tmp_path / "one"), frozen=True, record="pass", weights=str(tmp_path / "w.pt"),
+    Trainer(TrainConfig.of(out=str(tmp_path / "one"), frozen=True, record="pass", weights=str(tmp_path / "w.pt"),
                         epochs=1, progress=False)).fit()
     one = TrajectoryStore.open(tmp_path / "one" / "trajectory").read(0, len(train))
     two = TrajectoryStore.open(tmp_path / "two" / "trajectory").read(0, len(train))
@@ -251,11 +289,13 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_epochs_and_counts
 def test_summary_store_recording_scores_like_the_full_store(tmp_path):
     from dprune.store import open_store
 
-    full = TrainConfig(out=str(tmp_path / "full"), epochs=2, batch_size=256, progress=False, store_dtype="float32")
-    summ = TrainConfig(out=str(tmp_path / "summ"), epochs=2, batch_size=256, progress=False, store_dtype="float32",
+    full = TrainConfig.of(out=str(tmp_path / "full"), epochs=2, batch_size=256, progress=False, store_dtype="float32")
+    summ = TrainConfig.of(out=str(tmp_path / "summ"), epochs=2, batch_size=256, progress=False, store_dtype="float32",
                        store="summary")
+    from dprune.scoring.online import SummaryFold
+
     Trainer(full).fit()
-    Trainer(summ).fit()
+    Trainer(summ, fold=SummaryFold()).fit()
     a, _ = score_store(open_store(tmp_path / "full" / "trajectory"))
     b, backend = score_store(open_store(tmp_path / "summ" / "trajectory"))
     assert backend == "summary"
@@ -264,15 +304,15 @@ def test_summary_store_recording_scores_like_the_full_store(tmp_path):
 
 
 def test_manifest_retraining_can_record_and_resume(tmp_path):
-    Trainer(TrainConfig(out=str(tmp_path / "rec"), epochs=1, batch_size=256, progress=False)).fit()
+    Trainer(TrainConfig.of(out=str(tmp_path / "rec"), epochs=1, batch_size=256, progress=False)).fit()
     store = TrajectoryStore.open(tmp_path / "rec" / "trajectory")
     scores, _ = score_store(store, methods=["entropy"])
     scores["mislabel"] = scores["soft_argmax"] != store.labels  # the plain rule (min_confidence 0)
     sel = select(scores, store.labels, 10, method="entropy", ratio=0.5, relabel=True)
     write_test_manifest(tmp_path / "m.json", sel, store)
     cfg = dict(out=str(tmp_path / "re"), batch_size=256, manifest=str(tmp_path / "m.json"), progress=False)
-    Trainer(TrainConfig(epochs=1, **cfg)).fit()
-    Trainer(TrainConfig(epochs=2, **cfg)).fit()  # resumes into the same store
+    Trainer(TrainConfig.of(epochs=1, **cfg)).fit()
+    Trainer(TrainConfig.of(epochs=2, **cfg)).fit()  # resumes into the same store
     re = TrajectoryStore.open(tmp_path / "re" / "trajectory")
     assert re.epochs_completed == 2
     observed = np.flatnonzero(re.counts().sum(0) > 0)

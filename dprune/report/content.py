@@ -176,12 +176,13 @@ def collect(path) -> ReportContent:
     from ..manifest import load_manifest
     from ..scoring import SCORES_FILE, load_scores
     from ..store import open_store
+    from ..threshold import data_labels
     from .images import ImageSource, training_config
 
     manifest_path, store_dir = locate(path)
     run_dir = manifest_path.parent
     store = open_store(store_dir, "r")
-    given_N, C, fp = store.data_labels()
+    given_N, C, fp = data_labels(store)
     man = load_manifest(manifest_path, fingerprint=fp, labels_N=given_N)
     m, N = man.data, store.n_samples
     notes: list[str] = []

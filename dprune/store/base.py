@@ -135,19 +135,6 @@ class RunDirStore:
     def fingerprint(self) -> dict:
         return dict(self.meta["fingerprint"])
 
-    def data_labels(self) -> tuple[np.ndarray, int, dict]:
-        """The dataset's labels [N], class count and fingerprint, which manifests refer to.
-
-        The store's own, except in a run with threshold samples (``meta["threshold_samples"]``):
-        those were recorded in a fake last class and get their dataset labels back.
-        """
-        thr = self.meta.get("threshold_samples")
-        if not thr:
-            return self.labels, self.n_classes, self.fingerprint
-        labels = self.labels.copy()
-        labels[np.asarray(thr["indices"], np.int64)] = np.asarray(thr["labels"], np.int64)
-        return labels, int(thr["class"]), fingerprint(labels, self.sample_ids)
-
     def generation(self, epochs: int | None = None) -> str:
         """Identity of the content of the first ``epochs`` complete epochs (default all)."""
         k = self.epochs_completed if epochs is None else int(epochs)
@@ -197,7 +184,7 @@ class RunDirStore:
 
         Takes the directory's writer lock.  ``overwrite`` replaces an existing store.
         ``extra_meta``: further entries for ``meta.json`` (what the recording run wants readers to
-        know, e.g. its threshold samples).
+        know; the store keeps them as they are).
         """
         run_dir = Path(run_dir)
         if dtype not in DTYPES:
@@ -381,21 +368,6 @@ class RunDirStore:
         self._close_epoch()
         self._replace_meta(epochs_completed=int(epochs_completed),
                            epoch_tokens=self.meta["epoch_tokens"][:epochs_completed])
-
-    def state_dict(self) -> dict:
-        """Position in the store, for training checkpoints."""
-        return {"epochs_completed": self.epochs_completed, "fingerprint": self.fingerprint,
-                "generation": self.generation()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Check that a checkpoint belongs to this store and that no completed epoch is lost."""
-        if state["fingerprint"] != self.fingerprint:
-            raise StoreError("checkpoint was recorded for a different dataset (fingerprint mismatch)")
-        if state["epochs_completed"] > self.epochs_completed:
-            raise StoreError(
-                f"checkpoint says {state['epochs_completed']} epochs were recorded, "
-                f"but the store only has {self.epochs_completed} complete"
-            )
 
     def _require_writable(self) -> None:
         if not self.writable:

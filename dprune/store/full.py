@@ -12,12 +12,11 @@ An epoch is recorded into ``.epoch_XXXX.*.npy.tmp`` files, allocated in full bef
 mapped, and renamed into place by ``complete_epoch`` (see :mod:`.base` for the protocol).
 
 Repeated observations of one sample within an epoch (``DistributedSampler`` padding,
-P x K identity sampling) are merged as a running mean, computed in fp32:
-``m <- m + (sum_new - k * m) / (c + k)`` where ``c`` observations are already stored and
-``k`` arrive.  The stored value is thus the mean of the epoch's observations and the count
-says how many there were.  A finite mean beyond the fp16 range (|z| > 65504) is saturated to
-+-65504 in an fp16 store, so that a sample is not turned non-finite by the storage format;
-``meta.json`` counts such values (``saturated``).  Unobserved rows hold zeros.
+P x K identity sampling) are merged batch by batch into a running mean (the rule of
+:mod:`.means`): the stored value is the mean of the epoch's observations and the count says
+how many there were.  A row observed for the first time in the epoch is written without
+being read (its count, the epoch's written mask, is 0).  ``meta.json`` counts the values
+saturated to +-65504 in an fp16 store (``saturated``).  Unobserved rows hold zeros.
 
 Reading: a snapshot maps every complete epoch's files once (see :meth:`epoch_views`); chunk
 reads are slices of those maps, so memory stays proportional to the chunk, not to N.
@@ -32,8 +31,7 @@ import numpy as np
 
 from ..fileio import open_npy_for_writing, replace_durably, temp_name
 from .base import RunDirStore, StoreError, check_npy
-
-FP16_MAX = float(np.finfo(np.float16).max)
+from .means import FP16_MAX, merge_means, to_store_dtype
 
 
 class TrajectoryStore(RunDirStore):
@@ -236,29 +234,25 @@ def merge_batch(logits_NC, counts_N, idx_B: np.ndarray, z_BC: np.ndarray) -> int
 
     ``logits_NC`` (the store dtype) and ``counts_N`` (int32) hold the means and counts so far;
     ``idx_B`` may repeat (the batch's observations of one sample are summed in batch order).
-    The one rule for merging observations, whoever applies it (the writer of the store, or
-    each rank for its own rows, :mod:`.parts`).
+    Only rows already observed this epoch (count > 0) are read.  Whoever applies it (the writer
+    of the store, or each rank for its own rows, :mod:`.parts`) applies the rule of :mod:`.means`.
     """
-    dtype = logits_NC.dtype
     order = np.argsort(idx_B, kind="stable")
     idx_sorted = idx_B[order]
     starts = np.flatnonzero(np.r_[True, idx_sorted[1:] != idx_sorted[:-1]])
-    uniq = idx_sorted[starts]
-    k = np.diff(np.r_[starts, len(idx_sorted)]).astype(np.float32)
-    sums = np.add.reduceat(z_BC[order].astype(np.float32, copy=False), starts, axis=0)
-    c_old = counts_N[uniq].astype(np.float32)
-    m_old = logits_NC[uniq].astype(np.float32)
-    saturated = 0
-    # A row observed for the first time has m_old = 0 and c_old = 0, so m_new = sums / k
-    # exactly; NaN/Inf observations propagate and are flagged by the scorers.
-    with np.errstate(over="ignore", invalid="ignore"):
-        m_new = m_old + (sums - k[:, None] * m_old) / (c_old + k)[:, None]
-        if dtype == np.float16:
-            over = np.isfinite(m_new) & (np.abs(m_new) > FP16_MAX)
-            if over.any():
-                saturated = int(over.sum())
-                np.clip(m_new, -FP16_MAX, FP16_MAX, out=m_new, where=over)
-        logits_NC[uniq] = m_new.astype(dtype)
+    if len(starts) == len(idx_B):  # no sample twice in the batch: each observation is its own sum
+        uniq, k, sums = idx_B, np.ones(len(idx_B), np.int64), z_BC.astype(np.float32, copy=False)
+    else:
+        uniq = idx_sorted[starts]
+        k = np.diff(np.r_[starts, len(idx_sorted)])
+        sums = np.add.reduceat(z_BC[order].astype(np.float32, copy=False), starts, axis=0)
+    c_old = counts_N[uniq]
+    m_old = np.zeros(sums.shape, np.float32)
+    seen = np.flatnonzero(c_old)
+    if len(seen):
+        m_old[seen] = logits_NC[uniq[seen]]
+    m_new, saturated = to_store_dtype(merge_means(m_old, c_old, sums, k), logits_NC.dtype)
+    logits_NC[uniq] = m_new
     counts_N[uniq] = (c_old + k).astype(np.int32)
     return saturated
 

@@ -39,6 +39,7 @@ import torch
 
 from ..fileio import open_npy_for_writing, replace_durably, temp_name
 from .base import RunDirStore, StoreError, check_npy
+from .means import merge_means, to_store_dtype
 
 # fp32 bytes of the [n, C] working set of one fold chunk (each of the workers holds one).
 _FOLD_BYTES = 16 << 20
@@ -188,9 +189,9 @@ class SummaryStore(RunDirStore):
         else:
             sums, cnt = self._acc_NC[a:b], self._acc_counts_N[a:b]
         obs = cnt > 0
-        # Rounded to the store dtype exactly as the full store stores an epoch's mean.
-        mean = torch.where(obs[:, None], sums / cnt.clamp(min=1)[:, None], 0.0)
-        mean = torch.from_numpy(mean.numpy().astype(self.dtype).astype(np.float32))
+        # The epoch's mean as the full store would store it (the rule of .means).
+        mean, _ = to_store_dtype(merge_means(0, 0, sums.numpy(), cnt.numpy()), self.dtype)
+        mean = torch.from_numpy(mean.astype(np.float32))
         state = {k: np.array(v[a:b]) for k, v in src.items()}
         new_state, stats_Fn = self.fold.fold(state, mean, obs, torch.from_numpy(self.labels[a:b]))
         for k, v in new_state.items():
