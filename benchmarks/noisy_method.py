@@ -2,8 +2,9 @@
 
 The claim under test ("Data Pruning Can Do More", arXiv 2412.10091): pruning by the early
 trajectory, with relabelling and outlier removal, gives a better model than the full noisy data
-for less compute.  Setting: all 60,000 Fashion-MNIST training images (test: the 10,000 clean
-test images), label noise ``KIND:RATE`` with KIND
+for less compute.  Setting: the 60,000 Fashion-MNIST training images, or a class-stratified
+subset of them (``--n-train``); test: the 10,000 clean test images; label noise ``KIND:RATE``
+with KIND
 
 - ``symmetric``: uniform to another class;
 - ``class``: class c -> c + 1 (a fixed confusion per class);
@@ -114,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--max-steps-per-epoch", type=int, help="Smoke tests only.")
-    p.add_argument("--n-train", type=int, help="Smoke tests only: a class-stratified subset.")
+    p.add_argument("--n-train", type=int, help="A class-stratified subset of the training images (default: all).")
     p.add_argument("--only", help="Run only the cells whose key starts with this.")
     p.add_argument("--work", type=Path, default=Path("runs/bench/noisy"))
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR / "noisy")

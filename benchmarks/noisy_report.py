@@ -51,7 +51,9 @@ def write_report(cells) -> str:
     detect = _cells_by(data, r"detect/([^/]+)/seed(\d+)")
     settings = sorted({k[0] for k in arms} | {k[0] for k in detect})
     E = config["epochs"]
-    lines = [f"# The full method on noisy Fashion-MNIST (60,000 images), E = {E}, T = {E // 10}", "",
+    n = config.get("n_train") or 60000
+    lines = [f"# The full method on noisy Fashion-MNIST ({n:,} training images{'' if n == 60000 else ', a class-stratified subset'}), "
+             f"E = {E}, T = {E // 10}", "",
              "Verdict: one-sided paired t-test p < 0.05 over seeds, or all of >= 5 seeds (see the module docstring). "
              "The defaults under test are recorded in each `default` cell (`spec`).", ""]
     specs = sorted({str(v["spec"]) for k, v in data.items() if k.endswith("/default") and "spec" in v})
