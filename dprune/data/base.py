@@ -215,3 +215,7 @@ class FileImageDataset(LabeledImageDataset):
         except OSError as e:  # PIL's UnidentifiedImageError is an OSError
             raise ValueError(
                 f"cannot read image {path} (sample {self.sample_ids[i]!r}): {e}") from e
+
+
+#: What every classification loader returns: ``(train, test)``.
+Split = tuple[LabeledImageDataset, LabeledImageDataset]
