@@ -32,6 +32,48 @@ def _read_id_table(path: Path) -> dict[int, str]:
     return table
 
 
+def _labels(base: Path, ids: list[int], class_by_id: dict[int, str],
+            is_train_by_id: dict[int, str]) -> list[int]:
+    """0-based labels in ``ids`` order, checking every class number and train/test flag."""
+    labels = []
+    for image_id in ids:
+        value = class_by_id[image_id]
+        if not (_is_count(value) and len(value) <= 9 and 1 <= int(value) <= MAX_CLASSES):
+            raise ValueError(f"{base / 'image_class_labels.txt'}: image {image_id} has class "
+                             f"{value!r}; classes are numbered from 1 to at most {MAX_CLASSES:,}")
+        labels.append(int(value) - 1)
+        if is_train_by_id[image_id] not in ("0", "1"):
+            raise ValueError(f"{base / 'train_test_split.txt'}: image {image_id} has "
+                             f"is_train={is_train_by_id[image_id]!r}, expected 0 or 1")
+    return labels
+
+
+def _classes(base: Path, labels: list[int]) -> tuple[int, list[str] | None]:
+    """The number of classes and, when ``classes.txt`` is there, their names."""
+    classes_path = base / "classes.txt"
+    num_classes = max(labels, default=-1) + 1
+    if not classes_path.is_file():
+        return num_classes, None
+    names_by_class = _read_id_table(classes_path)
+    num_classes = check_class_count(max(num_classes, len(names_by_class)), str(classes_path))
+    return num_classes, [names_by_class.get(c + 1, str(c + 1)) for c in range(num_classes)]
+
+
+def _image_paths(base: Path, images_dir: Path, ids: list[int], paths_by_id: dict[int, str]) -> list[Path]:
+    """The resolved image files in ``ids`` order, each checked to lie under ``images/``."""
+    paths = []
+    for image_id in ids:
+        try:
+            path = resolve_under(images_dir, paths_by_id[image_id])
+        except ValueError as e:
+            raise ValueError(f"{base / 'images.txt'}, image {image_id}: {e}") from None
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} listed in {base / 'images.txt'} "
+                                    f"(image {image_id}) not found")
+        paths.append(path)
+    return paths
+
+
 def load_cub200(
     root: str | os.PathLike,
     *,
@@ -79,35 +121,9 @@ def load_cub200(
                              f"({len(odd)} differ, first {odd[0]})")
 
     ids = sorted(paths_by_id)
-    labels = []
-    for image_id in ids:
-        value = class_by_id[image_id]
-        if not (_is_count(value) and len(value) <= 9 and 1 <= int(value) <= MAX_CLASSES):
-            raise ValueError(f"{base / 'image_class_labels.txt'}: image {image_id} has class "
-                             f"{value!r}; classes are numbered from 1 to at most {MAX_CLASSES:,}")
-        labels.append(int(value) - 1)
-        if is_train_by_id[image_id] not in ("0", "1"):
-            raise ValueError(f"{base / 'train_test_split.txt'}: image {image_id} has "
-                             f"is_train={is_train_by_id[image_id]!r}, expected 0 or 1")
-    classes_path = base / "classes.txt"
-    class_names = None
-    num_classes = max(labels, default=-1) + 1
-    if classes_path.is_file():
-        names_by_class = _read_id_table(classes_path)
-        num_classes = check_class_count(max(num_classes, len(names_by_class)), str(classes_path))
-        class_names = [names_by_class.get(c + 1, str(c + 1)) for c in range(num_classes)]
-
-    paths = []
-    for image_id in ids:
-        relpath = paths_by_id[image_id]
-        try:
-            path = resolve_under(images_dir, relpath)
-        except ValueError as e:
-            raise ValueError(f"{base / 'images.txt'}, image {image_id}: {e}") from None
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} listed in {base / 'images.txt'} "
-                                    f"(image {image_id}) not found")
-        paths.append(path)
+    labels = _labels(base, ids, class_by_id, is_train_by_id)
+    num_classes, class_names = _classes(base, labels)
+    paths = _image_paths(base, images_dir, ids, paths_by_id)
 
     def split(flag: str, transform: Transform | None) -> FileImageDataset:
         keep = [k for k, image_id in enumerate(ids) if is_train_by_id[image_id] == flag]

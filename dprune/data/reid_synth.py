@@ -166,62 +166,16 @@ def make_synthetic_reid(
     rng = np.random.default_rng(seed)
     n_train = math.ceil(n_ids / 2)
     renderer = _Renderer(rng, n_ids + distractors, n_cams, tuple(size), hardness)
-
-    if layout == "market1501":
-        original = np.sort(rng.choice(np.arange(1, 1502), size=n_ids, replace=False))
-    elif layout == "veri776":
-        original = np.sort(rng.choice(np.arange(1, 777), size=n_ids, replace=False))
-    else:  # MSMT17 numbers train and test identities from 0 separately.
-        original = np.concatenate([np.arange(n_train), np.arange(n_ids - n_train)])
-    train_ids = [int(p) for p in original[:n_train]]
-    test_ids = [int(p) for p in original[n_train:]]
-
-    # Every image slot: (identity index, camera, role).
-    slots = []
-    for who in range(n_ids):
-        start = int(rng.integers(n_cams))
-        for k in range(images_per_id):
-            cam = (start + k) % n_cams
-            if who < n_train:
-                role = "val" if (layout.startswith("msmt17") and who % 2 == 1
-                                 and k == images_per_id - 1 and images_per_id > 2) else "train"
-            else:
-                role = "query" if k == 0 else "gallery"
-            slots.append((who, cam, role))
-
-    train_slots = [i for i, s in enumerate(slots) if s[2] == "train"]
-    n_wrong = math.floor(noise_rate * len(train_slots) + 0.5)
-    wrong = [int(i) for i in rng.choice(train_slots, size=n_wrong, replace=False)]
-    depicted = {i: slots[i][0] for i in range(len(slots))}
-    if n_wrong and n_train < 2:
-        raise ValueError(f"noise_rate > 0 needs two training identities; n_ids={n_ids} gives "
-                         f"{n_train}")
-    for i in wrong:
-        # An offset in [1, n_train) never gives back the named identity.
-        depicted[i] = (slots[i][0] + int(rng.integers(1, n_train))) % n_train
+    original = _original_pids(rng, layout, n_ids, n_train)
+    slots = _slots(rng, layout, n_ids, n_train, n_cams, images_per_id)
+    wrong, depicted = _mislabel(rng, slots, noise_rate, n_ids, n_train)
 
     dataset_dir, files, lists = _LAYOUT_FILES[layout](slots, original, image_format)
     base = Path(root) / dataset_dir
-    cache: dict[int, np.ndarray] = {}
-    for relpath, slot in files:
-        # VeRi's image_test/ holds copies of the query images: the same picture.
-        if slot not in cache:
-            cache[slot] = renderer.identity(depicted[slot], slots[slot][1])
-        (base / relpath).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(cache[slot]).save(base / relpath)
-    for relpath, text in lists.items():
-        (base / relpath).write_text(text, encoding="utf-8")
-
+    _write_images(base, files, lists, slots, depicted, renderer)
     if layout == "market1501":
-        frame = len(slots)
-        for pid, count, first_identity in (("-1", junk, None), ("0000", distractors, n_ids)):
-            for j in range(count):
-                frame += 1
-                cam = int(rng.integers(n_cams))
-                name = f"{pid}_c{cam + 1}s1_{frame:06d}_00.{image_format}"
-                image = (renderer.noise() if first_identity is None
-                         else renderer.identity(first_identity + j, cam))
-                Image.fromarray(image).save(base / "bounding_box_test" / name)
+        _write_junk_and_distractors(base, rng, renderer, len(slots), junk, distractors, n_ids, n_cams,
+                                    image_format)
 
     by_role = {r: sum(1 for s in slots if s[2] == r) for r in ("train", "val", "query", "gallery")}
     if layout == "veri776":
@@ -237,8 +191,8 @@ def make_synthetic_reid(
         "seed": seed,
         "hardness": hardness,
         "n_cams": n_cams,
-        "train_ids": train_ids,
-        "test_ids": test_ids,
+        "train_ids": [int(p) for p in original[:n_train]],
+        "test_ids": [int(p) for p in original[n_train:]],
         "counts": {**by_role, "junk": junk if layout == "market1501" else 0,
                    "distractors": distractors if layout == "market1501" else 0},
         "mislabelled": [
@@ -248,6 +202,76 @@ def make_synthetic_reid(
     }
     atomic_write_json(Path(root) / TRUTH_FILE, truth)
     return truth
+
+
+def _original_pids(rng: np.random.Generator, layout: str, n_ids: int, n_train: int) -> np.ndarray:
+    """The pids in the file names, train identities first: int [n_ids]."""
+    if layout == "market1501":
+        return np.sort(rng.choice(np.arange(1, 1502), size=n_ids, replace=False))
+    if layout == "veri776":
+        return np.sort(rng.choice(np.arange(1, 777), size=n_ids, replace=False))
+    # MSMT17 numbers train and test identities from 0 separately.
+    return np.concatenate([np.arange(n_train), np.arange(n_ids - n_train)])
+
+
+def _slots(rng: np.random.Generator, layout: str, n_ids: int, n_train: int, n_cams: int,
+           images_per_id: int) -> list[tuple[int, int, str]]:
+    """Every image slot: (identity index, camera, role)."""
+    slots = []
+    for who in range(n_ids):
+        start = int(rng.integers(n_cams))
+        for k in range(images_per_id):
+            cam = (start + k) % n_cams
+            if who < n_train:
+                role = "val" if (layout.startswith("msmt17") and who % 2 == 1
+                                 and k == images_per_id - 1 and images_per_id > 2) else "train"
+            else:
+                role = "query" if k == 0 else "gallery"
+            slots.append((who, cam, role))
+    return slots
+
+
+def _mislabel(rng: np.random.Generator, slots: list, noise_rate: float, n_ids: int,
+              n_train: int) -> tuple[list[int], dict[int, int]]:
+    """The training slots that depict another identity, and the identity each slot depicts."""
+    train_slots = [i for i, s in enumerate(slots) if s[2] == "train"]
+    n_wrong = math.floor(noise_rate * len(train_slots) + 0.5)
+    wrong = [int(i) for i in rng.choice(train_slots, size=n_wrong, replace=False)]
+    depicted = {i: slots[i][0] for i in range(len(slots))}
+    if n_wrong and n_train < 2:
+        raise ValueError(f"noise_rate > 0 needs two training identities; n_ids={n_ids} gives "
+                         f"{n_train}")
+    for i in wrong:
+        # An offset in [1, n_train) never gives back the named identity.
+        depicted[i] = (slots[i][0] + int(rng.integers(1, n_train))) % n_train
+    return wrong, depicted
+
+
+def _write_images(base: Path, files: list, lists: dict, slots: list, depicted: dict[int, int],
+                  renderer: _Renderer) -> None:
+    cache: dict[int, np.ndarray] = {}
+    for relpath, slot in files:
+        # VeRi's image_test/ holds copies of the query images: the same picture.
+        if slot not in cache:
+            cache[slot] = renderer.identity(depicted[slot], slots[slot][1])
+        (base / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(cache[slot]).save(base / relpath)
+    for relpath, text in lists.items():
+        (base / relpath).write_text(text, encoding="utf-8")
+
+
+def _write_junk_and_distractors(base: Path, rng: np.random.Generator, renderer: _Renderer, n_slots: int,
+                                junk: int, distractors: int, n_ids: int, n_cams: int, ext: str) -> None:
+    """Market-1501's gallery extras: pid -1 (noise images) and pid 0 (identities not in the dataset)."""
+    frame = n_slots
+    for pid, count, first_identity in (("-1", junk, None), ("0000", distractors, n_ids)):
+        for j in range(count):
+            frame += 1
+            cam = int(rng.integers(n_cams))
+            name = f"{pid}_c{cam + 1}s1_{frame:06d}_00.{ext}"
+            image = (renderer.noise() if first_identity is None
+                     else renderer.identity(first_identity + j, cam))
+            Image.fromarray(image).save(base / "bounding_box_test" / name)
 
 
 # Each layout maps the image slots to (dataset_dir, [(relpath, slot)], {list relpath: text}).
