@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from ..fileio import atomic_write_text, read_text
-from .base import LabeledImageDataset, Transform
+from .base import LabeledImageDataset, Transform, read_rgb
 from .paths import resolve_under
 from .reid_base import (IMAGE_EXTENSIONS, ListedFileChecker, ReIDDataset, ReIDRecord, find_dataset_dir,
                         parse_folder, pid_cam_parser, relabel)
@@ -274,12 +274,7 @@ class ReIDImageDataset(LabeledImageDataset):
         self.root = Path(root)
 
     def load_image(self, i: int) -> Image.Image:
-        path = resolve_under(self.root, self.sample_ids[i])
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except OSError as e:  # PIL's UnidentifiedImageError is an OSError
-            raise ValueError(f"cannot read image {path}: {e}") from e
+        return read_rgb(resolve_under(self.root, self.sample_ids[i]), self.sample_ids[i])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
         """Return ``(image float32 [3, H, W], pid, camid, i)``."""
