@@ -177,11 +177,6 @@ def make_synthetic_reid(
         _write_junk_and_distractors(base, rng, renderer, len(slots), junk, distractors, n_ids, n_cams,
                                     image_format)
 
-    by_role = {r: sum(1 for s in slots if s[2] == r) for r in ("train", "val", "query", "gallery")}
-    if layout == "veri776":
-        by_role["gallery"] += by_role["query"]
-    if layout == "market1501":
-        by_role["gallery"] += distractors
     slot_file = {}
     for relpath, slot in files:
         slot_file.setdefault(slot, relpath)
@@ -193,8 +188,7 @@ def make_synthetic_reid(
         "n_cams": n_cams,
         "train_ids": [int(p) for p in original[:n_train]],
         "test_ids": [int(p) for p in original[n_train:]],
-        "counts": {**by_role, "junk": junk if layout == "market1501" else 0,
-                   "distractors": distractors if layout == "market1501" else 0},
+        "counts": _counts(layout, slots, junk, distractors),
         "mislabelled": [
             {"relpath": slot_file[i], "given_pid": int(original[slots[i][0]]),
              "true_pid": int(original[depicted[i]])}
@@ -202,6 +196,17 @@ def make_synthetic_reid(
     }
     atomic_write_json(Path(root) / TRUTH_FILE, truth)
     return truth
+
+
+def _counts(layout: str, slots: list, junk: int, distractors: int) -> dict[str, int]:
+    """The split sizes the readers will find (after dropping junk), and the extras written."""
+    by_role = {r: sum(1 for s in slots if s[2] == r) for r in ("train", "val", "query", "gallery")}
+    if layout == "veri776":
+        by_role["gallery"] += by_role["query"]
+    if layout == "market1501":
+        by_role["gallery"] += distractors
+    return {**by_role, "junk": junk if layout == "market1501" else 0,
+            "distractors": distractors if layout == "market1501" else 0}
 
 
 def _original_pids(rng: np.random.Generator, layout: str, n_ids: int, n_train: int) -> np.ndarray:
