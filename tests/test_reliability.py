@@ -344,7 +344,7 @@ def test_imagefolder_and_cub_split_folders_linked_out_of_the_root_are_refused(tm
 def test_a_cifar_batch_with_nested_label_lists_is_refused_before_conversion(tmp_path):
     import resource
 
-    from dprune.data.classification import _read_cifar_batch
+    from dprune.data.cifar import _read_cifar_batch
 
     nested = [0] * 10
     for _ in range(9):

@@ -206,12 +206,19 @@ class FileImageDataset(LabeledImageDataset):
         self.paths = [Path(p) for p in paths]
 
     def load_image(self, i: int) -> Image.Image:
-        path = self.paths[i]
-        try:
-            with Image.open(path) as im:
-                # Grey and palette images occur in CUB and scraped folders; the models
-                # expect a fixed channel count, so everything becomes RGB.
-                return im.convert("RGB")
-        except OSError as e:  # PIL's UnidentifiedImageError is an OSError
-            raise ValueError(
-                f"cannot read image {path} (sample {self.sample_ids[i]!r}): {e}") from e
+        return read_rgb(self.paths[i], self.sample_ids[i])
+
+
+def read_rgb(path: Path, sample_id: str) -> Image.Image:
+    """The image file at ``path`` as an RGB PIL image; an unreadable file is a ValueError."""
+    try:
+        with Image.open(path) as im:
+            # Grey and palette images occur in CUB, ReID sets and scraped folders; the models
+            # expect a fixed channel count, so everything becomes RGB.
+            return im.convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path} (sample {sample_id!r}): {e}") from e
+
+
+#: What every classification loader returns: ``(train, test)``.
+Split = tuple[LabeledImageDataset, LabeledImageDataset]

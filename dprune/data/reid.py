@@ -23,175 +23,29 @@ from __future__ import annotations
 
 import os
 import re
-import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..fileio import atomic_write_text, read_text
-from .base import LabeledImageDataset, Transform
-from .paths import resolve_under, scan_files
+from .base import LabeledImageDataset, Transform, read_rgb
+from .paths import resolve_under
+from .reid_base import (IMAGE_EXTENSIONS, ListedFileChecker, ReIDDataset, ReIDRecord, find_dataset_dir,
+                        parse_folder, pid_cam_parser, relabel)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-class ReIDRecord(NamedTuple):
-    """One image of a ReID split."""
-
-    relpath: str
-    """Path relative to the dataset folder, ``/``-separated."""
-    pid: int
-    """Identity: the training label in the train split, the original id elsewhere."""
-    camid: int
-    """Camera, 0-based."""
-
-
-@dataclass
-class ReIDDataset:
-    """The three splits of a ReID dataset, as read from disk.
-
-    Attributes
-    ----------
-    name : str
-        ``market1501``, ``msmt17`` or ``veri776``.
-    root : pathlib.Path
-        The resolved dataset folder every ``relpath`` is relative to (for example
-        ``.../Market-1501-v15.09.15`` or ``.../MSMT17_V1``).
-    train, query, gallery : list[ReIDRecord]
-        Train pids are relabelled ``0..num_train_pids-1``; query and gallery pids are the
-        original ids (0 = distractor, gallery only).
-    pid_map : dict[int, int]
-        Original training id -> training label.
-    """
-
-    name: str
-    root: Path
-    train: list[ReIDRecord]
-    query: list[ReIDRecord]
-    gallery: list[ReIDRecord]
-    pid_map: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def num_train_pids(self) -> int:
-        """Number of training identities (= number of classes of the train split)."""
-        return len(self.pid_map)
-
-    @property
-    def num_cams(self) -> int:
-        """1 + the largest camera index over all splits (a size for camera embeddings)."""
-        cams = [r.camid for split in (self.train, self.query, self.gallery) for r in split]
-        return max(cams) + 1 if cams else 0
-
-    def __repr__(self) -> str:
-        return (f"ReIDDataset({self.name}, root={str(self.root)!r}, train={len(self.train)} "
-                f"images/{self.num_train_pids} ids, query={len(self.query)}, "
-                f"gallery={len(self.gallery)}, cams={self.num_cams})")
-
-
-# --------------------------------------------------------------------------- file checks
-
-def _scan_folder(root: Path, folder: str, dataset: str) -> list[str]:
-    """Relative paths of the images directly inside ``root/folder``, sorted by name.
-
-    Other files (Market-1501 ships a ``Thumbs.db``), hidden ones, anything but a regular file
-    (:func:`~dprune.data.paths.is_regular_file`) and sub-folders are ignored.
-    """
-    path = root / folder
-    if not path.is_dir():
-        raise ValueError(f"{dataset}: missing folder {folder}/ under {root}")
-    resolve_under(root, folder)
-    relpaths = []
-    for entry in scan_files(path, IMAGE_EXTENSIONS, recursive=False):
-        rel = f"{folder}/{entry.name}"
-        # Only a symlink can point out of a folder already known to lie under root.
-        if entry.is_symlink():
-            resolve_under(root, rel)
-        relpaths.append(rel)
-    if not relpaths:
-        raise ValueError(f"{dataset}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
-    return sorted(relpaths)
-
-
-class _ListedFileChecker:
-    """Checks that list-file paths exist under root, resolving each folder only once.
-
-    Resolving every one of MSMT17's 126k paths costs seconds; a folder resolved under root
-    plus an ``lstat`` of the file (a symlinked file is resolved in full) is as safe.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._folders: dict[str, Path] = {}
-
-    def check(self, relpath: str, where: str) -> None:
-        folder, _, name = relpath.rpartition("/")
-        if name in ("", ".", ".."):
-            raise ValueError(f"{where}: {relpath!r} does not name an image file")
-        try:
-            base = self._folders.get(folder)
-            if base is None:
-                base = resolve_under(self.root, folder or ".")
-                self._folders[folder] = base
-            mode = os.lstat(base / name).st_mode
-            if stat.S_ISLNK(mode):
-                mode = os.stat(resolve_under(self.root, relpath)).st_mode
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-        except FileNotFoundError:
-            raise ValueError(f"{where}: image not found: {self.root / relpath}") from None
-        if not stat.S_ISREG(mode):
-            raise ValueError(f"{where}: not a file: {self.root / relpath}")
-
-
-def _find_dataset_dir(root: str | os.PathLike, marker: str, nested: Sequence[str],
-                      dataset: str) -> Path:
-    """``root`` if it contains ``marker``, else the first ``root/n`` in ``nested`` that does."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{dataset}: dataset root {root} is not a folder")
-    for candidate in (root, *(root / n for n in nested)):
-        if (candidate / marker).exists():
-            return candidate.resolve()
-    # Nothing recognisable: report against the root itself, which names the first
-    # missing folder.
-    return root.resolve()
-
-
-def _relabel(records: list[ReIDRecord]) -> tuple[list[ReIDRecord], dict[int, int]]:
-    pid_map = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
-    return [r._replace(pid=pid_map[r.pid]) for r in records], pid_map
+__all__ = ["IMAGE_EXTENSIONS", "REID_READERS", "ReIDDataset", "ReIDImageDataset", "ReIDRecord",
+           "build_reid_dataset", "export_list", "read_market1501", "read_msmt17", "read_veri776"]
 
 
 # --------------------------------------------------------------------------- Market-1501
 
 # Identities and cameras in file names and lists have at most 9 digits (real ones have 4): a
 # longer number is no real id, and one of 20 digits would overflow the int64 labels.
-_MARKET_NAME = re.compile(r"([-\d]{1,10})_c(\d)")
 _MARKET_NESTED = "Market-1501-v15.09.15"
-
-
-def _parse_folder(root: Path, folder: str, dataset: str,
-                  parse: Callable[[str], tuple[int, int] | None]) -> list[ReIDRecord]:
-    records = []
-    for rel in _scan_folder(root, folder, dataset):
-        name = rel.rsplit("/", 1)[1]
-        parsed = parse(name)
-        if parsed is None:
-            raise ValueError(f"{dataset}: cannot parse identity and camera from file name "
-                             f"{root / rel}")
-        records.append(ReIDRecord(rel, *parsed))
-    return records
-
-
-def _parse_market(name: str) -> tuple[int, int] | None:
-    m = _MARKET_NAME.match(name)
-    if m is None or int(m.group(2)) < 1:
-        return None
-    return int(m.group(1)), int(m.group(2)) - 1
+_parse_market = pid_cam_parser(r"([-\d]{1,10})_c(\d)")
 
 
 def read_market1501(root: str | os.PathLike) -> ReIDDataset:
@@ -216,14 +70,14 @@ def read_market1501(root: str | os.PathLike) -> ReIDDataset:
         Naming the first missing folder or the first image name that does not parse.
     """
     name = "Market-1501"
-    base = _find_dataset_dir(root, "bounding_box_train", (_MARKET_NESTED,), name)
+    base = find_dataset_dir(root, "bounding_box_train", (_MARKET_NESTED,), name)
     splits = {}
     for split, folder in (("train", "bounding_box_train"), ("query", "query"),
                           ("gallery", "bounding_box_test")):
-        records = _parse_folder(base, folder, name, _parse_market)
+        records = parse_folder(base, folder, name, _parse_market)
         min_pid = 0 if split == "gallery" else 1
         splits[split] = [r for r in records if r.pid >= min_pid]
-    train, pid_map = _relabel(splits["train"])
+    train, pid_map = relabel(splits["train"])
     return ReIDDataset("market1501", base, train, splits["query"], splits["gallery"], pid_map)
 
 
@@ -235,7 +89,7 @@ _MSMT_NAME = re.compile(r"(\d{1,9})_(\d{1,9})_(\d{1,9})_")
 
 
 def _read_msmt_list(base: Path, image_dir: str, list_name: str,
-                    checker: _ListedFileChecker) -> list[ReIDRecord]:
+                    checker: ListedFileChecker) -> list[ReIDRecord]:
     list_path = base / list_name
     if not list_path.is_file():
         raise ValueError(f"MSMT17: missing list file {list_name} under {base}")
@@ -303,26 +157,19 @@ def read_msmt17(root: str | os.PathLike, *, combine_train_val: bool = False) -> 
         if not (base / folder).is_dir():
             raise ValueError(f"MSMT17: missing folder {folder}/ under {base}")
 
-    checker = _ListedFileChecker(base)
+    checker = ListedFileChecker(base)
     train = _read_msmt_list(base, train_dir, "list_train.txt", checker)
     if combine_train_val:
         train += _read_msmt_list(base, train_dir, "list_val.txt", checker)
     query = _read_msmt_list(base, test_dir, "list_query.txt", checker)
     gallery = _read_msmt_list(base, test_dir, "list_gallery.txt", checker)
-    train, pid_map = _relabel(train)
+    train, pid_map = relabel(train)
     return ReIDDataset("msmt17", base, train, query, gallery, pid_map)
 
 
 # --------------------------------------------------------------------------- VeRi-776
 
-_VERI_NAME = re.compile(r"(\d{1,9})_c(\d{1,9})_")
-
-
-def _parse_veri(name: str) -> tuple[int, int] | None:
-    m = _VERI_NAME.match(name)
-    if m is None or int(m.group(2)) < 1:
-        return None
-    return int(m.group(1)), int(m.group(2)) - 1
+_parse_veri = pid_cam_parser(r"(\d{1,9})_c(\d{1,9})_")
 
 
 def read_veri776(root: str | os.PathLike) -> ReIDDataset:
@@ -347,11 +194,11 @@ def read_veri776(root: str | os.PathLike) -> ReIDDataset:
         Naming the first missing folder or the first image name that does not parse.
     """
     name = "VeRi-776"
-    base = _find_dataset_dir(root, "image_train", ("VeRi",), name)
-    train = _parse_folder(base, "image_train", name, _parse_veri)
-    query = _parse_folder(base, "image_query", name, _parse_veri)
-    gallery = _parse_folder(base, "image_test", name, _parse_veri)
-    train, pid_map = _relabel(train)
+    base = find_dataset_dir(root, "image_train", ("VeRi",), name)
+    train = parse_folder(base, "image_train", name, _parse_veri)
+    query = parse_folder(base, "image_query", name, _parse_veri)
+    gallery = parse_folder(base, "image_test", name, _parse_veri)
+    train, pid_map = relabel(train)
     return ReIDDataset("veri776", base, train, query, gallery, pid_map)
 
 
@@ -427,12 +274,7 @@ class ReIDImageDataset(LabeledImageDataset):
         self.root = Path(root)
 
     def load_image(self, i: int) -> Image.Image:
-        path = resolve_under(self.root, self.sample_ids[i])
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except OSError as e:  # PIL's UnidentifiedImageError is an OSError
-            raise ValueError(f"cannot read image {path}: {e}") from e
+        return read_rgb(resolve_under(self.root, self.sample_ids[i]), self.sample_ids[i])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
         """Return ``(image float32 [3, H, W], pid, camid, i)``."""

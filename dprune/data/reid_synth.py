@@ -166,17 +166,62 @@ def make_synthetic_reid(
     rng = np.random.default_rng(seed)
     n_train = math.ceil(n_ids / 2)
     renderer = _Renderer(rng, n_ids + distractors, n_cams, tuple(size), hardness)
+    original = _original_pids(rng, layout, n_ids, n_train)
+    slots = _slots(rng, layout, n_ids, n_train, n_cams, images_per_id)
+    wrong, depicted = _mislabel(rng, slots, noise_rate, n_ids, n_train)
 
+    dataset_dir, files, lists = _LAYOUT_FILES[layout](slots, original, image_format)
+    base = Path(root) / dataset_dir
+    _write_images(base, files, lists, slots, depicted, renderer)
     if layout == "market1501":
-        original = np.sort(rng.choice(np.arange(1, 1502), size=n_ids, replace=False))
-    elif layout == "veri776":
-        original = np.sort(rng.choice(np.arange(1, 777), size=n_ids, replace=False))
-    else:  # MSMT17 numbers train and test identities from 0 separately.
-        original = np.concatenate([np.arange(n_train), np.arange(n_ids - n_train)])
-    train_ids = [int(p) for p in original[:n_train]]
-    test_ids = [int(p) for p in original[n_train:]]
+        _write_junk_and_distractors(base, rng, renderer, len(slots), junk, distractors, n_ids, n_cams,
+                                    image_format)
 
-    # Every image slot: (identity index, camera, role).
+    slot_file = {}
+    for relpath, slot in files:
+        slot_file.setdefault(slot, relpath)
+    truth = {
+        "layout": layout,
+        "dataset_dir": dataset_dir,
+        "seed": seed,
+        "hardness": hardness,
+        "n_cams": n_cams,
+        "train_ids": [int(p) for p in original[:n_train]],
+        "test_ids": [int(p) for p in original[n_train:]],
+        "counts": _counts(layout, slots, junk, distractors),
+        "mislabelled": [
+            {"relpath": slot_file[i], "given_pid": int(original[slots[i][0]]),
+             "true_pid": int(original[depicted[i]])}
+            for i in sorted(wrong)],
+    }
+    atomic_write_json(Path(root) / TRUTH_FILE, truth)
+    return truth
+
+
+def _counts(layout: str, slots: list, junk: int, distractors: int) -> dict[str, int]:
+    """The split sizes the readers will find (after dropping junk), and the extras written."""
+    by_role = {r: sum(1 for s in slots if s[2] == r) for r in ("train", "val", "query", "gallery")}
+    if layout == "veri776":
+        by_role["gallery"] += by_role["query"]
+    if layout == "market1501":
+        by_role["gallery"] += distractors
+    return {**by_role, "junk": junk if layout == "market1501" else 0,
+            "distractors": distractors if layout == "market1501" else 0}
+
+
+def _original_pids(rng: np.random.Generator, layout: str, n_ids: int, n_train: int) -> np.ndarray:
+    """The pids in the file names, train identities first: int [n_ids]."""
+    if layout == "market1501":
+        return np.sort(rng.choice(np.arange(1, 1502), size=n_ids, replace=False))
+    if layout == "veri776":
+        return np.sort(rng.choice(np.arange(1, 777), size=n_ids, replace=False))
+    # MSMT17 numbers train and test identities from 0 separately.
+    return np.concatenate([np.arange(n_train), np.arange(n_ids - n_train)])
+
+
+def _slots(rng: np.random.Generator, layout: str, n_ids: int, n_train: int, n_cams: int,
+           images_per_id: int) -> list[tuple[int, int, str]]:
+    """Every image slot: (identity index, camera, role)."""
     slots = []
     for who in range(n_ids):
         start = int(rng.integers(n_cams))
@@ -188,7 +233,12 @@ def make_synthetic_reid(
             else:
                 role = "query" if k == 0 else "gallery"
             slots.append((who, cam, role))
+    return slots
 
+
+def _mislabel(rng: np.random.Generator, slots: list, noise_rate: float, n_ids: int,
+              n_train: int) -> tuple[list[int], dict[int, int]]:
+    """The training slots that depict another identity, and the identity each slot depicts."""
     train_slots = [i for i, s in enumerate(slots) if s[2] == "train"]
     n_wrong = math.floor(noise_rate * len(train_slots) + 0.5)
     wrong = [int(i) for i in rng.choice(train_slots, size=n_wrong, replace=False)]
@@ -199,9 +249,11 @@ def make_synthetic_reid(
     for i in wrong:
         # An offset in [1, n_train) never gives back the named identity.
         depicted[i] = (slots[i][0] + int(rng.integers(1, n_train))) % n_train
+    return wrong, depicted
 
-    dataset_dir, files, lists = _LAYOUT_FILES[layout](slots, original, image_format)
-    base = Path(root) / dataset_dir
+
+def _write_images(base: Path, files: list, lists: dict, slots: list, depicted: dict[int, int],
+                  renderer: _Renderer) -> None:
     cache: dict[int, np.ndarray] = {}
     for relpath, slot in files:
         # VeRi's image_test/ holds copies of the query images: the same picture.
@@ -212,42 +264,19 @@ def make_synthetic_reid(
     for relpath, text in lists.items():
         (base / relpath).write_text(text, encoding="utf-8")
 
-    if layout == "market1501":
-        frame = len(slots)
-        for pid, count, first_identity in (("-1", junk, None), ("0000", distractors, n_ids)):
-            for j in range(count):
-                frame += 1
-                cam = int(rng.integers(n_cams))
-                name = f"{pid}_c{cam + 1}s1_{frame:06d}_00.{image_format}"
-                image = (renderer.noise() if first_identity is None
-                         else renderer.identity(first_identity + j, cam))
-                Image.fromarray(image).save(base / "bounding_box_test" / name)
 
-    by_role = {r: sum(1 for s in slots if s[2] == r) for r in ("train", "val", "query", "gallery")}
-    if layout == "veri776":
-        by_role["gallery"] += by_role["query"]
-    if layout == "market1501":
-        by_role["gallery"] += distractors
-    slot_file = {}
-    for relpath, slot in files:
-        slot_file.setdefault(slot, relpath)
-    truth = {
-        "layout": layout,
-        "dataset_dir": dataset_dir,
-        "seed": seed,
-        "hardness": hardness,
-        "n_cams": n_cams,
-        "train_ids": train_ids,
-        "test_ids": test_ids,
-        "counts": {**by_role, "junk": junk if layout == "market1501" else 0,
-                   "distractors": distractors if layout == "market1501" else 0},
-        "mislabelled": [
-            {"relpath": slot_file[i], "given_pid": int(original[slots[i][0]]),
-             "true_pid": int(original[depicted[i]])}
-            for i in sorted(wrong)],
-    }
-    atomic_write_json(Path(root) / TRUTH_FILE, truth)
-    return truth
+def _write_junk_and_distractors(base: Path, rng: np.random.Generator, renderer: _Renderer, n_slots: int,
+                                junk: int, distractors: int, n_ids: int, n_cams: int, ext: str) -> None:
+    """Market-1501's gallery extras: pid -1 (noise images) and pid 0 (identities not in the dataset)."""
+    frame = n_slots
+    for pid, count, first_identity in (("-1", junk, None), ("0000", distractors, n_ids)):
+        for j in range(count):
+            frame += 1
+            cam = int(rng.integers(n_cams))
+            name = f"{pid}_c{cam + 1}s1_{frame:06d}_00.{ext}"
+            image = (renderer.noise() if first_identity is None
+                     else renderer.identity(first_identity + j, cam))
+            Image.fromarray(image).save(base / "bounding_box_test" / name)
 
 
 # Each layout maps the image slots to (dataset_dir, [(relpath, slot)], {list relpath: text}).

@@ -30,6 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .features import ReIDFeatures, extract_features
+
+__all__ = ["METRICS", "ReIDFeatures", "evaluate_reid", "evaluate_reid_dense_numpy", "extract_features"]
+
 METRICS = ("euclidean", "cosine")
 # Elementwise passes over whole feature arrays go this many rows at a time, so they need
 # no [N, D] temporary (the MSMT17 gallery is 673 MB in float32).
@@ -123,8 +127,12 @@ def _summarise(ap_Q: np.ndarray, inp_Q: np.ndarray, first_Q: np.ndarray,
 
 
 class _Gallery(NamedTuple):
-    """Gallery ids and cameras on the device, plus the gallery grouped by identity."""
+    """The gallery on the device: features, ids and cameras, plus the gallery grouped by identity."""
 
+    feats_GD: torch.Tensor
+    """In the compute dtype; L2-normalised for ``cosine``."""
+    sq_G: torch.Tensor
+    """Squared norms of ``feats_GD``."""
     pids_G: torch.Tensor
     cams_G: torch.Tensor
     by_pid_G: torch.Tensor
@@ -133,9 +141,23 @@ class _Gallery(NamedTuple):
     """``pids_G[by_pid_G]``"""
 
     @classmethod
-    def build(cls, pids_G: torch.Tensor, cams_G: torch.Tensor) -> "_Gallery":
+    def build(cls, gf, g_pids, g_cams, metric: str, dev: torch.device, dtype: torch.dtype) -> "_Gallery":
+        feats_GD = torch.as_tensor(gf).to(dev, dtype)
+        if metric == "cosine":
+            feats_GD = F.normalize(feats_GD, dim=1)
+        sq_G = torch.cat([(c * c).sum(1) for c in feats_GD.split(_CHUNK_ROWS)])
+        pids_G = torch.as_tensor(g_pids).to(dev, torch.int64)
         by_pid_G = torch.sort(pids_G, stable=True).indices
-        return cls(pids_G, cams_G, by_pid_G, pids_G[by_pid_G])
+        return cls(feats_GD, sq_G, pids_G, torch.as_tensor(g_cams).to(dev, torch.int64), by_pid_G,
+                   pids_G[by_pid_G])
+
+    def distances(self, q_BD: torch.Tensor, metric: str) -> torch.Tensor:
+        """Distances [B, G] of a block of queries (in the compute dtype, on the device)."""
+        if metric == "cosine":
+            q_BD = F.normalize(q_BD, dim=1)
+            return torch.addmm(torch.ones_like(self.sq_G)[None, :], q_BD, self.feats_GD.T, alpha=-1)
+        dist_BG = torch.addmm(self.sq_G[None, :], q_BD, self.feats_GD.T, alpha=-2)
+        return dist_BG.add_((q_BD * q_BD).sum(1)[:, None]).clamp_min_(0)
 
 
 def _rank_block(dist_BG: torch.Tensor, q_pids_B: torch.Tensor, q_cams_B: torch.Tensor,
@@ -256,12 +278,7 @@ def evaluate_reid(
     dev = torch.device(device)
     dtype = _compute_dtype(qf, gf)
 
-    gf_GD = torch.as_tensor(gf).to(dev, dtype)
-    if metric == "cosine":
-        gf_GD = F.normalize(gf_GD, dim=1)
-    g_sq_G = torch.cat([(c * c).sum(1) for c in gf_GD.split(_CHUNK_ROWS)])
-    gallery = _Gallery.build(torch.as_tensor(g_pids).to(dev, torch.int64),
-                             torch.as_tensor(g_cams).to(dev, torch.int64))
+    gallery = _Gallery.build(gf, g_pids, g_cams, metric, dev, dtype)
     q_pids_Q = torch.as_tensor(q_pids).to(torch.int64)
     q_cams_Q = torch.as_tensor(q_cams).to(torch.int64)
     qf_QD = torch.as_tensor(qf)
@@ -271,13 +288,7 @@ def evaluate_reid(
     first_Q = np.full(Q, -1, dtype=np.int64)
     for s in range(0, Q, block_size):
         e = min(s + block_size, Q)
-        q_BD = qf_QD[s:e].to(dev, dtype)
-        if metric == "cosine":
-            q_BD = F.normalize(q_BD, dim=1)
-            dist_BG = torch.addmm(torch.ones_like(g_sq_G)[None, :], q_BD, gf_GD.T, alpha=-1)
-        else:
-            dist_BG = torch.addmm(g_sq_G[None, :], q_BD, gf_GD.T, alpha=-2)
-            dist_BG.add_((q_BD * q_BD).sum(1)[:, None]).clamp_min_(0)
+        dist_BG = gallery.distances(qf_QD[s:e].to(dev, dtype), metric)
         ap_B, inp_B, first_B = _rank_block(dist_BG, q_pids_Q[s:e].to(dev),
                                            q_cams_Q[s:e].to(dev), gallery)
         ap_Q[s:e], inp_Q[s:e], first_Q[s:e] = ap_B.cpu(), inp_B.cpu(), first_B.cpu()
@@ -338,75 +349,3 @@ def evaluate_reid_dense_numpy(
         last = int(np.flatnonzero(matches)[-1])
         inp_Q[q] = hits_cum[last] / (last + 1)
     return _summarise(ap_Q, inp_Q, first_Q, max_rank)
-
-
-# --------------------------------------------------------------------------- features
-
-class ReIDFeatures(NamedTuple):
-    """Features of one split, ordered by dataset index."""
-
-    features: np.ndarray
-    """float32 [N, D]"""
-    pids: np.ndarray
-    """int64 [N]"""
-    camids: np.ndarray
-    """int64 [N]"""
-    indices: np.ndarray
-    """int64 [N], dataset indices, increasing"""
-
-
-@torch.no_grad()
-def extract_features(model: torch.nn.Module, loader, device: str | torch.device,
-                     *, flip: bool = True) -> ReIDFeatures:
-    """Run ``model`` in eval mode over ``loader`` and collect its features.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Maps images ``[B, C, H, W]`` to features ``[B, D]`` in eval mode.  Its training
-        mode is restored afterwards.
-    loader : iterable
-        Yields ``(images [B, C, H, W], pids [B], camids [B], indices [B])``, as a
-        ``DataLoader`` over :class:`dprune.data.reid.ReIDImageDataset` does; each index
-        at most once (any order).
-    device : str or torch.device
-        Where the model runs.
-    flip : bool
-        Average the features of each image and of its horizontal mirror (the usual
-        test-time augmentation of ReID baselines).
-
-    Returns
-    -------
-    ReIDFeatures
-        Sorted by dataset index, on the CPU.
-    """
-    was_training = model.training
-    model.eval()
-    feats, pids, cams, idxs = [], [], [], []
-    try:
-        for images, pid, cam, idx in loader:
-            images = images.to(device)
-            out = model(images)
-            if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(images):
-                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"the model must return features [B, D] in eval mode; got "
-                                 f"{shape} for images {tuple(images.shape)}")
-            if flip:
-                out = (out + model(images.flip(-1))) / 2
-            feats.append(out.float().cpu())
-            pids.append(torch.as_tensor(pid))
-            cams.append(torch.as_tensor(cam))
-            idxs.append(torch.as_tensor(idx))
-    finally:
-        model.train(was_training)
-    if not feats:
-        raise ValueError("the loader yielded no batch")
-    idx_N = torch.cat(idxs).to(torch.int64).numpy()
-    if len(np.unique(idx_N)) != len(idx_N):
-        raise ValueError("the loader yielded some dataset index more than once (use a "
-                         "sequential sampler without padding for evaluation)")
-    order = np.argsort(idx_N, kind="stable")
-    return ReIDFeatures(torch.cat(feats).numpy()[order],
-                        torch.cat(pids).to(torch.int64).numpy()[order],
-                        torch.cat(cams).to(torch.int64).numpy()[order],
-                        idx_N[order])

@@ -1,14 +1,16 @@
 """Trajectory stores: a run directory of per-(epoch, sample) logits (full) or running sums (summary).
 
-The contract (``DESIGN.md``, "Trajectory store"): :mod:`.base` holds what both kinds share
-(identity, writer lock, epoch completion, generation, snapshot reads), :mod:`.full` and
-:mod:`.summary` their own files.  Stores know nothing of scores: the summary store's folding
+The contract (``DESIGN.md``, "Trajectory store"): :mod:`.identity` holds the files that say what
+a store is (metadata, labels, ids, fingerprint), :mod:`.base` what both kinds share (writer
+lock, epoch completion, generation, snapshot reads), :mod:`.full` and :mod:`.summary` their
+own files.  Stores know nothing of scores: the summary store's folding
 rule is handed to it by the scoring layer.
 """
 from pathlib import Path
 
 from ..fileio import read_json
-from .base import DTYPES, META, RESERVED, RunDirStore, StoreError, fingerprint, is_store_file
+from .base import RunDirStore
+from .identity import DTYPES, META, RESERVED, StoreError, fingerprint, is_store_file
 from .full import TrajectoryStore
 from .summary import SummaryStore
 

@@ -30,7 +30,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..fileio import open_npy_for_writing, replace_durably, temp_name
-from .base import RunDirStore, StoreError, check_npy
+from .base import RunDirStore
+from .identity import StoreError, check_npy
 from .means import FP16_MAX, merge_means, to_store_dtype
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import check_npy
+from .identity import check_npy
 from .full import check_batch, epoch_temp_files, merge_batch
 
 # Bytes of float32 observations read per block of rows, and observations per merge call.

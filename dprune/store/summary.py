@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from ..fileio import open_npy_for_writing, replace_durably, temp_name
-from .base import RunDirStore, StoreError, check_npy
+from .base import RunDirStore
+from .identity import StoreError, check_npy
 from .means import merge_means, to_store_dtype
 
 # fp32 bytes of the [n, C] working set of one fold chunk (each of the workers holds one).
