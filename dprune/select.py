@@ -263,7 +263,9 @@ def _outliers(spec: PruneSpec, scores: dict, candidate_N: np.ndarray, n_classes:
         if "entropy" not in scores:
             raise ValueError("outlier removal by fraction needs the 'entropy' score in the scores")
         ent = np.asarray(scores["entropy"], dtype=np.float64)
-        h_norm = ent / math.log(n_classes) if n_classes > 1 else np.zeros(N)
+        from .scoring.flags import normalised_entropy  # here, so that importing select stays light
+
+        h_norm = normalised_entropy(ent, n_classes)
         idx = np.flatnonzero(candidate_N & np.isfinite(ent))
         order = np.lexsort((margin[idx], -h_norm[idx]))[:n_to_prune(spec.outliers, n_observed)]
         outlier[idx[order]] = True

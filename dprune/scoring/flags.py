@@ -24,6 +24,14 @@ def mislabel_flags(soft_argmax_N, p_max_N, labels_N, *, min_confidence: float = 
     return (soft_argmax_N >= 0) & (soft_argmax_N != labels_N) & (p_max_N >= min_confidence)
 
 
+def normalised_entropy(entropy_N, n_classes: int):
+    """H / log C, in [0, 1] for finite entropies: the flatness the outlier rules compare; 0 for
+    C = 1 (one class leaves no uncertainty).  The one place this rule is written."""
+    if n_classes < 2:
+        return entropy_N * 0.0
+    return entropy_N / math.log(n_classes)
+
+
 def outlier_flags(entropy_N, margin_N, n_classes: int, *, entropy_threshold: float = 0.9, margin_threshold: float = 0.1):
     """A flat soft label: ``entropy / log(C) >= entropy_threshold`` and ``margin <= margin_threshold``.
 
@@ -35,8 +43,7 @@ def outlier_flags(entropy_N, margin_N, n_classes: int, *, entropy_threshold: flo
     margin_threshold = check_param("outlier", "margin_threshold", margin_threshold)
     if n_classes < 2:
         return entropy_N != entropy_N  # all False, same type as the input
-    h_norm = entropy_N / math.log(n_classes)
-    return (h_norm >= entropy_threshold) & (margin_N <= margin_threshold)
+    return (normalised_entropy(entropy_N, n_classes) >= entropy_threshold) & (margin_N <= margin_threshold)
 
 
 def compute_flags(out: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, params: dict,
