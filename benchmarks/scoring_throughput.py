@@ -247,6 +247,7 @@ def main(argv=None) -> str:
     with tempfile.TemporaryDirectory(dir=a.work) as d:
         stores = [make_store(Path(d) / f"s{n}", a.epochs, n, a.classes) for n in a.samples]
         nbytes = [s.nbytes() for s in stores]
+        os.sync()  # the new stores' dirty pages go to disk now, not while the rows below are timed
         for s in stores:  # warm the page cache and numba's compiled-code cache
             copy_pass(s)
             dprune_cli("--method", "entropy")(s)
