@@ -115,3 +115,43 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     assert det["n_flipped"] == round(0.2 * 1437) == int((flips != nm.build_dataset("digits")[0].labels).sum())
     assert "## instance0.2" in text and "Label cleaning" in text
     assert nm.main([*argv, "--report-only"]) == text
+
+
+def test_detector_input_feeds_confident_learning_p_bar_and_the_soft_label(tmp_path, capsys):
+    from dprune.store import TrajectoryStore
+
+    di = load("detector_input")
+    rng = np.random.default_rng(0)
+    E, N, C = 3, 60, 5
+    z = rng.standard_normal((E, N, C)).astype(np.float32) * 2
+    counts = np.ones((E, N), np.int32)
+    counts[1, 7] = 0  # sample 7 unobserved in epoch 1: not valid for T >= 2
+    pbar, soft, valid = di.inputs(z, counts, 2)
+
+    def softmax(a):
+        e = np.exp(a - a.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    np.testing.assert_allclose(pbar, (softmax(z[0]) + softmax(z[1])) / 2, rtol=1e-5)
+    np.testing.assert_allclose(soft, softmax((z[0] + z[1]) / 2), rtol=1e-5)
+    assert not np.allclose(pbar, soft)
+    assert valid.sum() == N - 1 and not valid[7]
+
+    # A run folder: a store of noisy labels and its truth; rows where the logits favour the clean
+    # label make the flipped samples findable by both inputs.
+    clean = rng.integers(0, C, N)
+    flipped = np.zeros(N, bool)
+    flipped[:12] = True
+    noisy = np.where(flipped, (clean + 1) % C, clean)
+    store = TrajectoryStore.create(tmp_path / "run" / "trajectory", noisy, C)
+    for e in range(E):
+        store.begin_epoch(e)
+        store.put(e, 0, (z[e] + 4 * np.eye(C, dtype=np.float32)[clean]).astype(np.float16), np.ones(N, np.int32))
+        store.complete_epoch(e)
+    store.close()
+    np.savez(tmp_path / "run" / "label_noise.npz", clean_labels=clean, noisy_labels=noisy, flipped=flipped)
+    di.main([str(tmp_path / "run"), "--T", "1", "3"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["T"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r["n_flipped"] == 12 and r["pbar"]["f1"] > 0.5 and r["soft"]["f1"] > 0.5
+        assert r["soft_minus_pbar_f1_points"] == round(100 * (r["soft"]["f1"] - r["pbar"]["f1"]), 2)
