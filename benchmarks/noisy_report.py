@@ -117,34 +117,42 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
 
 
 def _detection_section(detect: dict, settings: list[str]) -> list[str]:
+    """F1 by T, and each cleanlab fold budget against dprune at the largest recorded T that costs no
+    more (the detection cell records at most E / 5 epochs): paired over seeds, cleanlab's rule
+    being the best by its mean over the seeds."""
     if not detect:
         return []
     lines = ["## Label cleaning: dprune's detector against cleanlab", "",
              "F1 (%) of the flags against the injected flips; dprune reads the first T epochs of the noisy run; "
-             "cleanlab's best `filter_by` on its own 5-fold out-of-sample probabilities (the rule named).", "",
-             "| noise | seeds | dprune `confident` by T | argmax rule by T | cleanlab best (5×4) | cleanlab best "
-             "(5×1) | Δ dprune best T − cleanlab 5×4 |", "|---|---|---|---|---|---|---|"]
+             "cleanlab's best `filter_by` (by its mean over the seeds) on its own 5-fold out-of-sample "
+             "probabilities. Each cleanlab budget is compared with dprune at the largest T that costs no more "
+             "(sample-epochs), paired over seeds.", "",
+             "| noise | seeds | dprune `confident` by T | argmax rule by T | cleanlab budget: best rule | "
+             "dprune at ≤ its cost | Δ (verdict, p; per seed) |", "|---|---|---|---|---|---|---|"]
     for setting in settings:
-        rows = {int(seed): v for (s, seed), v in detect.items() if s == setting}
+        rows = [v for (s, seed), v in sorted(detect.items(), key=lambda kv: int(kv[0][1])) if s == setting]
         if not rows:
             continue
-        Ts = sorted(next(iter(rows.values()))["dprune"], key=lambda t: int(t[1:]))
-        conf = {T: np.mean([r["dprune"][T]["flags"]["confident"]["f1"] for r in rows.values()]) for T in Ts}
-        arg = {T: np.mean([r["dprune"][T]["flags"]["argmax"]["f1"] for r in rows.values()]) for T in Ts}
-        best = {}
-        for cv in next(iter(rows.values()))["cleanlab"]:
-            per_rule = {rule: np.mean([r["cleanlab"][cv]["rules"][rule]["f1"] for r in rows.values()])
-                        for rule in next(iter(rows.values()))["cleanlab"][cv]["rules"]}
-            rule = max(per_rule, key=per_rule.get)
-            best[cv] = (per_rule[rule], rule)
-        bestT = max(conf, key=conf.get)
-        cl = best.get("5x4", (float("nan"), ""))
-        d = [(r["dprune"][bestT]["flags"]["confident"]["f1"] - r["cleanlab"]["5x4"]["rules"][cl[1]]["f1"]) * 100
-             for r in rows.values()] if cl[1] else []
-        v, p = verdict(d)
-        lines.append(f"| {setting} | {len(rows)} | " + " ".join(f"{T}: {conf[T] * 100:.1f}" for T in Ts) + " | "
-                     + " ".join(f"{T}: {arg[T] * 100:.1f}" for T in Ts) + " | "
-                     + " | ".join(f"{best[cv][0] * 100:.1f} ({best[cv][1]})" for cv in best) + " | "
-                     + (f"{np.mean(d):+.2f} at {bestT} ({v})" if d else "") + " |")
+        Ts = sorted(rows[0]["dprune"], key=lambda t: int(t[1:]))
+        conf = {T: np.mean([r["dprune"][T]["flags"]["confident"]["f1"] for r in rows]) for T in Ts}
+        arg = {T: np.mean([r["dprune"][T]["flags"]["argmax"]["f1"] for r in rows]) for T in Ts}
+        by_T = " ".join(f"{T}: {conf[T] * 100:.1f}" for T in Ts)
+        by_T_arg = " ".join(f"{T}: {arg[T] * 100:.1f}" for T in Ts)
+        for cv in rows[0]["cleanlab"]:
+            cost = rows[0]["cleanlab"][cv]["cost"]
+            rules = rows[0]["cleanlab"][cv]["rules"]
+            rule = max(rules, key=lambda q: np.mean([r["cleanlab"][cv]["rules"][q]["f1"] for r in rows]))
+            cl = np.mean([r["cleanlab"][cv]["rules"][rule]["f1"] for r in rows])
+            within = [T for T in Ts if rows[0]["dprune"][T]["cost"] <= cost]
+            if not within:
+                continue
+            T = within[-1]
+            d = [(r["dprune"][T]["flags"]["confident"]["f1"] - r["cleanlab"][cv]["rules"][rule]["f1"]) * 100
+                 for r in rows]
+            v, p = verdict(d)
+            lines.append(f"| {setting} | {len(rows)} | {by_T} | {by_T_arg} | {cv}: {cl * 100:.1f} ({rule}) | "
+                         f"{T}: {conf[T] * 100:.1f} | {np.mean(d):+.2f} ({v}, p={p:.3f}; "
+                         + " ".join(f"{x:+.2f}" for x in d) + ") |")
+            by_T = by_T_arg = "〃"
     lines.append("")
     return lines

@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark scripts on digits with tiny epochs (no Fashion-MNIST, no GPU needed)."""
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,8 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     flips = np.load(tmp_path / "work" / "instance0.2" / "seed0" / "labels.npy")
     assert det["n_flipped"] == round(0.2 * 1437) == int((flips != nm.build_dataset("digits")[0].labels).sum())
     assert "## instance0.2" in text and "Label cleaning" in text
+    # cleanlab's 2 x 1 folds cost 1,437 sample-epochs: compared with dprune at T1 (1,437), not T4
+    assert re.search(r"\| 2x1: [\d.]+ \(\w+\) \| T1: [\d.]+ \| [+-]", text)
     assert nm.main([*argv, "--report-only"]) == text
 
 
