@@ -30,6 +30,13 @@ ARM_TITLES = {
 }
 
 
+FIGURE = "fig_cost_accuracy.png"
+# Marker and colour of each arm in the figure; arms without an entry are not drawn.
+ARM_STYLE = {"noisy": ("s", "black"), "short": ("v", "tab:gray"), "random": ("x", "tab:red"),
+             "default": ("o", "tab:blue"), "cleanlab": ("D", "tab:green"), "protocol": ("^", "tab:purple"),
+             "clean": ("*", "tab:olive")}
+
+
 def verdict(deltas) -> tuple[str, float]:
     return paired_verdict(deltas)
 
@@ -62,6 +69,8 @@ def write_report(cells) -> str:
     for setting in settings:
         lines += _setting_section(setting, arms, clean, E)
     lines += _detection_section(detect, settings)
+    if _cost_accuracy_figure(settings, arms, clean, E, Path(cells.dir) / FIGURE):
+        lines += [f"![cost against accuracy]({FIGURE})", ""]
     text = "\n".join(lines) + "\n"
     (Path(cells.dir) / "report.md").write_text(text)
     return text
@@ -156,3 +165,48 @@ def _detection_section(detect: dict, settings: list[str]) -> list[str]:
             by_T = by_T_arg = "〃"
     lines.append("")
     return lines
+
+
+def _cost_accuracy_figure(settings: list[str], arms: dict, clean: dict, E: int, path: Path) -> bool:
+    """One panel per setting: each arm's mean top-1 (± its std over seeds) against its cost in full
+    trainings, and the full noisy run's test accuracy by epoch (a dashed line, cost = epoch / E).
+    Returns whether anything was drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for setting in settings:
+        by_arm: dict[str, list[dict]] = {}
+        for (s, _seed, arm), v in arms.items():
+            if s == setting:
+                by_arm.setdefault(arm, []).append(v)
+        if clean:
+            by_arm["clean"] = list(clean.values())
+        if by_arm.get("noisy"):
+            panels.append((setting, by_arm))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (setting, by_arm) in zip(axes[0], panels):
+        full = np.mean([v["cost"] for v in by_arm["noisy"]])
+        curves = [v["curve"] for v in by_arm["noisy"] if len(v["curve"]) == E]
+        if curves:
+            ax.plot(np.arange(1, E + 1) / E, np.mean(curves, 0) * 100, "--", color="black", lw=0.8, alpha=0.6,
+                    label="full noisy run, by epoch")
+        for arm, (marker, colour) in ARM_STYLE.items():
+            runs = by_arm.get(arm)
+            if not runs:
+                continue
+            acc = np.array([v["acc"] for v in runs]) * 100
+            cost = np.mean([v["cost"] for v in runs]) / full
+            ax.errorbar(cost, acc.mean(), yerr=acc.std(ddof=1) if len(acc) > 1 else None, fmt=marker,
+                        color=colour, capsize=3, label=f"{arm} ({len(acc)})")
+        ax.set(title=setting, xlabel="× one full training (sample-epochs)", ylabel="test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

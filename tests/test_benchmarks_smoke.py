@@ -117,6 +117,8 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     assert "## instance0.2" in text and "Label cleaning" in text
     # cleanlab's 2 x 1 folds cost 1,437 sample-epochs: compared with dprune at T1 (1,437), not T4
     assert re.search(r"\| 2x1: [\d.]+ \(\w+\) \| T1: [\d.]+ \| [+-]", text)
+    assert "![cost against accuracy](fig_cost_accuracy.png)" in text
+    assert (tmp_path / "res" / "fig_cost_accuracy.png").stat().st_size > 0
     assert nm.main([*argv, "--report-only"]) == text
 
 
