@@ -265,6 +265,16 @@ def paired_verdict(deltas) -> tuple[str, float]:
 
 
 # ----------------------------------------------------------------------------------- misc
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only; no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def prf(flagged_N: np.ndarray, truth_N: np.ndarray) -> dict:
     """Precision, recall, F1 of boolean flags against the truth, and the counts."""
     flagged_N, truth_N = np.asarray(flagged_N, bool), np.asarray(truth_N, bool)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import paired_verdict
+from _common import paired_verdict, pyplot
 
 ARM_TITLES = {
     "clean": "clean labels (ceiling)",
@@ -76,13 +76,19 @@ def write_report(cells) -> str:
     return text
 
 
-def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]:
+def _by_arm(setting: str, arms: dict, clean: dict) -> dict[str, dict[int, dict]]:
+    """The cells of one setting, arm -> seed -> cell; the clean-label runs count in every setting."""
     by_arm: dict[str, dict[int, dict]] = {}
     for (s, seed, arm), v in arms.items():
         if s == setting:
             by_arm.setdefault(arm, {})[int(seed)] = v
     if setting.startswith(("symmetric", "class", "instance")) and clean:
         by_arm["clean"] = {int(k): v for k, v in clean.items()}
+    return by_arm
+
+
+def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]:
+    by_arm = _by_arm(setting, arms, clean)
     noisy = by_arm.get("noisy", {})
     if not noisy:
         return [f"## {setting}", "", "(no noisy run yet)", ""]
@@ -171,23 +177,12 @@ def _cost_accuracy_figure(settings: list[str], arms: dict, clean: dict, E: int, 
     """One panel per setting: each arm's mean top-1 (± its std over seeds) against its cost in full
     trainings, and the full noisy run's test accuracy by epoch (a dashed line, cost = epoch / E).
     Returns whether anything was drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = []
-    for setting in settings:
-        by_arm: dict[str, list[dict]] = {}
-        for (s, _seed, arm), v in arms.items():
-            if s == setting:
-                by_arm.setdefault(arm, []).append(v)
-        if clean:
-            by_arm["clean"] = list(clean.values())
-        if by_arm.get("noisy"):
-            panels.append((setting, by_arm))
+    panels = [(setting, {arm: list(runs.values()) for arm, runs in _by_arm(setting, arms, clean).items()})
+              for setting in settings]
+    panels = [(setting, by_arm) for setting, by_arm in panels if by_arm.get("noisy")]
     if not panels:
         return False
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (setting, by_arm) in zip(axes[0], panels):
         full = np.mean([v["cost"] for v in by_arm["noisy"]])

@@ -12,18 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import VERDICT_RULE, mean_std, paired_verdict
+from _common import VERDICT_RULE, mean_std, paired_verdict, pyplot
 
 ORDER = ("entropy", "el2n", "dual", "aum", "forgetting_full", "reverse_entropy", "random")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _parse(cells: dict):
@@ -297,7 +288,7 @@ def write_report(cells_obj) -> str:
 
 
 def _figures(out_dir: Path, ret, rec, pir, ovl, cfg, scorers, ratios, T_of) -> dict[str, str]:
-    plt = _pyplot()
+    plt = pyplot()
     E, plan = cfg["epochs"], cfg["plan_cells"]
     T0 = plan["T"]
     colors = {s: c for s, c in zip(ORDER, ("C0", "C1", "C2", "C3", "C4", "C5", "k"))}
