@@ -25,7 +25,11 @@ noisy      the full noisy data, E epochs; records its first E / 5 epochs (the de
 default    ``dprune run``'s prune-in-run with the library's defaults (:data:`dprune.select.RUN_DEFAULTS`)
 random     control: random prune-in-run at T keeping as many samples as ``default``, no cleaning
 short      control: the full noisy data for round(cost(default) / N) epochs (same cost)
-score      entropy prune-in-run at the default ratio, no cleaning (the score alone)
+nobudget   ``default`` with ``budget="score"``: the ratio counts the score's pruning only, on
+           top of the detector's removals (H-budget's comparison)
+nobudget_short  control: the full noisy data at the cost of ``nobudget``
+score      entropy prune-in-run at the default ratio, no cleaning (the score alone); this arm and
+           the next three count the ratio as the paper does (``budget="score"``)
 relabel    ... + the paper's argmax relabelling
 paper      ... + 1% outliers removed (the paper's full method)
 dual       the ``dual`` score at the default ratio, no cleaning
@@ -80,7 +84,9 @@ from dprune.train.loop import Trainer  # noqa: E402
 
 KINDS = ("symmetric", "class", "instance")
 HEADLINE = ("noisy", "default", "random", "short")
-ARMS = HEADLINE + ("score", "relabel", "paper", "dual", "cleanlab", "protocol")
+ARMS = HEADLINE + ("nobudget", "nobudget_short", "score", "relabel", "paper", "dual", "cleanlab", "protocol")
+# The pruned arm whose cost each same-cost short run matches.
+SHORT_OF = {"short": "default", "nobudget_short": "nobudget"}
 CLEANLAB_FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
                     "low_normalized_margin", "low_self_confidence")
 
@@ -205,28 +211,30 @@ class Experiment:
 
     def default_spec(self) -> dict:
         d = RUN_DEFAULTS
-        return {"method": d.method, "ratio": d.ratio, "policy": d.policy, "relabel": d.relabel,
+        return {"method": d.method, "ratio": d.ratio, "budget": d.budget, "policy": d.policy, "relabel": d.relabel,
                 "detector": d.detector, "mislabelled": d.mislabelled, "remove_outliers": d.outliers}
 
     def arm(self, noise, seed, arm: str) -> dict:
         if arm == "noisy":
             run = self.noisy(noise, seed)[0]
-        elif arm == "default":
-            run = self.pir(noise, seed, "default", **self.default_spec())
-            return {**self._result(run, noise, seed, arm), "spec": self.default_spec()}
-        elif arm in ("random", "short") and not self.cells.has(f"arm/{name_of(noise)}/seed{seed}/default"):
-            raise NotReady(f"{arm} needs the default arm of {name_of(noise)} seed {seed}")
+        elif arm in ("default", "nobudget"):
+            spec = {**self.default_spec(), **({"budget": "score"} if arm == "nobudget" else {})}
+            run = self.pir(noise, seed, arm, **spec)
+            return {**self._result(run, noise, seed, arm), "spec": spec}
+        elif arm in ("random", *SHORT_OF) and not self.cells.has(
+                f"arm/{name_of(noise)}/seed{seed}/{SHORT_OF.get(arm, 'default')}"):
+            raise NotReady(f"{arm} needs the {SHORT_OF.get(arm, 'default')} arm of {name_of(noise)} seed {seed}")
         elif arm == "random":
             m = self._manifest(noise, seed, "default")
             kept_observed = m["n_kept"] - len(m["unobserved"])
             run = self.pir(noise, seed, "random", method="random", relabel=False, remove_outliers=None,
                            ratio=(m["n_observed"] - kept_observed) / m["n_observed"], policy=RUN_DEFAULTS.policy)
-        elif arm == "short":
-            default = self.cells.get(f"arm/{name_of(noise)}/seed{seed}/default")
-            n = default["epoch_samples"][0]
-            run = train(self.config(noise, seed, "short", epochs=max(1, round(default["cost"] / n)), record="off"))
+        elif arm in SHORT_OF:
+            pruned = self.cells.get(f"arm/{name_of(noise)}/seed{seed}/{SHORT_OF[arm]}")
+            n = pruned["epoch_samples"][0]
+            run = train(self.config(noise, seed, arm, epochs=max(1, round(pruned["cost"] / n)), record="off"))
         elif arm in ("score", "relabel", "paper", "dual"):
-            spec = {"method": "dual" if arm == "dual" else "entropy", "ratio": RUN_DEFAULTS.ratio,
+            spec = {"method": "dual" if arm == "dual" else "entropy", "ratio": RUN_DEFAULTS.ratio, "budget": "score",
                     "policy": RUN_DEFAULTS.policy, "relabel": arm in ("relabel", "paper"), "detector": "argmax",
                     "remove_outliers": 0.01 if arm == "paper" else None}
             run = self.pir(noise, seed, arm, **spec)

@@ -21,6 +21,8 @@ ARM_TITLES = {
     "short": "control: full noisy data, same cost",
     "random": "control: random prune-in-run, as many kept",
     "default": "**dprune run's defaults (prune-in-run)**",
+    "nobudget": "the defaults with the ratio counting the score's pruning only",
+    "nobudget_short": "control: full noisy data, the cost of the row above",
     "score": "entropy alone (prune-in-run)",
     "relabel": "entropy + argmax relabel",
     "paper": "entropy + relabel + 1% outliers (paper's full method)",
@@ -53,7 +55,7 @@ def _cells_by(cells: dict, pattern: str) -> dict[tuple, dict]:
 def write_report(cells) -> str:
     data = cells.all()
     config = cells.config
-    arms = _cells_by(data, r"arm/([^/]+)/seed(\d+)/([a-z]+)")
+    arms = _cells_by(data, r"arm/([^/]+)/seed(\d+)/([a-z_]+)")
     clean = {seed: v for (seed,), v in _cells_by(data, r"clean/seed(\d+)").items()}
     detect = _cells_by(data, r"detect/([^/]+)/seed(\d+)")
     settings = sorted({k[0] for k in arms} | {k[0] for k in detect})
@@ -104,7 +106,7 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
         lines.append("")
     lines += ["| way | seeds | top-1 (mean ± std) | × full cost | kept | noise among kept | Δ vs noisy | "
               "Δ vs random | Δ vs short |", "|---|---|---|---|---|---|---|---|---|"]
-    controls = {name: by_arm.get(name, {}) for name in ("noisy", "random", "short")}
+    controls = {name: by_arm.get(name, {}) for name in ("noisy", "random", "short", "nobudget_short")}
     for arm, title in ARM_TITLES.items():
         runs = by_arm.get(arm)
         if not runs:
@@ -114,8 +116,9 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
         kept = np.mean([v.get("n_kept", np.nan) for v in runs.values()])
         noise = np.mean([v.get("kept_noise", np.nan) for v in runs.values()])
         cells = []
-        for ref in ("noisy", "random", "short"):
-            if arm == ref or not controls[ref]:
+        # Δ vs short: against the same-cost run of this arm's own cost where it has one.
+        for ref in ("noisy", "random", "nobudget_short" if arm == "nobudget" else "short"):
+            if arm == ref or (arm == "nobudget_short" and ref != "noisy") or not controls[ref]:
                 cells.append("")
                 continue
             seeds = sorted(set(runs) & set(controls[ref]))
@@ -128,7 +131,26 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
                      f"{'' if math.isnan(kept) else f'{kept:,.0f}'} | {'' if math.isnan(noise) else f'{noise:.3f}'} | "
                      + " | ".join(cells) + " |")
     lines.append("")
+    lines += _budget_comparison(by_arm)
     return lines
+
+
+def _budget_comparison(by_arm: dict) -> list[str]:
+    """H-budget (RESULTS.md): the defaults' Δ to their same-cost run minus that of the defaults
+    with ``budget="score"`` to theirs, per seed, by the verdict rule."""
+    arms = ("default", "short", "nobudget", "nobudget_short")
+    if not all(by_arm.get(a) for a in arms):
+        return []
+    seeds = sorted(set.intersection(*(set(by_arm[a]) for a in arms)))
+    if not seeds:
+        return []
+    acc = {a: {s: by_arm[a][s]["acc"] for s in seeds} for a in arms}
+    d = [((acc["default"][s] - acc["short"][s]) - (acc["nobudget"][s] - acc["nobudget_short"][s])) * 100
+         for s in seeds]
+    v, p = verdict(d)
+    return [f"H-budget: (defaults − their same-cost run) − (budget score − its same-cost run) = {np.mean(d):+.2f} "
+            f"points ({v}{'' if math.isnan(p) else f', p={p:.3f}'}; seeds {', '.join(map(str, seeds))}: "
+            + " ".join(f"{x:+.2f}" for x in d) + ")", ""]
 
 
 def _detection_section(detect: dict, settings: list[str]) -> list[str]:

@@ -17,7 +17,9 @@ The order of decisions (each documented in the manifest):
    With ``mislabelled="remove"`` every flagged sample is removed instead (no label is
    changed: a wrong relabelling makes a clean sample noisy, a removal only loses it).
 4. **Pruning**: exactly ``floor(ratio * N_observed + 0.5)`` samples with the lowest scores
-   are pruned from the rest.  Samples with non-finite logits go first (they are never
+   are pruned from the rest (``budget="score"``), or that many less the removals of steps 2
+   and 3, none once those reach it (``budget="total"``: ``ratio`` is then the fraction
+   removed in all, unless the removals alone exceed it).  Samples with non-finite logits go first (they are never
    ranked important); observed samples that the scorer could not score (NaN, e.g. too few
    epochs for a windowed scorer) are kept and listed as ``unscored``.  Ties are broken by a
    seeded random key drawn from a stream of its own for each scorer, never the ``random``
@@ -43,6 +45,7 @@ from .options import coerce
 POLICIES = ("global", "class")
 MISLABEL_DETECTORS = ("argmax", "confident", "aum")
 MISLABELLED_ACTIONS = ("relabel", "remove")
+BUDGETS = ("score", "total")
 # Tie-break streams: numpy SeedSequence entropy [seed, _TIEBREAK, crc32(scorer)] gives every
 # scorer its own stream, independent of the random scorer's default_rng(seed).
 _TIEBREAK = 0x7E1B
@@ -71,8 +74,13 @@ class PruneSpec:
     """
 
     method: str = _option("entropy", "Scorer that ranks the samples (lowest scores are pruned).", short="-m")
-    ratio: float = _option(0.3, "Fraction of observed samples to prune by score, in [0, 1). Exactly "
-                                "round(ratio * N_observed) go.", what="prune ratio", unit=True, short="-r")
+    ratio: float = _option(0.3, "Fraction of observed samples to prune, in [0, 1): exactly round(ratio * "
+                                "N_observed) by score (--budget score), or that many in all (--budget total).",
+                           what="prune ratio", unit=True, short="-r")
+    budget: str = _option("score", "What --ratio counts: 'score': the samples the score prunes, on top of the "
+                                   "mislabelled and outlier removals (the paper); 'total': every removal, so the "
+                                   "score prunes only what the removals leave of it (nothing once they exceed it).",
+                          choices=BUDGETS)
     policy: str = _option("global", "'global' ranks all samples together; 'class' prunes each class in proportion "
                                     "and never empties one.", choices=POLICIES)
     relabel: bool = _option(False, "Act on the mislabel detector: relabel the flagged samples (and keep them), or "
@@ -118,9 +126,10 @@ class PruneSpec:
 
 
 # The selection ``dprune run`` and ``dprune train --prune-at`` make unless told otherwise: one
-# default, declared with its test in benchmarks/RESULTS.md ("The declared default").
-RUN_DEFAULTS = PruneSpec(method="entropy", ratio=0.3, policy="class", relabel=True, detector="confident",
-                         mislabelled="remove", outliers=None)
+# default, declared with its test in benchmarks/RESULTS.md ("The second default"; the confident
+# detector's input, the soft label, is its ``probs`` parameter's default in scoring/params.py).
+RUN_DEFAULTS = PruneSpec(method="entropy", ratio=0.3, budget="total", policy="class", relabel=True,
+                         detector="confident", mislabelled="remove", outliers=None)
 
 
 @dataclass
@@ -211,8 +220,11 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     # Why samples cannot be pruned, for the refusals.
     held = (f"{n_observed} observed, {int(outlier.sum())} removed, {int(relabelled.sum())} relabelled, "
             f"{int(unscored.sum())} unscored by {method}, {int(thr.sum())} threshold samples")
+    n_prune = n_to_prune(spec.ratio, n_observed)
+    if spec.budget == "total":  # the removals (mislabelled, outliers) count inside the ratio
+        n_prune = max(0, n_prune - int((outlier & observed & ~thr).sum()))
     pruned_idx = _pruned(spec, np.where(nonfinite, -np.inf, score), pool & ~unscored, observed & ~outlier,
-                         labels_final, n_classes, n_to_prune(spec.ratio, n_observed), held)
+                         labels_final, n_classes, n_prune, held)
     pruned = np.zeros(N, bool)
     pruned[pruned_idx] = True
     kept = ~pruned & ~outlier
@@ -307,7 +319,10 @@ def _pruned(spec: PruneSpec, key_N: np.ndarray, pool_N: np.ndarray, observed_N: 
     key), over all samples or class-balanced; ``held`` says why the others cannot go."""
     tiebreak = tiebreak_key(spec.seed, spec.method, len(key_N))
     if spec.policy == "class":
-        return _class_balanced(pool_N, observed_N, key_N, tiebreak, labels_N, n_classes, spec.ratio, n_prune, held)
+        # Each class's target share: the ratio, or under a total budget what the removals leave
+        # of it, spread over the samples they leave.
+        share = spec.ratio if spec.budget == "score" else n_prune / max(1, int(observed_N.sum()))
+        return _class_balanced(pool_N, observed_N, key_N, tiebreak, labels_N, n_classes, share, n_prune, held)
     idx = np.flatnonzero(pool_N)
     if n_prune > len(idx):
         raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable ({held})")

@@ -23,7 +23,9 @@ class FusedStats(NamedTuple):
     against the sample's previous *observed* epoch (NaN at its first observed epoch).
 
     ``p_avg`` [N, C] float32, when asked for: the mean over observed epochs of softmax(z_e)
-    (NaN rows for unobserved samples), which confident learning reads; else None.
+    (NaN rows for unobserved samples); else None.  ``p_soft`` [N, C] float32, when asked for:
+    the soft label softmax(mean over observed epochs of z_e) itself (NaN rows for unobserved
+    samples); else None.  Confident learning reads one of the two (its ``probs`` parameter).
     """
 
     n_obs: torch.Tensor
@@ -40,6 +42,7 @@ class FusedStats(NamedTuple):
     el2n: torch.Tensor
     tdds_div: torch.Tensor
     p_avg: torch.Tensor | None = None
+    p_soft: torch.Tensor | None = None
 
 
 def check_stats_inputs(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor) -> tuple[int, int, int]:

@@ -195,6 +195,15 @@ def _store_p_avg(p_avg_ptr, p_sum, denom, n_obs, rows, rmask, cols, cmask, C):
 
 
 @triton.jit
+def _store_p_soft(p_soft_ptr, z_mean, lse2, n_obs, rows, rmask, cols, cmask, C):
+    """One class block of the soft label exp(mean logit - its log-sum-exp); NaN rows for
+    unobserved samples.  NaN or +Inf in a row's mean logits make ``lse2`` NaN, hence the whole
+    row, as the reference's log_softmax does; a -Inf mean logit gets probability 0."""
+    p = tl.where((n_obs > 0)[:, None], tl.exp(z_mean - lse2[:, None]), float("nan"))
+    tl.store(p_soft_ptr + rows[:, None] * C + cols[None, :], p, mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
 def _fused_stats_kernel(
     z_ptr,  # [E, N, C] logits, fp16 / bf16 / fp32, contiguous
     cnt_ptr,  # [E, N] int32 observations per epoch (0 = unobserved)
@@ -214,6 +223,7 @@ def _fused_stats_kernel(
     el2n_ptr,  # [E, N] fp32
     tdds_ptr,  # [E, N] fp32, zero-initialised (accumulated over class blocks)
     p_avg_ptr,  # [N, C] fp32 mean probabilities (written when WITH_P_AVG)
+    p_soft_ptr,  # [N, C] fp32 soft labels (written when WITH_P_SOFT; the mean logits in between)
     E,
     N,
     C,
@@ -221,6 +231,7 @@ def _fused_stats_kernel(
     BLOCK_C: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,
     WITH_P_AVG: tl.constexpr,
+    WITH_P_SOFT: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -272,6 +283,8 @@ def _fused_stats_kernel(
         )
         if WITH_P_AVG:
             _store_p_avg(p_avg_ptr, p_sum, denom, n_obs, rows, rmask, cols, cmask, C)
+        if WITH_P_SOFT:
+            _store_p_soft(p_soft_ptr, z_sum / denom[:, None], m2 + tl.log(s2), n_obs, rows, rmask, cols, cmask, C)
     else:
         # Pass 1: per-epoch online softmax over class blocks.
         for e in range(E):
@@ -336,6 +349,17 @@ def _fused_stats_kernel(
             )
             if WITH_P_AVG:
                 _store_p_avg(p_avg_ptr, p_sum, denom, n_obs, rows, rmask, cols, cmask, C)
+            if WITH_P_SOFT:  # the block's mean logits, until the log-sum-exp of every block is known
+                tl.store(p_soft_ptr + rows[:, None] * C + cols[None, :], z_sum / denom[:, None],
+                         mask=rmask[:, None] & cmask[None, :])
+        if WITH_P_SOFT:
+            lse_mean = m2 + tl.log(s2)
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + lane
+                cmask = cols < C
+                at = p_soft_ptr + rows[:, None] * C + cols[None, :]
+                z_mean = tl.load(at, mask=rmask[:, None] & cmask[None, :], other=0.0)
+                _store_p_soft(p_soft_ptr, z_mean, lse_mean, n_obs, rows, rmask, cols, cmask, C)
 
     lse2 = m2 + tl.log(s2)
     defined = (lse2 == lse2) & (tl.abs(lse2) != float("inf"))
@@ -365,7 +389,7 @@ def interpreter_active() -> bool:
 
 
 def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, block_c: int | None = None,
-                with_p_avg: bool = False) -> FusedStats:
+                with_p_avg: bool = False, with_p_soft: bool = False) -> FusedStats:
     """Every :class:`~.common.FusedStats` field in one kernel launch.
 
     Parameters
@@ -380,6 +404,8 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
         Class block size (a power of two), to force the several-block layout in tests.
     with_p_avg : bool
         Also return the mean probabilities [N, C] (``p_avg``); otherwise that field is None.
+    with_p_soft : bool
+        Also return the soft labels [N, C] (``p_soft``); otherwise that field is None.
 
     All three tensors must be on one device: a CUDA GPU, or the CPU when Triton's
     interpreter is active.  Returns float32 / int64 / bool tensors on that device, equal to
@@ -411,14 +437,15 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
     tdds = torch.zeros(E, N, dtype=torch.float32, device=dev)
     lse = f32(E, N) if not cfg.single_block else f32(1)
     p_avg = f32(N, C) if with_p_avg else f32(1)
+    p_soft = f32(N, C) if with_p_soft else f32(1)
     grid = (triton.cdiv(N, cfg.block_n),)
     _fused_stats_kernel[grid](
         z, cnt, y, lse,
         n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
-        logp_label, correct, margin, el2n, tdds, p_avg,
+        logp_label, correct, margin, el2n, tdds, p_avg, p_soft,
         E, N, C,
         BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, SINGLE_BLOCK=cfg.single_block, WITH_P_AVG=with_p_avg,
-        num_warps=cfg.num_warps,
+        WITH_P_SOFT=with_p_soft, num_warps=cfg.num_warps,
     )
     return FusedStats(
         n_obs=n_obs,
@@ -435,4 +462,5 @@ def fused_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: tor
         el2n=el2n,
         tdds_div=tdds,
         p_avg=p_avg if with_p_avg else None,
+        p_soft=p_soft if with_p_soft else None,
     )

@@ -290,7 +290,7 @@ def _fold_probs(src, e, n, mode, y, z, ex, z_sum, p_sum):
 @numba.njit(cache=True)
 def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
             n_obs_out, nonfinite_out, entropy_out, entropy_prob_out, p_max_out, p_second_out, soft_argmax_out,
-            p_label_out, logp_label_out, correct_out, margin_out, el2n_out, tdds_out, p_avg_out):
+            p_label_out, logp_label_out, correct_out, margin_out, el2n_out, tdds_out, p_avg_out, p_soft_out):
     """All statistics of sample ``n`` (label ``y``), using the scratch rows z, ex, z_sum, p_sum, prev [C].
 
     With empty per-epoch outputs ([0, N]: the ``probs`` tier) each row is only folded into the
@@ -359,9 +359,12 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
         entropy_prob_out[n] = _NAN
         if p_avg_out.shape[0]:
             p_avg_out[n, :] = _NAN
+        if p_soft_out.shape[0]:
+            p_soft_out[n, :] = _NAN
         return
     nonfinite_out[n] = _nonfinite(src, mode, counts, n, z_sum, z, ex)
-    _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out)
+    _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out,
+                p_soft_out)
     denom = _F32(n_obs)
     for c in range(C):
         pa = p_sum[c] / denom
@@ -398,8 +401,10 @@ def _nonfinite(src, mode, counts, n, z_sum, z, scratch):
 
 
 @numba.njit(cache=True)
-def _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out):
-    """The soft label's statistics: softmax of the mean observed logits, as the reference computes them."""
+def _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out,
+                p_soft_out):
+    """The soft label's statistics: softmax of the mean observed logits, as the reference computes them;
+    the soft label itself into row n of ``p_soft_out`` unless that is empty ([0, C])."""
     C = z.size
     denom = _F32(n_obs)
     for c in range(C):
@@ -414,6 +419,8 @@ def _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out,
         ex[c] = p
         z[c] = p * logp if p > _ZERO else _ZERO
     entropy_out[n] = -_sum(z)
+    if p_soft_out.shape[0]:
+        p_soft_out[n, :] = ex
     if log_s == log_s:
         p_max = _max(ex)
         top = _first_index(ex, p_max, C)
@@ -432,7 +439,7 @@ def _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out,
 
 @numba.njit(cache=True)
 def _soft_block(b, src, mode, counts, labels, n_obs_out, nonfinite, entropy, p_max, p_second, soft_argmax, p_label,
-                C):
+                p_soft, C):
     """The soft-label statistics only, for samples of block b: a sum of each sample's observed
     rows, then one softmax (no per-epoch softmax: what the entropy score needs)."""
     N = counts.shape[1]
@@ -449,26 +456,32 @@ def _soft_block(b, src, mode, counts, labels, n_obs_out, nonfinite, entropy, p_m
         n_obs_out[n] = k
         if k == 0:
             _unobserved(n, nonfinite, entropy, p_max, p_second, soft_argmax, p_label)
+            if p_soft.shape[0]:
+                p_soft[n, :] = _NAN
             continue
         nonfinite[n] = _nonfinite(src, mode, counts, n, z_sum, z, ex)
-        _soft_label(z_sum, k, labels[n], n, z, ex, entropy, p_max, p_second, soft_argmax, p_label)
+        _soft_label(z_sum, k, labels[n], n, z, ex, entropy, p_max, p_second, soft_argmax, p_label, p_soft)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def _soft_parallel(src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, C):
+def _soft_parallel(src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label,
+                   p_soft, C):
     for b in numba.prange((counts.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
-        _soft_block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, C)
+        _soft_block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label,
+                    p_soft, C)
 
 
 @numba.njit(nogil=True, cache=True)
-def _soft_serial(src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, C):
+def _soft_serial(src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label,
+                 p_soft, C):
     for b in range((counts.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
-        _soft_block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, C)
+        _soft_block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, p_max, p_second, soft_argmax, p_label,
+                    p_soft, C)
 
 
 @numba.njit(cache=True)
 def _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
-           p_label, logp_label, correct, margin, el2n, tdds, p_avg):
+           p_label, logp_label, correct, margin, el2n, tdds, p_avg, p_soft):
     """Samples [b * BLOCK_SAMPLES, (b + 1) * BLOCK_SAMPLES) of the chunk, with their own scratch rows."""
     N, C = counts.shape[1], p_avg.shape[1]
     z = np.empty(C, np.float32)
@@ -479,7 +492,7 @@ def _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob
     for n in range(b * BLOCK_SAMPLES, min(N, (b + 1) * BLOCK_SAMPLES)):
         _sample(src, mode, counts, labels[n], n, z, ex, z_sum, p_sum, prev,
                 n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
-                logp_label, correct, margin, el2n, tdds, p_avg)
+                logp_label, correct, margin, el2n, tdds, p_avg, p_soft)
 
 
 # Two entry points over the same blocks: the serial one never touches numba's threading layer,
@@ -494,18 +507,19 @@ def _stats_parallel(
     n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,  # [N] outputs
     logp_label, correct, margin, el2n, tdds,  # [E, N] float32 outputs
     p_avg,  # [N, C] float32 mean probabilities, or [0, C] when not wanted
+    p_soft,  # [N, C] float32 soft labels, or [0, C] when not wanted
 ):
     for b in numba.prange((counts.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
         _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
-               p_label, logp_label, correct, margin, el2n, tdds, p_avg)
+               p_label, logp_label, correct, margin, el2n, tdds, p_avg, p_soft)
 
 
 @numba.njit(nogil=True, cache=True)
 def _stats_serial(src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
-                  p_label, logp_label, correct, margin, el2n, tdds, p_avg):
+                  p_label, logp_label, correct, margin, el2n, tdds, p_avg, p_soft):
     for b in range((counts.shape[1] + BLOCK_SAMPLES - 1) // BLOCK_SAMPLES):
         _block(b, src, mode, counts, labels, n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax,
-               p_label, logp_label, correct, margin, el2n, tdds, p_avg)
+               p_label, logp_label, correct, margin, el2n, tdds, p_avg, p_soft)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -563,11 +577,23 @@ def _check_labels(y: np.ndarray, C: int) -> None:
         raise ValueError(f"labels must be in [0, {C}), got min {y.min()}, max {y.max()}")
 
 
-def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with_p_avg: bool,
-             tier: str, p_avg_out: np.ndarray | None = None) -> FusedStats:
+def _row_buffer(name: str, given: np.ndarray | None, wanted: bool, N: int, C: int) -> np.ndarray:
+    """The [N, C] float32 output ``name`` writes into: the caller's buffer, a new one, or [0, C] (not wanted)."""
+    if given is None:
+        return np.empty((N if wanted else 0, C), np.float32)
+    if given.dtype != np.float32 or given.shape != (N, C) or not given.flags.c_contiguous:
+        raise ValueError(f"{name}_out must be a C-contiguous float32 array [{N}, {C}], got {given.dtype} {given.shape}")
+    return given
+
+
+def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with_p_avg: bool, with_p_soft: bool,
+             tier: str, p_avg_out: np.ndarray | None = None, p_soft_out: np.ndarray | None = None) -> FusedStats:
     if tier not in TIERS:
         raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
     E, N = cnt.shape
+    with_p_avg, with_p_soft = with_p_avg or p_avg_out is not None, with_p_soft or p_soft_out is not None
+    if tier == "soft" and with_p_avg:
+        raise ValueError("the soft tier does not compute the mean probabilities (p_avg): use tier 'probs'")
 
     def f32(*shape):
         return np.empty(shape, np.float32)
@@ -576,33 +602,29 @@ def _compute(src, mode, cnt: np.ndarray, y: np.ndarray, C: int, *, threads, with
     nonfinite = np.empty(N, np.bool_)
     entropy, p_max, p_second, p_label = (f32(N) for _ in range(4))
     soft_argmax = np.empty(N, np.int64)
+    p_soft = _row_buffer("p_soft", p_soft_out, with_p_soft, N, C)
     t = torch.from_numpy
     if tier == "soft":
         _run(_soft_serial, _soft_parallel, threads, src, mode, cnt, y, n_obs, nonfinite, entropy, p_max, p_second,
-             soft_argmax, p_label, C)
+             soft_argmax, p_label, p_soft, C)
         nan_N, empty = t(np.full(N, np.nan, np.float32)), t(f32(0, N))
         return FusedStats(t(n_obs), t(nonfinite), t(entropy), nan_N, t(p_max), t(p_second), t(soft_argmax),
-                          t(p_label), empty, empty, empty, empty, empty, None)
+                          t(p_label), empty, empty, empty, empty, empty, None,
+                          p_soft=t(p_soft) if with_p_soft else None)
     entropy_prob = f32(N)
     # The probs tier leaves the per-epoch fields empty, which tells _sample to skip them.
     logp_label, correct, margin, el2n, tdds = (f32(E if tier == "all" else 0, N) for _ in range(5))
-    if p_avg_out is None:
-        p_avg_out = f32(N if with_p_avg else 0, C)
-    elif p_avg_out.dtype != np.float32 or p_avg_out.shape != (N, C) or not p_avg_out.flags.c_contiguous:
-        raise ValueError(f"p_avg_out must be a C-contiguous float32 array [{N}, {C}], got {p_avg_out.dtype} "
-                         f"{p_avg_out.shape}")
-    else:
-        with_p_avg = True
+    p_avg = _row_buffer("p_avg", p_avg_out, with_p_avg, N, C)
     _run(_stats_serial, _stats_parallel, threads, src, mode, cnt, y, n_obs, nonfinite, entropy, entropy_prob, p_max,
-         p_second, soft_argmax, p_label, logp_label, correct, margin, el2n, tdds, p_avg_out)
+         p_second, soft_argmax, p_label, logp_label, correct, margin, el2n, tdds, p_avg, p_soft)
     return FusedStats(*map(t, (n_obs, nonfinite, entropy, entropy_prob, p_max, p_second, soft_argmax, p_label,
                                logp_label, correct, margin, el2n, tdds)),
-                      p_avg=t(p_avg_out) if with_p_avg else None)
+                      p_avg=t(p_avg) if with_p_avg else None, p_soft=t(p_soft) if with_p_soft else None)
 
 
 def fused_stats_cpu(
     logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *, threads: int | None = None,
-    with_p_avg: bool = False, tier: str = "all",
+    with_p_avg: bool = False, with_p_soft: bool = False, tier: str = "all",
 ) -> FusedStats:
     """Every :class:`~.common.FusedStats` field in one pass over the logits, on the CPU.
 
@@ -620,7 +642,10 @@ def fused_stats_cpu(
         their own threads (the kernel releases the GIL).
     with_p_avg : bool
         Also return the mean over observed epochs of the probabilities, [N, C] (NaN rows for
-        unobserved samples); otherwise that field is None.
+        unobserved samples); otherwise that field is None.  Not in the ``"soft"`` tier.
+    with_p_soft : bool
+        Also return the soft label softmax(mean observed logits), [N, C] (NaN rows for
+        unobserved samples); otherwise that field is None.  Any tier.
     tier : str
         How much to compute (:data:`TIERS`).  ``"all"``: every field.  ``"soft"``: only the
         soft label's statistics (``n_obs``, ``nonfinite``, ``entropy``, ``p_max``,
@@ -643,23 +668,25 @@ def fused_stats_cpu(
     _check_labels(y, C)
     src, mode, keep = _rows_of_tensor(logits_ENC)
     cnt = counts_EN.to(torch.int32).contiguous().numpy()
-    out = _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, tier=tier)
+    out = _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, with_p_soft=with_p_soft, tier=tier)
     del keep  # the kernel has finished reading it
     return out
 
 
 def fused_stats_epochs(
     epochs_nC, counts_EN: np.ndarray, labels_N: np.ndarray, *, threads: int | None = None, with_p_avg: bool = False,
-    tier: str = "all", p_avg_out: np.ndarray | None = None,
+    with_p_soft: bool = False, tier: str = "all", p_avg_out: np.ndarray | None = None,
+    p_soft_out: np.ndarray | None = None,
 ) -> FusedStats:
     """:func:`fused_stats_cpu` over E separate arrays [n, C] (one per epoch), read in place.
 
     For memory-mapped epoch files: the kernel reads each observed row from the mapping
     directly (page cache -> registers), with no stacked [E, n, C] copy.  ``epochs_nC``: float16
     or float32 arrays with contiguous rows; ``counts_EN`` [E, n] and ``labels_N`` [n].
-    ``p_avg_out``: a float32 [n, C] buffer to write the mean probabilities into (implies
-    ``with_p_avg``; ``p_avg`` then views it), so that a caller streaming chunks reuses one
-    buffer instead of touching fresh memory per chunk.
+    ``p_avg_out`` / ``p_soft_out``: a float32 [n, C] buffer to write the mean probabilities /
+    the soft labels into (implies ``with_p_avg`` / ``with_p_soft``; the field then views it),
+    so that a caller streaming chunks reuses one buffer instead of touching fresh memory per
+    chunk.
     """
     E = len(epochs_nC)
     cnt = np.ascontiguousarray(counts_EN, dtype=np.int32)
@@ -673,5 +700,5 @@ def fused_stats_epochs(
         raise ValueError("logits must have at least one class")
     src, mode = _rows_of_epochs(epochs_nC, n, C)
     _check_labels(y, C)
-    return _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, tier=tier,
-                    p_avg_out=p_avg_out)
+    return _compute(src, mode, cnt, y, C, threads=threads, with_p_avg=with_p_avg, with_p_soft=with_p_soft,
+                    tier=tier, p_avg_out=p_avg_out, p_soft_out=p_soft_out)

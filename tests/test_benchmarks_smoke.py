@@ -97,7 +97,7 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     nm = load("noisy_method")
     argv = ["--dataset", "digits", "--epochs", "20", "--batch-size", "256", "--folds", "2", "--cv-epochs", "1",
             "--instance-epochs", "1", "--noise", "instance:0.2", "--seeds", "0", "--detect-T", "1", "4",
-            "--arms", "noisy", "default", "random", "short", "cleanlab", "protocol",
+            "--arms", "noisy", "default", "random", "short", "nobudget", "nobudget_short", "cleanlab", "protocol",
             "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")]
     text = nm.main(argv)
     cell = lambda key: json.loads((tmp_path / "res" / "cells" / f"{key}.json").read_text())  # noqa: E731
@@ -106,6 +106,13 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     assert default["spec"]["detector"] == "confident" and default["relabelled"] == 0  # the defaults remove
     short = cell("arm__instance0.2__seed0__short")
     assert short["epochs"] == round(default["cost"] / 1437)
+    # The defaults count the detector's removals inside the ratio; nobudget prunes 30% on top of them.
+    nobudget = cell("arm__instance0.2__seed0__nobudget")
+    assert default["spec"]["budget"] == "total" and nobudget["spec"]["budget"] == "score"
+    assert default["removed"] == nobudget["removed"] > 0
+    assert default["n_kept"] == 1437 - max(round(0.3 * 1437), default["removed"])
+    assert nobudget["n_kept"] == 1437 - round(0.3 * 1437) - nobudget["removed"]
+    assert cell("arm__instance0.2__seed0__nobudget_short")["epochs"] == round(nobudget["cost"] / 1437)
     cl = cell("arm__instance0.2__seed0__cleanlab")
     assert cl["cost"] == cl["train_cost"] + cl["fold_cost"] and cl["fold_cost"] == 1437  # 2 folds x 1 epoch of half the data
     noisy = cell("arm__instance0.2__seed0__noisy")
@@ -114,7 +121,7 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     assert set(det["dprune"]) == {"T1", "T4"} and set(det["cleanlab"]["2x1"]["rules"]) == set(nm.CLEANLAB_FILTERS)
     flips = np.load(tmp_path / "work" / "instance0.2" / "seed0" / "labels.npy")
     assert det["n_flipped"] == round(0.2 * 1437) == int((flips != nm.build_dataset("digits")[0].labels).sum())
-    assert "## instance0.2" in text and "Label cleaning" in text
+    assert "## instance0.2" in text and "Label cleaning" in text and "H-budget: " in text
     # cleanlab's 2 x 1 folds cost 1,437 sample-epochs: compared with dprune at T1 (1,437), not T4
     assert re.search(r"\| 2x1: [\d.]+ \(\w+\) \| T1: [\d.]+ \| [+-]", text)
     assert "![cost against accuracy](fig_cost_accuracy.png)" in text

@@ -89,8 +89,8 @@ def assert_stats_equal(got: TrajectoryStats, want: TrajectoryStats, context: str
         undefined |= (idx >= 0) & ties.gather(1, idx.clamp(min=0)[:, None])[:, 0]
     problems = []
     for field in TrajectoryStats._fields:
-        if field == "p_avg" and got.p_avg is None:
-            continue  # asked for only with with_p_avg=True
+        if field in ("p_avg", "p_soft") and getattr(got, field) is None:
+            continue  # asked for only with with_p_avg / with_p_soft
         g, w = getattr(got, field).cpu(), getattr(want, field).cpu()
         if g.dtype != w.dtype or g.shape != w.shape:
             problems.append(f"{field}: {g.dtype} {tuple(g.shape)} != {w.dtype} {tuple(w.shape)}")
@@ -131,8 +131,9 @@ SHAPES = [  # E, N, C, block_c (None: the launcher's choice)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_fused_stats_matches_reference(E, N, C, block_c, dtype):
     z, c, y = trajectory(E * 1000 + N * 10 + C, E, N, C, dtype=dtype)
-    got = run_fused(z, c, y, block_c=block_c, with_p_avg=True)
-    assert got.p_avg is not None and run_fused(z, c, y, block_c=block_c).p_avg is None
+    got = run_fused(z, c, y, block_c=block_c, with_p_avg=True, with_p_soft=True)
+    plain = run_fused(z, c, y, block_c=block_c)
+    assert got.p_avg is not None and got.p_soft is not None and plain.p_avg is None and plain.p_soft is None
     assert_stats_equal(got, compute_stats(z, c, y), f"E={E} N={N} C={C} {dtype}",
                        ties=soft_argmax_ties(z, c))
 
@@ -142,7 +143,8 @@ def test_fused_stats_nan_and_inf_rows(E, N, C, block_c):
     z, c, y = trajectory(C + E, E, N, C, nonfinite=True)
     want = compute_stats(z, c, y)
     assert want.nonfinite.sum() >= 4
-    assert_stats_equal(run_fused(z, c, y, block_c=block_c, with_p_avg=True), want, f"nonfinite E={E} N={N} C={C}")
+    got = run_fused(z, c, y, block_c=block_c, with_p_avg=True, with_p_soft=True)
+    assert_stats_equal(got, want, f"nonfinite E={E} N={N} C={C}")
 
 
 @pytest.mark.parametrize("kernel", ["triton", "numba"])
@@ -221,7 +223,7 @@ CPU_SHAPES = [  # E, N, C: the Triton tests' awkward shapes, and N over several 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_numba_stats_match_reference(E, N, C, dtype):
     z, c, y = trajectory(E * 1000 + N * 10 + C + 1, E, N, C, dtype=dtype)
-    got = fused_stats_cpu(z, c, y, with_p_avg=True)
+    got = fused_stats_cpu(z, c, y, with_p_avg=True, with_p_soft=True)
     assert got.p_avg is not None and fused_stats_cpu(z, c, y).p_avg is None
     assert_stats_equal(got, compute_stats(z, c, y), f"numba E={E} N={N} C={C} {dtype}",
                        ties=soft_argmax_ties(z, c))
@@ -233,7 +235,8 @@ def test_numba_stats_nan_and_inf_rows(C, dtype):
     z, c, y = trajectory(C + 3, 3, 24, C, nonfinite=True, dtype=dtype)
     want = compute_stats(z, c, y)
     assert want.nonfinite.sum() >= 4
-    assert_stats_equal(fused_stats_cpu(z, c, y, with_p_avg=True), want, f"numba nonfinite C={C} {dtype}")
+    got = fused_stats_cpu(z, c, y, with_p_avg=True, with_p_soft=True)
+    assert_stats_equal(got, want, f"numba nonfinite C={C} {dtype}")
 
 
 def test_numba_stats_ties_and_extreme_logits():
@@ -400,9 +403,10 @@ SOFT_FIELDS = ("n_obs", "nonfinite", "entropy", "p_max", "p_second", "soft_argma
 @pytest.mark.parametrize("E, N, C", [(1, 1, 2), (3, 37, 7), (4, 50, 1041)])
 def test_numba_soft_tier_equals_the_reference_soft_label(E, N, C, dtype):
     z, c, y = trajectory(E * N + C, E, N, C, dtype=dtype, nonfinite=True)
-    got = fused_stats_cpu(z, c, y, tier="soft")
+    got = fused_stats_cpu(z, c, y, tier="soft", with_p_soft=True)
     want = compute_stats(z, c, y)
-    for f in SOFT_FIELDS:
+    assert got.p_avg is None and fused_stats_cpu(z, c, y, tier="soft").p_soft is None
+    for f in SOFT_FIELDS + ("p_soft",):
         g, w = getattr(got, f), getattr(want, f)
         if g.is_floating_point():
             assert torch.isclose(g, w, rtol=RTOL, atol=ATOL, equal_nan=True).all(), f
@@ -420,14 +424,16 @@ def test_numba_probs_tier_equals_the_full_tier_without_the_per_epoch_fields(E, N
     # The probs tier (confident learning's mean probabilities, no per-epoch statistics) must give
     # the full tier's numbers exactly, NaN/Inf rows and unobserved samples included.
     z, c, y = trajectory(E * N + C + 1, E, N, C, dtype=dtype, nonfinite=True)
-    got = fused_stats_cpu(z, c, y, tier="probs", with_p_avg=True)
-    full = fused_stats_cpu(z, c, y, tier="all", with_p_avg=True)
-    for f in SOFT_FIELDS + ("entropy_prob", "p_avg"):
+    got = fused_stats_cpu(z, c, y, tier="probs", with_p_avg=True, with_p_soft=True)
+    full = fused_stats_cpu(z, c, y, tier="all", with_p_avg=True, with_p_soft=True)
+    for f in SOFT_FIELDS + ("entropy_prob", "p_avg", "p_soft"):
         assert torch.equal(getattr(got, f).nan_to_num(7.0), getattr(full, f).nan_to_num(7.0)), f
     for f in ("logp_label", "correct", "logit_margin", "el2n", "tdds_div"):
         assert getattr(got, f).shape == (0, N), f
     with pytest.raises(ValueError, match="tier must be one of"):
         fused_stats_cpu(z, c, y, tier="some")
+    with pytest.raises(ValueError, match="soft tier does not compute the mean probabilities"):
+        fused_stats_cpu(z, c, y, tier="soft", with_p_avg=True)
 
 
 def test_epoch_arrays_read_in_place_equal_the_stacked_tensor():
@@ -437,8 +443,9 @@ def test_epoch_arrays_read_in_place_equal_the_stacked_tensor():
     # Each epoch in an array of its own, rows of a wider buffer (as slices of mapped files are).
     epochs = [np.ascontiguousarray(z[e].numpy()) for e in range(4)]
     for tier in ("all", "probs", "soft"):
-        got = fused_stats_epochs(epochs, c.numpy(), y.numpy(), tier=tier, with_p_avg=tier != "soft")
-        want = fused_stats_cpu(z, c, y, tier=tier, with_p_avg=tier != "soft")
+        got = fused_stats_epochs(epochs, c.numpy(), y.numpy(), tier=tier, with_p_avg=tier != "soft",
+                                 p_soft_out=np.full((29, 11), 7.0, np.float32))
+        want = fused_stats_cpu(z, c, y, tier=tier, with_p_avg=tier != "soft", with_p_soft=True)
         for f in want._fields:
             a, b = getattr(got, f), getattr(want, f)
             assert (a is None and b is None) or torch.equal(a, b) or torch.allclose(a, b, equal_nan=True), f

@@ -23,8 +23,8 @@ def test_prune_at_switches_to_the_kept_set_and_costs_what_it_should(tmp_path):
     E, T, r = 6, 2, 0.3
     cfg = TrainConfig.of(out=str(tmp_path / "r"), epochs=E, batch_size=128, progress=False, label_noise=0.1,
                       noise_kind="symmetric")
-    spec = selection(dict(ratio=r, relabel=True, detector="argmax", mislabelled="relabel", remove_outliers=0.01),
-                     cfg.seed)
+    spec = selection(dict(ratio=r, budget="score", relabel=True, detector="argmax", mislabelled="relabel",
+                          remove_outliers=0.01), cfg.seed)
     metrics = TrainRun(cfg, spec, T).trainer().fit()
     m = load_manifest(tmp_path / "r" / "manifest.json")
     kept = len(m.kept)

@@ -220,23 +220,28 @@ def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(
     assert list(tmp_path.iterdir()) == []  # the spill file is unnamed and closed
 
 
-def test_confident_detector_through_scoring_store_and_arrays(tmp_path):
+@pytest.mark.parametrize("probs,field", [("soft_label", "p_soft"), ("mean_softmax", "p_avg")])
+def test_confident_detector_through_scoring_store_and_arrays(tmp_path, probs, field):
     from dprune.scoring.confident import confident_learning
     from dprune.scoring.stats import compute_stats
 
     t = synthetic_trajectory(400, 5, 4, noise_rate=0.2, seed=2)
-    arrays = score_arrays(t["logits"], t["counts"], t["labels"], methods=["entropy", "confident"])
+    params = {"confident": {"probs": probs}}
+    arrays = score_arrays(t["logits"], t["counts"], t["labels"], methods=["entropy", "confident"], params=params)
     st_ = compute_stats(torch.from_numpy(t["logits"]), torch.from_numpy(t["counts"]), torch.from_numpy(t["labels"]))
     valid = arrays["n_observed"] > 0
-    direct = confident_learning(st_.p_avg.numpy(), t["labels"], valid)
+    direct = confident_learning(getattr(st_, field).numpy(), t["labels"], valid)
     np.testing.assert_array_equal(arrays["confident"], direct["confident"])
+    other = confident_learning(getattr(st_, {"p_soft": "p_avg", "p_avg": "p_soft"}[field]).numpy(), t["labels"], valid)
+    assert not np.array_equal(other["label_margin"], arrays["label_margin"])  # the parameter chose the input
     # Through a store, chunked, with the numba kernel's mean probabilities: the same flags.
     store = TrajectoryStore.create(tmp_path / "s", t["labels"], 5, dtype="float32")
     for e in range(4):
         store.begin_epoch(e)
         store.put(e, 0, t["logits"][e], t["counts"][e])
         store.complete_epoch(e)
-    streamed, _ = score_store(TrajectoryStore.open(tmp_path / "s"), methods=["confident"], chunk_size=33)
+    streamed, _ = score_store(TrajectoryStore.open(tmp_path / "s"), methods=["confident"], chunk_size=33,
+                              params=params)
     np.testing.assert_array_equal(streamed["confident"], arrays["confident"])
     np.testing.assert_allclose(streamed["label_margin"], arrays["label_margin"], rtol=1e-5, atol=1e-6)
     # On this synthetic data the flags find the flipped labels, and most suggestions are right.

@@ -147,6 +147,29 @@ def test_outliers_by_fraction_and_by_threshold():
     np.testing.assert_array_equal(thr.outlier_index, want)
 
 
+@pytest.mark.parametrize("policy", ["global", "class"])
+def test_a_total_budget_counts_the_removals_inside_the_ratio(policy):
+    scores, t = scored(N=600, noise=0.25, params={"confident": {"probs": "soft_label"}})
+    y = t["labels"]
+    kw = dict(method="entropy", policy=policy, relabel=True, detector="confident", mislabelled="remove")
+    n_flagged = int(scores["confident"].sum())
+    assert 30 < n_flagged < 150
+    # The removals below the ratio: the score prunes the rest of it, so ratio * N go in all.
+    score_b = select(scores, y, 5, ratio=0.3, budget="score", **kw)
+    total = select(scores, y, 5, ratio=0.3, budget="total", **kw)
+    np.testing.assert_array_equal(total.outlier_index, score_b.outlier_index)
+    assert len(score_b.pruned) == 180 and len(total.pruned) == 180 - n_flagged
+    assert len(total.kept) == 600 - 180
+    # The kept samples of a total budget are the higher-scored end of the other's pruned ones.
+    assert set(score_b.kept) <= set(total.kept)
+    # The removals beyond the ratio: the score prunes nothing.
+    few = select(scores, y, 5, ratio=n_flagged / 600 / 2, budget="total", **kw)
+    assert len(few.pruned) == 0 and len(few.outlier_index) == n_flagged
+    # Outliers count as removals too.
+    out = select(scores, y, 5, ratio=0.3, budget="total", method="entropy", policy=policy, outliers=0.05)
+    assert len(out.outlier_index) == 30 and len(out.pruned) == 150
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(ratio=1.0), r"prune ratio must be in \[0, 1\), got 1.0"),
     (dict(ratio=-0.1), r"prune ratio must be in \[0, 1\)"),
@@ -154,6 +177,7 @@ def test_outliers_by_fraction_and_by_threshold():
     (dict(ratio=0.1, method="nope"), "scores hold no 'nope' array"),
     (dict(ratio=0.1, outliers=1.5), r"outliers must be in \[0, 1\) or 'flagged', got 1.5"),
     (dict(ratio=0.1, detector="vote"), "unknown mislabel detector"),
+    (dict(ratio=0.1, budget="all"), "unknown budget 'all'; valid: score, total"),
     (dict(ratio=0.99, policy="global", outliers=0.5), "keeps no sample|cannot prune"),
 ])
 def test_bad_selection_options(kw, match):

@@ -23,14 +23,18 @@ from .streams import CPU_CHUNK_BYTES, GPU_CHUNK_BYTES, default_chunk_size, strea
 
 METHODS = tuple(SCORERS)
 # Methods asked for like scorers that give flags, not a ranking: "confident" is confident
-# learning over the mean probabilities (:mod:`.confident`), one of selection's mislabel detectors.
+# learning over the soft labels or the mean probabilities (:mod:`.confident`, its ``probs``
+# parameter), one of selection's mislabel detectors.
 FLAG_METHODS = ("confident",)
 FLAG_METHOD_OUTPUTS = ("confident", "confident_label", "confident_relabel", "label_margin", "p_avg_label")
 FLAGS = ("soft_argmax", "p_label", "p_max", "margin", "mislabel", "outlier", "nonfinite", "n_observed")
 # Scorers that need only the soft label (the mean logits), not each epoch's softmax; and those
 # that need each epoch's softmax only through the mean probabilities (the numba kernel's tiers).
+# The confident detector is in the first group or the second by what it reads (``_detector_rows``).
 SOFT_METHODS = {"entropy", "random"}
-PROB_METHODS = SOFT_METHODS | {"entropy_prob", "confident"}
+PROB_METHODS = SOFT_METHODS | {"entropy_prob"}
+# The TrajectoryStats field [N, C] the confident detector reads, by its ``probs`` parameter.
+DETECTOR_ROWS = {"soft_label": "p_soft", "mean_softmax": "p_avg"}
 
 
 def check_methods(methods: Iterable[str] | str | None) -> list[str]:
@@ -131,14 +135,22 @@ def score_arrays(
     z, c, y = _validate_arrays(logits_ENC, counts_EN, labels_N)
     st = compute_stats(z, c, y)
     out = _scores_from_stats(st, methods, params, 0, z.shape[1])
-    if "confident" in methods:
-        _detect(out, st.p_avg.numpy(), y.numpy(), params)
+    rows = _detector_rows(methods, params)
+    if rows:
+        valid = (out["n_observed"] > 0) & ~out["nonfinite"]
+        out.update(implementation("confident", "cpu")(getattr(st, rows).numpy(), y.numpy(), valid,
+                                                      **_rule(params)))
     return compute_flags(out, y.numpy(), z.shape[2], params)
 
 
-def _detect(out: dict, p_avg_NC, labels_N: np.ndarray, params: dict) -> None:
-    valid = (out["n_observed"] > 0) & ~out["nonfinite"]
-    out.update(implementation("confident", "cpu")(p_avg_NC, labels_N, valid, **params["confident"]))
+def _detector_rows(methods: list[str], params: dict) -> str | None:
+    """The [N, C] field of TrajectoryStats the confident detector reads, or None when not asked for."""
+    return DETECTOR_ROWS[params["confident"]["probs"]] if "confident" in methods else None
+
+
+def _rule(params: dict) -> dict:
+    """The confident detector's rule parameters (what it reads is chosen before it runs)."""
+    return {k: v for k, v in params["confident"].items() if k != "probs"}
 
 
 def score_store(
@@ -165,8 +177,10 @@ def score_store(
         already holds the statistics accumulated during training and is scored without a
         trajectory pass.  On a CPU the kernel computes only what the methods read: for
         ``entropy`` (and ``random``) a sum of each sample's rows and one softmax, no per-epoch
-        softmax; adding ``entropy_prob`` or ``confident`` folds each epoch's softmax into the
-        mean probabilities; any other scorer needs the per-epoch statistics as well.
+        softmax (``confident`` with its default ``probs="soft_label"`` reads those soft
+        labels); adding ``entropy_prob`` or ``confident`` with ``probs="mean_softmax"`` folds
+        each epoch's softmax into the mean probabilities; any other scorer needs the
+        per-epoch statistics as well.
     methods, params
         As for :func:`score_arrays`.
     chunk_size : int, optional
@@ -201,27 +215,31 @@ def score_store(
         E = first_epochs
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    backend_name, stream = _stream(store, backend_name, stats_fn, methods, E, chunk_size)
+    backend_name, stream = _stream(store, backend_name, stats_fn, methods, _detector_rows(methods, params), E,
+                                   chunk_size)
     out = _score_chunks(store, stream, methods, params, COLUMNS[backend_name], progress)
     return compute_flags(out, store.labels, C, params, store.meta.get("threshold_samples")), backend_name
 
 
-def _stream(store, backend_name: str, stats_fn, methods: list[str], n_epochs: int, chunk_size: int | None):
+def _stream(store, backend_name: str, stats_fn, methods: list[str], rows: str | None, n_epochs: int,
+            chunk_size: int | None):
     """``(backend that runs, iterator of (start, stop, TrajectoryStats))`` over the store's first
-    ``n_epochs`` epochs: its summary, or a pass of the backend's kernel (:mod:`.streams`)."""
+    ``n_epochs`` epochs: its summary, or a pass of the backend's kernel (:mod:`.streams`);
+    ``rows``: the [N, C] field the detector reads (``p_soft``, ``p_avg`` or None)."""
     C = store.n_classes
-    want_p_avg = "confident" in methods
+    kw = {"with_p_avg": rows == "p_avg", "with_p_soft": rows == "p_soft"}
     if store.KIND == "summary":
         from .online import summary_stats
 
         return "summary", summary_stats(store, chunk_size or default_chunk_size(n_epochs, C))
     if backend_device(backend_name).type == "cuda":
-        stats_fn = functools.partial(stats_fn, with_p_avg=want_p_avg)
+        stats_fn = functools.partial(stats_fn, **kw)
         chunk_size = chunk_size or default_chunk_size(n_epochs, C, GPU_CHUNK_BYTES)
         return backend_name, stream_stats_gpu(store, stats_fn, chunk_size, n_epochs)
-    kw = {"with_p_avg": want_p_avg}
     if backend_name == "numba":  # the CPU kernel computes only what the methods read
-        kw["tier"] = "soft" if set(methods) <= SOFT_METHODS else "probs" if set(methods) <= PROB_METHODS else "all"
+        need = set(methods) - {"confident"}
+        kw["tier"] = ("soft" if need <= SOFT_METHODS and rows != "p_avg" else
+                      "probs" if need <= PROB_METHODS else "all")
     chunk_size = chunk_size or default_chunk_size(n_epochs, C, CPU_CHUNK_BYTES)
     return backend_name, stream_stats_cpu(store, epochs_stats(backend_name, stats_fn), kw, chunk_size, n_epochs)
 
@@ -232,8 +250,9 @@ def _score_chunks(store, stream, methods: list[str], params: dict, column: str, 
 
     N, C = store.n_samples, store.n_classes
     parts: dict[str, list[np.ndarray]] = {}
-    # The detector's first pass rides on this one; p-bar goes to a file for its other two.
-    spill = ConfidentSpill(store.labels, C, store.run_dir) if "confident" in methods else None
+    # The detector's first pass rides on this one; the rows it reads go to a file for its other two.
+    rows = _detector_rows(methods, params)
+    spill = ConfidentSpill(store.labels, C, store.run_dir) if rows else None
     bar = _progress(N, "scoring", progress)
     try:
         for start, stop, st in stream:
@@ -241,12 +260,12 @@ def _score_chunks(store, stream, methods: list[str], params: dict, column: str, 
             for k, v in chunk.items():
                 parts.setdefault(k, []).append(v)
             if spill is not None:
-                spill.add(start, st.p_avg.cpu().numpy(), (chunk["n_observed"] > 0) & ~chunk["nonfinite"])
+                spill.add(start, getattr(st, rows).cpu().numpy(), (chunk["n_observed"] > 0) & ~chunk["nonfinite"])
             bar.update(stop - start)
         bar.close()
         out = {k: np.concatenate(v) for k, v in parts.items()}
         if spill is not None:
-            out.update(spill.finish(**params["confident"]))
+            out.update(spill.finish(**_rule(params)))
     finally:
         if spill is not None:
             spill.close()

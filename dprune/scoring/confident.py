@@ -1,9 +1,11 @@
-"""Confident learning (Northcutt et al., 2021) over a trajectory's mean probabilities.
+"""Confident learning (Northcutt et al., 2021) over a trajectory's probabilities.
 
 Legend: N samples, C classes, n a chunk of rows.
 
-Input: ``p_avg_NC``, the mean over observed epochs of softmax(z_e) (p-bar), and the given
-labels y~.  The rule, as cleanlab's ``find_label_issues`` with ``prune_by_noise_rate``
+Input: ``p_avg_NC``, one probability vector per sample from the trajectory, and the given
+labels y~.  Scoring passes the soft label softmax(mean_e z_e) by default, or the mean over
+observed epochs of softmax(z_e) (p-bar) with the parameter ``probs="mean_softmax"``
+(:mod:`dprune.scoring.params`); below, p-bar names whichever it is.  The rule, as cleanlab's ``find_label_issues`` with ``prune_by_noise_rate``
 applies it to out-of-sample probabilities, here applied to the in-sample trajectory:
 
 1. per-class thresholds t_j = mean of p-bar_ij over the samples labelled j;

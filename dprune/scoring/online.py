@@ -88,7 +88,8 @@ def summary_stats(store, chunk_size: int) -> Iterator[tuple[int, int, Trajectory
         z_mean = torch.from_numpy(np.array(state["z_sum"][a:b])) / denom
         # The soft label's statistics as the reference computes them from the mean logits:
         # those of a one-epoch trajectory holding the mean.
-        soft = _cpu_stats()(z_mean[None], observed[None].to(torch.int32), torch.from_numpy(store.labels[a:b]))
+        soft = _cpu_stats()(z_mean[None], observed[None].to(torch.int32), torch.from_numpy(store.labels[a:b]),
+                            with_p_soft=True)
         p_avg = torch.from_numpy(np.array(state["p_sum"][a:b])) / denom
         entropy_prob = -torch.where(p_avg > 0, p_avg * p_avg.log(), 0.0).sum(-1)
         fields = {f: torch.from_numpy(np.stack([s[i, a:b] for s in per_epoch]) if E else np.empty((0, b - a), np.float32))
@@ -104,6 +105,7 @@ def summary_stats(store, chunk_size: int) -> Iterator[tuple[int, int, Trajectory
             p_label=soft.p_label,
             **fields,
             p_avg=torch.where(observed[:, None], p_avg, nan),
+            p_soft=soft.p_soft,
         )
 
 

@@ -25,6 +25,8 @@ class Param:
 
 # Flagging rules of the confident-learning detector (:mod:`dprune.scoring.confident`).
 CONFIDENT_RULES = ("margin", "noise_rate", "self_confidence")
+# What it reads: the soft label softmax(mean_t z_t), or p-bar = mean_t softmax(z_t).
+CONFIDENT_PROBS = ("soft_label", "mean_softmax")
 
 
 def _unit(v) -> bool:
@@ -57,14 +59,18 @@ PARAMS: dict[str, dict[str, Param]] = {
     "random": {"seed": Param(int, 0, lambda v: 0 <= v <= MAX_SEED, "in [0, 2**63 - 1]", "seed of the random scores")},
     "mislabel": {"min_confidence": Param(float, 0.5, _unit, "in [0, 1]",
                                          "soft-label probability the paper's argmax rule needs to flag")},
-    "confident": {"agree": Param(float, 0.5, _unit, "in [0, 1]",
-                                 "mean probability (p-bar) of the suggested class needed to relabel a flagged "
-                                 "sample (else it is removed)"),
+    "confident": {"probs": Param(str, "soft_label", lambda v: v in CONFIDENT_PROBS, " or ".join(CONFIDENT_PROBS),
+                                 "the probabilities p it reads: soft_label = softmax of the mean logits (the "
+                                 "vector the entropy is taken of: one softmax per sample); mean_softmax = the "
+                                 "mean of each epoch's softmax (p-bar: one softmax per sample and epoch)"),
+                  "agree": Param(float, 0.5, _unit, "in [0, 1]",
+                                 "probability p of the suggested class needed to relabel a flagged sample (else "
+                                 "it is removed)"),
                   "filter_by": Param(str, "margin", lambda v: v in CONFIDENT_RULES, " or ".join(CONFIDENT_RULES),
-                                     "margin: the lowest label margins (p-bar at the label minus the largest "
-                                     "other), as many as the confident joint's off-diagonal; noise_rate: per class "
-                                     "pair, the largest margins, as many as the calibrated joint says; "
-                                     "self_confidence: the lowest p-bar at the label, as many as margin")},
+                                     "margin: the lowest label margins (p at the label minus the largest other), "
+                                     "as many as the confident joint's off-diagonal; noise_rate: per class pair, "
+                                     "the largest margins, as many as the calibrated joint says; self_confidence: "
+                                     "the lowest p at the label, as many as margin")},
     "aum_threshold": {"percentile": Param(float, 99.0, lambda v: 0 <= v <= 100, "in [0, 100]",
                                           "percentile of the threshold samples' AUM below which a sample is flagged")},
     "outlier": {"entropy_threshold": Param(float, 0.9, _unit, "in [0, 1]", "normalised entropy H / log C at or above"),

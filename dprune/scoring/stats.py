@@ -31,7 +31,7 @@ def _entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
 
 
 def compute_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: torch.Tensor, *,
-                  with_p_avg: bool = True) -> TrajectoryStats:
+                  with_p_avg: bool = True, with_p_soft: bool = True) -> TrajectoryStats:
     """Reference statistics of a trajectory chunk (see :class:`TrajectoryStats`).
 
     Computed in float32 whatever the input dtype.  Inputs are assumed already validated
@@ -112,4 +112,5 @@ def compute_stats(logits_ENC: torch.Tensor, counts_EN: torch.Tensor, labels_N: t
         el2n=per_epoch(el2n),
         tdds_div=tdds_div,
         p_avg=torch.where(observed[:, None], p_avg, nan) if with_p_avg else None,
+        p_soft=torch.where(observed[:, None], p_mean, nan) if with_p_soft else None,
     )

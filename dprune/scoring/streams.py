@@ -30,13 +30,15 @@ def stream_stats_cpu(store, stats_fn, kw: dict, chunk_size: int, n_epochs: int):
     """Yield ``(start, stop, TrajectoryStats)`` of the first ``n_epochs`` epochs of a full store,
     the kernel reading the memory-mapped rows in place; each chunk's pages are released after."""
     views = store.epoch_views(range(n_epochs))
-    # The numba kernel writes the mean probabilities into one reused buffer (consumed per chunk).
-    p_avg = np.empty((min(chunk_size, store.n_samples), store.n_classes), np.float32) \
-        if kw.get("with_p_avg") and "tier" in kw else None
+    # The numba kernel writes the [n, C] rows it is asked for (the mean probabilities, the soft
+    # labels) into reused buffers (consumed per chunk).
+    rows = min(chunk_size, store.n_samples)
+    buffers = {f"{f}_out": np.empty((rows, store.n_classes), np.float32)
+               for f in ("p_avg", "p_soft") if kw.get(f"with_{f}") and "tier" in kw}
     for start in range(0, store.n_samples, chunk_size):
         stop = min(start + chunk_size, store.n_samples)
         counts = np.stack([c[start:stop] for _, c in views])
-        out = {} if p_avg is None else {"p_avg_out": p_avg[: stop - start]}
+        out = {k: v[: stop - start] for k, v in buffers.items()}
         st = stats_fn([z[start:stop] for z, _ in views], counts, store.labels[start:stop], **kw, **out)
         store.release(start, stop)
         yield start, stop, st
