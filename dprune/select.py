@@ -124,6 +124,12 @@ class PruneSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The ratio as the run reports it: 'entropy 30%', or '30% in all (entropy for the rest)'."""
+        if self.budget == "total":
+            return f"{self.ratio:.0%} in all ({self.method} for the rest)"
+        return f"{self.method} {self.ratio:.0%}"
+
 
 # The selection ``dprune run`` and ``dprune train --prune-at`` make unless told otherwise: one
 # default, declared with its test in benchmarks/RESULTS.md ("The second default"; the confident

@@ -220,7 +220,7 @@ def _run_pipeline(rc: RunConfig) -> str:
                  f"recording the first {T}")
         full = train(_stage(rc, "full", record_epochs=T), rerun_if_changed=True)
         store = open_store(out / "full" / "trajectory")
-        _say(rc, f"[{next(step)}/{steps}] scoring the first {T} epochs and pruning {spec.ratio:.0%} by {spec.method}")
+        _say(rc, f"[{next(step)}/{steps}] scoring the first {T} epochs and removing {spec.describe()}")
         t0 = time.perf_counter()
         kept = len(prune_store(store, spec, manifest_path, first_epochs=T, progress=rc.base.progress).selection.kept)
         select_s = time.perf_counter() - t0
@@ -295,14 +295,14 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
         rows.append({"run": "full data", "kept": N, "cost": full.cost, "rel": full.cost / full_cost,
                      "seconds": full.seconds, **_summary(full)})
         curves["full data"] = full.metrics
-        rows.append({"run": f"paper protocol: record {T} + retrain {E} ({spec.method} {spec.ratio:.0%})",
+        rows.append({"run": f"paper protocol: record {T} + retrain {E} ({spec.describe()})",
                      "kept": len(manifest.kept), "cost": rec_cost + paper.cost,
                      "rel": (rec_cost + paper.cost) / full_cost,
                      "seconds": sum(x["seconds"] for x in full.metrics[:T]) + select_s + paper.seconds,
                      **_summary(paper)})
         curves["paper protocol (retrained)"] = paper.metrics
     pir_manifest = load_store_manifest(out / "prune-in-run" / "manifest.json", store)
-    rows.append({"run": f"prune-in-run at epoch {T} ({spec.method} {spec.ratio:.0%})", "kept": len(pir_manifest.kept),
+    rows.append({"run": f"prune-in-run at epoch {T} ({spec.describe()})", "kept": len(pir_manifest.kept),
                  "cost": pir.cost, "rel": pir.cost / full_cost, "seconds": pir.seconds, **_summary(pir)})
     pir_row = rows[-1]
     curves["prune-in-run"] = pir.metrics

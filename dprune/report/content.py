@@ -337,7 +337,7 @@ def _removed(r: _Run) -> Gallery:
         lines.append(r.sample(i))
         items.append(Item(i, f"label {r.name(int(r.given_N[i]))}", lines))
     return Gallery("removed", f"Removed samples ({len(idx)})",
-                   "removed on top of the pruned ratio with the reason for each (and samples with non-finite logits, "
+                   "removed as mislabelled or as outliers, with the reason for each (and samples with non-finite logits, "
                    "pruned first); flattest soft labels first", items, len(idx))
 
 
