@@ -125,9 +125,9 @@ class PruneSpec:
         return asdict(self)
 
     def describe(self) -> str:
-        """The ratio as the run reports it: 'entropy 30%', or '30% in all (entropy for the rest)'."""
+        """The ratio as the run reports it: 'entropy 30%', or '30% in all, entropy for the rest'."""
         if self.budget == "total":
-            return f"{self.ratio:.0%} in all ({self.method} for the rest)"
+            return f"{self.ratio:.0%} in all, {self.method} for the rest"
         return f"{self.method} {self.ratio:.0%}"
 
 
