@@ -350,11 +350,14 @@ class Experiment:
         from cleanlab.filter import find_label_issues
 
         from dprune.scoring import score_store
+        from dprune.scoring.params import default_params
 
         a = self.a
         run, store, truth = self.noisy(noise, seed)
         flipped, clean = truth["flipped"], truth["clean_labels"]
-        out = {"n_flipped": int(flipped.sum()), "dprune": {}, "cleanlab": {}}
+        # What the default detector read (cells before the second default read p-bar and say nothing).
+        out = {"n_flipped": int(flipped.sum()), "probs": default_params()["confident"]["probs"], "dprune": {},
+               "cleanlab": {}}
         for T in a.detect_T:
             scores, _ = score_store(store, methods=["entropy", "confident", "aum"], first_epochs=T)
             cost = sum(m["samples_seen"] for m in run.metrics[:T])

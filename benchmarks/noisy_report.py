@@ -118,7 +118,9 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
         cells = []
         # Δ vs short: against the same-cost run of this arm's own cost where it has one.
         for ref in ("noisy", "random", "nobudget_short" if arm == "nobudget" else "short"):
-            if arm == ref or (arm == "nobudget_short" and ref != "noisy") or not controls[ref]:
+            # The random control keeps as many as the defaults: no comparison for nobudget.
+            if arm == ref or (arm.startswith("nobudget") and ref == "random") or (
+                    arm == "nobudget_short" and ref != "noisy") or not controls[ref]:
                 cells.append("")
                 continue
             seeds = sorted(set(runs) & set(controls[ref]))
@@ -141,7 +143,7 @@ def _budget_comparison(by_arm: dict) -> list[str]:
     arms = ("default", "short", "nobudget", "nobudget_short")
     if not all(by_arm.get(a) for a in arms):
         return []
-    seeds = sorted(set.intersection(*(set(by_arm[a]) for a in arms)))
+    seeds = sorted(set.intersection(*(set(by_arm[a]) for a in arms)), key=int)
     if not seeds:
         return []
     acc = {a: {s: by_arm[a][s]["acc"] for s in seeds} for a in arms}

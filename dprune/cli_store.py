@@ -160,7 +160,8 @@ def prune_cmd(run_dir, spec, params, first_epochs, out_path, export_list, quiet)
     """Select the samples to keep from RUN_DIR's scores; write a pruning manifest.
 
     Unobserved samples are kept and listed; samples with non-finite logits are pruned first;
-    outliers are removed on top of the pruned ratio.  Scores are taken from RUN_DIR/scores.npz
+    mislabelled samples and outliers are removed on top of the pruned ratio (--budget score) or
+    inside it (--budget total).  Scores are taken from RUN_DIR/scores.npz
     when it is current (same trajectory epochs, methods and parameters), else computed.
     """
     from .manifest import export_list as write_list

@@ -61,6 +61,8 @@ def manifest_dict(sel: Selection, *, source_run: str, made_from: dict, n_classes
         "n_outliers": len(sel.outlier_index),
         "n_kept": len(sel.kept),
         "n_removed_total": n_pruned + len(sel.outlier_index),
+        # What a total budget's ratio counts: pruned and removed (ratio_achieved counts the pruned).
+        "ratio_removed": (n_pruned + len(sel.outlier_index)) / sel.n_observed if sel.n_observed else 0.0,
         "kept": sel.kept.tolist(),
         "pruned": sel.pruned.tolist(),
         "relabelled": {str(int(i)): int(c) for i, c in zip(sel.relabel_index, sel.relabel_label)},

@@ -19,12 +19,14 @@ The order of decisions (each documented in the manifest):
 4. **Pruning**: exactly ``floor(ratio * N_observed + 0.5)`` samples with the lowest scores
    are pruned from the rest (``budget="score"``), or that many less the removals of steps 2
    and 3, none once those reach it (``budget="total"``: ``ratio`` is then the fraction
-   removed in all, unless the removals alone exceed it).  Samples with non-finite logits go first (they are never
+   removed in all, unless the removals alone exceed it); samples with non-finite logits are
+   pruned under either budget.  Samples with non-finite logits go first (they are never
    ranked important); observed samples that the scorer could not score (NaN, e.g. too few
    epochs for a windowed scorer) are kept and listed as ``unscored``.  Ties are broken by a
    seeded random key drawn from a stream of its own for each scorer, never the ``random``
-   scorer's.  ``policy="class"`` prunes each class in proportion to its observed size
-   (largest remainder rounding, so the total is still exact) and never empties a class;
+   scorer's.  ``policy="class"`` prunes each class in proportion to the observed samples the
+   removals leave it (largest remainder rounding, so the total is still exact) and never
+   empties a class;
    ``policy="global"`` ranks all samples together and reports any class it empties.
 
 Flags are never recomputed here: they come from ``scores.npz`` (:mod:`dprune.scoring`), made
@@ -229,6 +231,8 @@ def select(scores: dict[str, np.ndarray], labels_N: np.ndarray, n_classes: int, 
     n_prune = n_to_prune(spec.ratio, n_observed)
     if spec.budget == "total":  # the removals (mislabelled, outliers) count inside the ratio
         n_prune = max(0, n_prune - int((outlier & observed & ~thr).sum()))
+    # Samples with non-finite logits go whatever the budget leaves (they are never ranked important).
+    n_prune = max(n_prune, int((nonfinite & pool).sum()))
     pruned_idx = _pruned(spec, np.where(nonfinite, -np.inf, score), pool & ~unscored, observed & ~outlier,
                          labels_final, n_classes, n_prune, held)
     pruned = np.zeros(N, bool)
@@ -325,9 +329,8 @@ def _pruned(spec: PruneSpec, key_N: np.ndarray, pool_N: np.ndarray, observed_N: 
     key), over all samples or class-balanced; ``held`` says why the others cannot go."""
     tiebreak = tiebreak_key(spec.seed, spec.method, len(key_N))
     if spec.policy == "class":
-        # Each class's target share: the ratio, or under a total budget what the removals leave
-        # of it, spread over the samples they leave.
-        share = spec.ratio if spec.budget == "score" else n_prune / max(1, int(observed_N.sum()))
+        # Each class's share of n_prune, in proportion to the samples the removals leave it.
+        share = n_prune / max(1, int(observed_N.sum()))
         return _class_balanced(pool_N, observed_N, key_N, tiebreak, labels_N, n_classes, share, n_prune, held)
     idx = np.flatnonzero(pool_N)
     if n_prune > len(idx):

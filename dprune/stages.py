@@ -220,7 +220,7 @@ def _run_pipeline(rc: RunConfig) -> str:
                  f"recording the first {T}")
         full = train(_stage(rc, "full", record_epochs=T), rerun_if_changed=True)
         store = open_store(out / "full" / "trajectory")
-        _say(rc, f"[{next(step)}/{steps}] scoring the first {T} epochs and removing {spec.describe()}")
+        _say(rc, f"[{next(step)}/{steps}] scoring the first {T} epochs and selecting ({spec.describe()})")
         t0 = time.perf_counter()
         kept = len(prune_store(store, spec, manifest_path, first_epochs=T, progress=rc.base.progress).selection.kept)
         select_s = time.perf_counter() - t0

@@ -220,6 +220,21 @@ def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(
     assert list(tmp_path.iterdir()) == []  # the spill file is unnamed and closed
 
 
+def test_a_sample_whose_logits_overflow_their_mean_is_not_judged_by_the_soft_label_detector():
+    # Finite float32 logits whose epoch sum overflows: not 'nonfinite', but the soft label is NaN.
+    # The detector leaves that sample out instead of letting a NaN into its class's threshold.
+    t = synthetic_trajectory(300, 4, 3, noise_rate=0.2, seed=5)
+    z = t["logits"].astype(np.float32).copy()
+    z[:, 0, 1] = 3e38
+    out = score_arrays(z, t["counts"], t["labels"], methods=["entropy", "confident"])
+    assert not out["nonfinite"][0] and np.isnan(out["p_max"][0])
+    assert not out["confident"][0] and np.isnan(out["label_margin"][0])
+    counts = t["counts"].copy()
+    counts[:, 0] = 0  # the same data with sample 0 unobserved: the same flags for the others
+    ref = score_arrays(z, counts, t["labels"], methods=["entropy", "confident"])
+    np.testing.assert_array_equal(out["confident"], ref["confident"])
+
+
 @pytest.mark.parametrize("probs,field", [("soft_label", "p_soft"), ("mean_softmax", "p_avg")])
 def test_confident_detector_through_scoring_store_and_arrays(tmp_path, probs, field):
     from dprune.scoring.confident import confident_learning

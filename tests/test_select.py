@@ -170,6 +170,40 @@ def test_a_total_budget_counts_the_removals_inside_the_ratio(policy):
     assert len(out.outlier_index) == 30 and len(out.pruned) == 150
 
 
+def _flagged_scores(y, flagged, entropy):
+    N = len(y)
+    return {"entropy": entropy, "n_observed": np.full(N, 3), "nonfinite": np.zeros(N, bool),
+            "soft_argmax": y.copy(), "margin": np.ones(N), "mislabel": np.zeros(N, bool), "outlier": np.zeros(N, bool),
+            "confident": flagged, "confident_label": 1 - y, "confident_relabel": np.zeros(N, bool)}
+
+
+DETECT_AND_REMOVE = dict(method="entropy", relabel=True, detector="confident", mislabelled="remove")
+
+
+@pytest.mark.parametrize("budget", ["score", "total"])
+def test_non_finite_samples_are_pruned_even_when_the_removals_fill_the_budget(budget):
+    y = np.repeat([0, 1], 10)
+    flagged = np.isin(np.arange(20), [0, 1, 2, 10, 11, 12])  # 6 removals = round(0.3 * 20)
+    scores = _flagged_scores(y, flagged, np.linspace(0.1, 1.0, 20))
+    scores["nonfinite"][19] = True
+    sel = select(scores, y, 2, ratio=0.3, budget=budget, policy="global", **DETECT_AND_REMOVE)
+    assert 19 in sel.pruned and 19 in sel.nonfinite_pruned and 19 not in sel.kept
+    assert len(sel.pruned) == (1 if budget == "total" else 6)
+
+
+@pytest.mark.parametrize("budget", ["score", "total"])
+def test_class_quotas_follow_what_the_removals_leave_of_each_class(budget):
+    # Class 0: 100 samples, 50 of them removed; class 1: 10. The score's pruning is split 50 : 10.
+    y = np.repeat([0, 1], [100, 10])
+    scores = _flagged_scores(y, np.arange(110) < 50, np.random.default_rng(0).random(110))
+    sel = select(scores, y, 2, ratio=0.3, budget=budget, policy="class", **DETECT_AND_REMOVE)
+    n_prune = 33 if budget == "score" else 0
+    assert len(sel.pruned) == n_prune
+    assert [int((y[sel.pruned] == c).sum()) for c in (0, 1)] == ([28, 5] if budget == "score" else [0, 0])
+    sel = select(scores, y, 2, ratio=0.5, budget="total", policy="class", **DETECT_AND_REMOVE)
+    assert [int((y[sel.pruned] == c).sum()) for c in (0, 1)] == [4, 1]  # 55 - 50 = 5 more, split 50 : 10
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(ratio=1.0), r"prune ratio must be in \[0, 1\), got 1.0"),
     (dict(ratio=-0.1), r"prune ratio must be in \[0, 1\)"),

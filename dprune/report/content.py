@@ -303,7 +303,7 @@ def _relabelled(r: _Run) -> Gallery:
         g, n = int(r.given_N[i]), int(r.final_N[i])
         p_new = p_max[i] if soft_argmax[i] == n else np.nan
         lines = [f"p({r.name(g)}) {_fmt_p(p_label[i])} · p({r.name(n)}) {_fmt_p(p_new)}"]
-        if np.isfinite(p_avg_label[i]):
+        if np.isfinite(p_avg_label[i]) and not np.isclose(p_avg_label[i], p_label[i]):  # the detector read p-bar
             lines.append(f"mean p({r.name(g)}) {_fmt_p(p_avg_label[i])}")
         if full:
             lines.append(f"{int(agree[j])}/{int(observed[j])} epochs say {r.name(n)}")

@@ -137,7 +137,7 @@ def score_arrays(
     out = _scores_from_stats(st, methods, params, 0, z.shape[1])
     rows = _detector_rows(methods, params)
     if rows:
-        valid = (out["n_observed"] > 0) & ~out["nonfinite"]
+        valid = _detector_valid(out, rows)
         out.update(implementation("confident", "cpu")(getattr(st, rows).numpy(), y.numpy(), valid,
                                                       **_rule(params)))
     return compute_flags(out, y.numpy(), z.shape[2], params)
@@ -146,6 +146,13 @@ def score_arrays(
 def _detector_rows(methods: list[str], params: dict) -> str | None:
     """The [N, C] field of TrajectoryStats the confident detector reads, or None when not asked for."""
     return DETECTOR_ROWS[params["confident"]["probs"]] if "confident" in methods else None
+
+
+def _detector_valid(out: dict, rows: str) -> np.ndarray:
+    """The samples the detector judges: observed, finite logits and, when it reads the soft
+    label, a defined one (finite logits whose sum overflows float32 give a NaN soft label)."""
+    valid = (out["n_observed"] > 0) & ~out["nonfinite"]
+    return valid & np.isfinite(out["p_max"]) if rows == "p_soft" else valid
 
 
 def _rule(params: dict) -> dict:
@@ -260,7 +267,7 @@ def _score_chunks(store, stream, methods: list[str], params: dict, column: str, 
             for k, v in chunk.items():
                 parts.setdefault(k, []).append(v)
             if spill is not None:
-                spill.add(start, getattr(st, rows).cpu().numpy(), (chunk["n_observed"] > 0) & ~chunk["nonfinite"])
+                spill.add(start, getattr(st, rows).cpu().numpy(), _detector_valid(chunk, rows))
             bar.update(stop - start)
         bar.close()
         out = {k: np.concatenate(v) for k, v in parts.items()}

@@ -8,7 +8,7 @@ scoring backend picks a column (:data:`COLUMNS`):
 ``numba``: the CPU kernels, threads over samples; ``triton``: the GPU column, on a CUDA GPU or
 in Triton's (slow) CPU interpreter; ``torch``: the references, on whatever device the chunk is
 on (slow); ``auto``: ``triton`` when a CUDA GPU is available, else ``numba``.  Confident
-learning runs after the pass, on the mean probabilities on the host: its ``gpu`` entry is the
+learning runs after the pass, on the probabilities it reads, on the host: its ``gpu`` entry is the
 CPU one.
 
 Implementations are imported when :func:`implementation` is called, never when this module is
@@ -46,13 +46,13 @@ class Kernel(NamedTuple):
 
 
 KERNELS = {
-    # per-sample trajectory statistics (fused_stats_cpu(logits_ENC, counts_EN, labels_N, *, with_p_avg) -> FusedStats)
+    # per-sample statistics (fused_stats_cpu(logits_ENC, counts_EN, labels_N, *, with_p_avg, with_p_soft) -> FusedStats)
     "fused_stats": Kernel("dprune.kernels.fused_stats_cpu:fused_stats_cpu", "dprune.kernels.fused_stats:fused_stats",
                           "dprune.scoring.stats:compute_stats"),
     # the scorers that read per-epoch statistics (five [E, N] fields, invalid [N], *, methods, params) -> {name: [N]}
     "epoch_scores": Kernel("dprune.kernels.epoch_scores_cpu:epoch_scores_cpu", "dprune.scoring.scorers:epoch_scores",
                            "dprune.scoring.scorers:epoch_scores"),
-    # confident learning over the mean probabilities (p_avg_NC, labels_N, valid_N, *, agree, filter_by) -> {name: [N]}
+    # confident learning over soft labels or p-bar (p_avg_NC, labels_N, valid_N, *, agree, filter_by) -> {name: [N]}
     "confident": Kernel("dprune.scoring.confident:confident_learning", "dprune.scoring.confident:confident_learning",
                         "dprune.scoring.confident_reference:confident_learning_reference"),
 }

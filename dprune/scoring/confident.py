@@ -109,12 +109,13 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     Parameters
     ----------
     p_avg_NC : array [N, C] (memory map allowed)
-        Mean probabilities; rows of invalid samples are ignored whatever they hold.
+        The probabilities it reads (the soft labels or p-bar); rows of invalid samples are
+        ignored whatever they hold.
     labels_N : int array [N]
     valid_N : bool array [N]
         Samples to judge (observed, finite); the others are never flagged and get NaN scores.
     agree : float
-        p-bar of the suggested class needed to relabel rather than remove.
+        Probability of the suggested class needed to relabel rather than remove.
     filter_by : "margin", "noise_rate" or "self_confidence"
         The flagging rule (see the module docstring).
     chunk_bytes : int
