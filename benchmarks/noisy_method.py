@@ -236,8 +236,10 @@ class Experiment:
         elif arm in ("score", "relabel", "paper", "dual"):
             spec = {"method": "dual" if arm == "dual" else "entropy", "ratio": RUN_DEFAULTS.ratio, "budget": "score",
                     "policy": RUN_DEFAULTS.policy, "relabel": arm in ("relabel", "paper"), "detector": "argmax",
+                    "mislabelled": "relabel",
                     "remove_outliers": 0.01 if arm == "paper" else None}
             run = self.pir(noise, seed, arm, **spec)
+            return {**self._result(run, noise, seed, arm), "spec": spec}
         elif arm == "cleanlab":
             return self.cleanlab_arm(noise, seed)
         elif arm == "protocol":

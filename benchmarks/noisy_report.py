@@ -111,6 +111,10 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
         runs = by_arm.get(arm)
         if not runs:
             continue
+        if arm in ("relabel", "paper") and any(v.get("spec", {}).get("mislabelled") != "relabel" for v in runs.values()):
+            # Cells made before 2026-12-07 15:05 UTC: the arm took dprune run's default and removed the flags.
+            title = {"relabel": "entropy + argmax flags removed",
+                     "paper": "entropy + argmax flags removed + 1% outliers (the paper relabels them)"}[arm]
         acc = np.array([v["acc"] for v in runs.values()])
         cost = np.mean([v["cost"] for v in runs.values()]) / full_cost
         kept = np.mean([v.get("n_kept", np.nan) for v in runs.values()])
