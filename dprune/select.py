@@ -19,10 +19,10 @@ The order of decisions (each documented in the manifest):
 4. **Pruning**: exactly ``floor(ratio * N_observed + 0.5)`` samples with the lowest scores
    are pruned from the rest (``budget="score"``), or that many less the removals of steps 2
    and 3, none once those reach it (``budget="total"``: ``ratio`` is then the fraction
-   removed in all, unless the removals alone exceed it); samples with non-finite logits are
-   pruned under either budget.  Samples with non-finite logits go first (they are never
-   ranked important); observed samples that the scorer could not score (NaN, e.g. too few
-   epochs for a windowed scorer) are kept and listed as ``unscored``.  Ties are broken by a
+   removed in all, unless the removals alone exceed it).  Samples with non-finite logits go
+   first, under either budget (they are never ranked important); observed samples that the
+   scorer could not score (NaN, e.g. too few epochs for a windowed scorer) are kept and listed
+   as ``unscored``.  Ties are broken by a
    seeded random key drawn from a stream of its own for each scorer, never the ``random``
    scorer's.  ``policy="class"`` prunes each class in proportion to the observed samples the
    removals leave it (largest remainder rounding, so the total is still exact) and never
@@ -329,17 +329,16 @@ def _pruned(spec: PruneSpec, key_N: np.ndarray, pool_N: np.ndarray, observed_N: 
     key), over all samples or class-balanced; ``held`` says why the others cannot go."""
     tiebreak = tiebreak_key(spec.seed, spec.method, len(key_N))
     if spec.policy == "class":
-        # Each class's share of n_prune, in proportion to the samples the removals leave it.
-        share = n_prune / max(1, int(observed_N.sum()))
-        return _class_balanced(pool_N, observed_N, key_N, tiebreak, labels_N, n_classes, share, n_prune, held)
+        return _class_balanced(pool_N, observed_N, key_N, tiebreak, labels_N, n_classes, n_prune, held)
     idx = np.flatnonzero(pool_N)
     if n_prune > len(idx):
         raise ValueError(f"cannot prune {n_prune} samples: only {len(idx)} are prunable ({held})")
     return idx[np.lexsort((tiebreak[idx], key_N[idx]))[:n_prune]]
 
 
-def _class_balanced(pool, observed, key, tiebreak, labels, n_classes, ratio, n_prune, held: str) -> np.ndarray:
-    """Per-class quotas proportional to observed class sizes, summing to ``n_prune``.
+def _class_balanced(pool, observed, key, tiebreak, labels, n_classes, n_prune, held: str) -> np.ndarray:
+    """Per-class quotas proportional to the classes' sizes in ``observed`` (what the removals
+    leave), summing to ``n_prune``.
 
     Largest-remainder rounding; a class keeps at least one sample; quotas a class cannot
     meet move to the classes with the largest unmet share.
@@ -351,7 +350,7 @@ def _class_balanced(pool, observed, key, tiebreak, labels, n_classes, ratio, n_p
     if cap.sum() < n_prune:
         raise ValueError(f"cannot prune {n_prune} samples class-balanced without emptying a class "
                          f"(at most {int(cap.sum())} can go; {held})")
-    target = ratio * n_c
+    target = n_prune / max(1, int(n_c.sum())) * n_c
     quota = np.minimum(np.floor(target).astype(np.int64), cap)
     while quota.sum() < n_prune:
         room = cap > quota

@@ -355,12 +355,10 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
 
     n_obs_out[n] = n_obs
     if n_obs == 0:
-        _unobserved(n, nonfinite_out, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out)
+        _unobserved(n, nonfinite_out, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out, p_soft_out)
         entropy_prob_out[n] = _NAN
         if p_avg_out.shape[0]:
             p_avg_out[n, :] = _NAN
-        if p_soft_out.shape[0]:
-            p_soft_out[n, :] = _NAN
         return
     nonfinite_out[n] = _nonfinite(src, mode, counts, n, z_sum, z, ex)
     _soft_label(z_sum, n_obs, y, n, z, ex, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out,
@@ -376,13 +374,16 @@ def _sample(src, mode, counts, y, n, z, ex, z_sum, p_sum, prev,
 
 
 @numba.njit(cache=True)
-def _unobserved(n, nonfinite_out, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out):
+def _unobserved(n, nonfinite_out, entropy_out, p_max_out, p_second_out, soft_argmax_out, p_label_out, p_soft_out):
+    """The soft-label outputs of a sample with no observation: NaN (index -1), not flagged non-finite."""
     nonfinite_out[n] = False
     entropy_out[n] = _NAN
     p_max_out[n] = _NAN
     p_second_out[n] = _NAN
     soft_argmax_out[n] = -1
     p_label_out[n] = _NAN
+    if p_soft_out.shape[0]:
+        p_soft_out[n, :] = _NAN
 
 
 @numba.njit(cache=True)
@@ -455,9 +456,7 @@ def _soft_block(b, src, mode, counts, labels, n_obs_out, nonfinite, entropy, p_m
                 k += 1
         n_obs_out[n] = k
         if k == 0:
-            _unobserved(n, nonfinite, entropy, p_max, p_second, soft_argmax, p_label)
-            if p_soft.shape[0]:
-                p_soft[n, :] = _NAN
+            _unobserved(n, nonfinite, entropy, p_max, p_second, soft_argmax, p_label, p_soft)
             continue
         nonfinite[n] = _nonfinite(src, mode, counts, n, z_sum, z, ex)
         _soft_label(z_sum, k, labels[n], n, z, ex, entropy, p_max, p_second, soft_argmax, p_label, p_soft)

@@ -289,6 +289,10 @@ def _relabelled(r: _Run) -> Gallery:
     p_label, p_max, p_avg_label = r.get("p_label"), r.get("p_max"), r.get("p_avg_label")
     soft_argmax = np.asarray(r.scores.get("soft_argmax", np.full(len(r.given_N), -1)), np.int64)
     T = int(r.m["made_from"]["epochs"])
+    # Whether the confident detector read p-bar (its p at the label is then a line of its own);
+    # scores made before the parameter existed read p-bar.
+    detector = ((r.m.get("scores") or {}).get("params") or {}).get("confident", {})
+    read_mean = detector.get("probs", "mean_softmax") == "mean_softmax"
     order = np.lexsort((r.rel_idx, np.nan_to_num(p_max[r.rel_idx], nan=-1.0)))
     shown = r.rel_idx[order][:MAX_RELABELLED]
     full = r.store.KIND == "full"
@@ -303,7 +307,7 @@ def _relabelled(r: _Run) -> Gallery:
         g, n = int(r.given_N[i]), int(r.final_N[i])
         p_new = p_max[i] if soft_argmax[i] == n else np.nan
         lines = [f"p({r.name(g)}) {_fmt_p(p_label[i])} · p({r.name(n)}) {_fmt_p(p_new)}"]
-        if np.isfinite(p_avg_label[i]) and not np.isclose(p_avg_label[i], p_label[i]):  # the detector read p-bar
+        if read_mean and np.isfinite(p_avg_label[i]):
             lines.append(f"mean p({r.name(g)}) {_fmt_p(p_avg_label[i])}")
         if full:
             lines.append(f"{int(agree[j])}/{int(observed[j])} epochs say {r.name(n)}")

@@ -222,9 +222,9 @@ def score_store(
         E = first_epochs
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    backend_name, stream = _stream(store, backend_name, stats_fn, methods, _detector_rows(methods, params), E,
-                                   chunk_size)
-    out = _score_chunks(store, stream, methods, params, COLUMNS[backend_name], progress)
+    rows = _detector_rows(methods, params)
+    backend_name, stream = _stream(store, backend_name, stats_fn, methods, rows, E, chunk_size)
+    out = _score_chunks(store, stream, methods, params, COLUMNS[backend_name], progress, rows)
     return compute_flags(out, store.labels, C, params, store.meta.get("threshold_samples")), backend_name
 
 
@@ -251,14 +251,15 @@ def _stream(store, backend_name: str, stats_fn, methods: list[str], rows: str | 
     return backend_name, stream_stats_cpu(store, epochs_stats(backend_name, stats_fn), kw, chunk_size, n_epochs)
 
 
-def _score_chunks(store, stream, methods: list[str], params: dict, column: str, progress: bool) -> dict:
-    """The scores of every chunk of ``stream``, concatenated, and the detector's outputs."""
+def _score_chunks(store, stream, methods: list[str], params: dict, column: str, progress: bool,
+                  rows: str | None) -> dict:
+    """The scores of every chunk of ``stream``, concatenated, and the outputs of the detector
+    reading the field ``rows`` (None: no detector)."""
     from .confident import ConfidentSpill  # numba: loaded only when scoring runs
 
     N, C = store.n_samples, store.n_classes
     parts: dict[str, list[np.ndarray]] = {}
     # The detector's first pass rides on this one; the rows it reads go to a file for its other two.
-    rows = _detector_rows(methods, params)
     spill = ConfidentSpill(store.labels, C, store.run_dir) if rows else None
     bar = _progress(N, "scoring", progress)
     try:
