@@ -2,8 +2,10 @@
 
 Legend: n rows of a chunk, C classes, K = C given classes, P active (given class, other class) pairs.
 
-Both passes take the rows in chunks (any number of calls, rows in increasing order), so p-bar
-can be streamed from a file and memory stays bounded by the chunk; they are steps 2 and 4 of
+Each takes the rows in chunks (any number of calls, rows in increasing order), so memory stays
+bounded by the chunk: :func:`top_classes` keeps each row's K most probable classes in the one
+pass over the rows; :func:`confident_rows` (step 2, for the rows those K cannot decide) and
+:func:`push_margins` (step 4) read whole rows again.  Together they are
 :func:`dprune.scoring.confident.confident_learning`, which the tests compare with an
 independent numpy implementation of the whole rule.
 
@@ -110,6 +112,46 @@ def confident_rows(p_nC, y_n, valid_n, t32_C, conf_n, other_n, p_label_n, p_othe
         other_n[i] = other
         p_label_n[i] = np.float64(p_nC[i, y_n[i]])
         p_other_n[i] = np.float64(runner)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def top_classes(p_nC, valid_n, top_v_nK, top_i_nK):
+    """Each valid row's K most probable classes, in order: ``top_v_nK`` (float32, decreasing)
+    and ``top_i_nK`` (int32; on equal values the lower index first), K = ``top_v_nK.shape[1]``
+    <= C.  Invalid rows get -Inf / -1.
+
+    A row is one pass of insertions into its sorted K entries; a block of ``_BLOCK`` classes
+    whose (vectorised) maximum does not beat the K-th entry is skipped whole, so past the first
+    blocks most of a row costs one vectorised maximum.
+    """
+    n, C = p_nC.shape
+    K = top_v_nK.shape[1]
+    for i in numba.prange(n):
+        tv = top_v_nK[i]
+        ti = top_i_nK[i]
+        for k in range(K):
+            tv[k] = _NEG_INF32
+            ti[k] = -1
+        if not valid_n[i]:
+            continue
+        p = p_nC[i]
+        for b0 in range(0, C, _BLOCK):
+            b1 = min(b0 + _BLOCK, C)
+            m = _NEG_INF32
+            for c in range(b0, b1):
+                m = maxnum(m, p[c])
+            if not m > tv[K - 1]:  # nothing here enters (a tie loses: its index is higher)
+                continue
+            for c in range(b0, b1):
+                v = p[c]
+                if v > tv[K - 1]:
+                    pos = K - 1
+                    while pos > 0 and tv[pos - 1] < v:
+                        tv[pos] = tv[pos - 1]
+                        ti[pos] = ti[pos - 1]
+                        pos -= 1
+                    tv[pos] = v
+                    ti[pos] = c
 
 
 @numba.njit(inline="always")

@@ -187,22 +187,36 @@ def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filt
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
-@pytest.mark.parametrize("N, C, chunk", [(700, 3, 37), (300, 70, 11)])
-@pytest.mark.parametrize("filter_by", ["noise_rate", "self_confidence"])
-def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(tmp_path, N, C, chunk, filter_by):
-    # The scoring path's detector: p-bar handed in ragged chunks, spilled to a file, read back in
-    # chunks of `chunk` rows for steps 2 and 4 (the heaps fill and are replaced across chunks);
-    # C = 70 crosses the kernel's 64-class blocks.
+@pytest.mark.parametrize("N, C, chunk, top_k", [(700, 3, 37, 2), (300, 70, 11, 16), (300, 70, 11, 3)])
+@pytest.mark.parametrize("filter_by", ["margin", "noise_rate", "self_confidence"])
+def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(tmp_path, N, C, chunk, top_k,
+                                                                                 filter_by):
+    # The scoring path's detector: p-bar handed in ragged chunks, each row's top_k classes
+    # spilled to a file; whole rows read again (in chunks of `chunk` rows) only where those
+    # cannot decide, or for noise_rate's step 4 (its heaps fill and are replaced across chunks).
+    # C = 70 crosses the kernels' 64-class blocks.  Class 0's samples hold little of their own
+    # class, so its threshold is low: flat rows (30-89) may have it as a candidate outside
+    # their top_k, which top_k = 3 cannot see and must read again.
     from dprune.scoring.confident import ConfidentSpill
     from dprune.scoring.confident_reference import confident_learning_reference
 
     rng = np.random.default_rng(C)
     p = rng.dirichlet(np.full(C, 0.3), N).astype(np.float32)
+    p[30:90] = rng.dirichlet(np.full(C, 5.0), 60)
     p[10:20] = p[9]  # ties between samples
     p[21] = np.float32(1 / C)  # and between the classes of one sample
     y = np.where(rng.random(N) < 0.7, p.argmax(1), rng.integers(0, C, N))
+    p[y == 0, 0] *= 0.05
+    p /= p.sum(1, keepdims=True)
     valid = rng.random(N) > 0.05
-    spill = ConfidentSpill(y, C, tmp_path, chunk_bytes=chunk * 4 * C)
+    reads = []
+
+    def rows():
+        reads.append(1)
+        for a in range(0, N, chunk):
+            yield a, min(a + chunk, N), p[a:a + chunk]
+
+    spill = ConfidentSpill(y, C, tmp_path, chunk_bytes=chunk * 8 * min(C, top_k), top_k=top_k)
     a = 0
     for size in rng.integers(1, 90, N):
         b = min(a + int(size), N)
@@ -210,7 +224,7 @@ def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(
         a = b
         if a == N:
             break
-    got = spill.finish(agree=0.4, filter_by=filter_by)
+    got = spill.finish(rows, agree=0.4, filter_by=filter_by)
     want = confident_learning_reference(p, y, valid, agree=0.4, filter_by=filter_by)
     assert 0 < got["confident"].sum() < valid.sum()
     for k in ("confident", "confident_label", "confident_relabel"):
@@ -218,6 +232,19 @@ def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(
     for k in ("label_margin", "p_avg_label"):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert list(tmp_path.iterdir()) == []  # the spill file is unnamed and closed
+    if filter_by == "noise_rate":
+        assert reads and spill.rows_reread == valid.sum()  # step 4 reads every row
+    elif top_k >= C:  # every class kept: the rows are read once
+        assert reads == [] and spill.rows_reread == 0
+    elif (C, top_k) == (70, 3):
+        assert len(reads) == 1 and 0 < spill.rows_reread < valid.sum() / 2
+
+
+def test_confident_spill_refuses_a_top_k_without_room_for_the_other_class(tmp_path):
+    from dprune.scoring.confident import ConfidentSpill
+
+    with pytest.raises(ValueError, match="top_k must be >= 2"):
+        ConfidentSpill(np.zeros(3, np.int64), 4, tmp_path, top_k=1)
 
 
 def test_a_sample_whose_logits_overflow_their_mean_is_not_judged_by_the_soft_label_detector():
@@ -235,21 +262,24 @@ def test_a_sample_whose_logits_overflow_their_mean_is_not_judged_by_the_soft_lab
     np.testing.assert_array_equal(out["confident"], ref["confident"])
 
 
-@pytest.mark.parametrize("probs,field", [("soft_label", "p_soft"), ("mean_softmax", "p_avg")])
-def test_confident_detector_through_scoring_store_and_arrays(tmp_path, probs, field):
+@pytest.mark.parametrize("probs,field,filter_by", [("soft_label", "p_soft", "margin"), ("mean_softmax", "p_avg", "margin"),
+                                                   ("soft_label", "p_soft", "noise_rate")])
+def test_confident_detector_through_scoring_store_and_arrays(tmp_path, probs, field, filter_by):
     from dprune.scoring.confident import confident_learning
     from dprune.scoring.stats import compute_stats
 
     t = synthetic_trajectory(400, 5, 4, noise_rate=0.2, seed=2)
-    params = {"confident": {"probs": probs}}
+    params = {"confident": {"probs": probs, "filter_by": filter_by}}
     arrays = score_arrays(t["logits"], t["counts"], t["labels"], methods=["entropy", "confident"], params=params)
     st_ = compute_stats(torch.from_numpy(t["logits"]), torch.from_numpy(t["counts"]), torch.from_numpy(t["labels"]))
     valid = arrays["n_observed"] > 0
-    direct = confident_learning(getattr(st_, field).numpy(), t["labels"], valid)
+    direct = confident_learning(getattr(st_, field).numpy(), t["labels"], valid, filter_by=filter_by)
     np.testing.assert_array_equal(arrays["confident"], direct["confident"])
-    other = confident_learning(getattr(st_, {"p_soft": "p_avg", "p_avg": "p_soft"}[field]).numpy(), t["labels"], valid)
+    other = confident_learning(getattr(st_, {"p_soft": "p_avg", "p_avg": "p_soft"}[field]).numpy(), t["labels"], valid,
+                               filter_by=filter_by)
     assert not np.array_equal(other["label_margin"], arrays["label_margin"])  # the parameter chose the input
-    # Through a store, chunked, with the numba kernel's mean probabilities: the same flags.
+    # Through a store, chunked, with the numba kernel's rows (noise_rate reads them in a second
+    # pass over the store, which must give the same rows): the same flags.
     store = TrajectoryStore.create(tmp_path / "s", t["labels"], 5, dtype="float32")
     for e in range(4):
         store.begin_epoch(e)
@@ -268,8 +298,8 @@ def test_confident_detector_through_scoring_store_and_arrays(tmp_path, probs, fi
 
 
 def test_default_scoring_never_holds_the_mean_probabilities_of_all_samples(tmp_path):
-    # Issue 22: the detector's p-bar [N, C] goes through a file in chunks, so memory is bounded
-    # by the chunk at any N (before, p-bar was held in memory up to 256 MB).
+    # Issue 22: the detector keeps each row's top classes in a file, not p-bar [N, C], so
+    # memory is bounded by the chunk at any N (before, p-bar was held in memory up to 256 MB).
     import tracemalloc
 
     N, C, E = 60_000, 300, 2  # p-bar: 69 MiB; the spill is read back in 16 MiB chunks

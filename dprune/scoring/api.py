@@ -223,8 +223,11 @@ def score_store(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     rows = _detector_rows(methods, params)
-    backend_name, stream = _stream(store, backend_name, stats_fn, methods, rows, E, chunk_size)
-    out = _score_chunks(store, stream, methods, params, COLUMNS[backend_name], progress, rows)
+    open_stream = functools.partial(_stream, store, backend_name, stats_fn, methods, rows, E, chunk_size)
+    backend_name, stream = open_stream()
+    # The same pass once more, for the rows the detector must read whole (it rarely needs them).
+    out = _score_chunks(store, stream, lambda: open_stream()[1], methods, params, COLUMNS[backend_name], progress,
+                        rows)
     return compute_flags(out, store.labels, C, params, store.meta.get("threshold_samples")), backend_name
 
 
@@ -251,15 +254,16 @@ def _stream(store, backend_name: str, stats_fn, methods: list[str], rows: str | 
     return backend_name, stream_stats_cpu(store, epochs_stats(backend_name, stats_fn), kw, chunk_size, n_epochs)
 
 
-def _score_chunks(store, stream, methods: list[str], params: dict, column: str, progress: bool,
+def _score_chunks(store, stream, again, methods: list[str], params: dict, column: str, progress: bool,
                   rows: str | None) -> dict:
     """The scores of every chunk of ``stream``, concatenated, and the outputs of the detector
-    reading the field ``rows`` (None: no detector)."""
+    reading the field ``rows`` (None: no detector); ``again()`` streams the same chunks anew,
+    for the rows the detector must read whole (:class:`.confident.ConfidentSpill`)."""
     from .confident import ConfidentSpill  # numba: loaded only when scoring runs
 
     N, C = store.n_samples, store.n_classes
     parts: dict[str, list[np.ndarray]] = {}
-    # The detector's first pass rides on this one; the rows it reads go to a file for its other two.
+    # The detector's first pass rides on this one; it keeps each row's most probable classes.
     spill = ConfidentSpill(store.labels, C, store.run_dir) if rows else None
     bar = _progress(N, "scoring", progress)
     try:
@@ -273,7 +277,8 @@ def _score_chunks(store, stream, methods: list[str], params: dict, column: str, 
         bar.close()
         out = {k: np.concatenate(v) for k, v in parts.items()}
         if spill is not None:
-            out.update(spill.finish(**_rule(params)))
+            out.update(spill.finish(lambda: ((a, b, getattr(st, rows).cpu().numpy()) for a, b, st in again()),
+                                    **_rule(params)))
     finally:
         if spill is not None:
             spill.close()

@@ -36,15 +36,19 @@ average over the epochs it held at least that much of the probability), else rem
 Continuous scores (any threshold, e.g. for AUROC): ``label_margin`` = p-bar_y~ - max_{k != y~}
 p-bar_k (low = likely mislabelled) and ``p_avg_label`` = p-bar_y~.
 
-Passes: step 1 needs only p-bar at each sample's own label, so it is summed in the pass that
-produces p-bar (:func:`add_label_sums`); step 2 is one pass over the rows (the joint, the
-continuous scores, the most probable other class); step 4 is a second pass, in which each
-(given class, other class) pair keeps its quota of largest margins in a bounded heap.  Both
-passes take p-bar in row chunks from any source (:func:`confident_learning_chunks`): an array
-or memory map (:func:`confident_learning`), or the file that :class:`ConfidentSpill` writes
-while a store is scored, so the working memory is a chunk, a few [N] vectors, at most N heap
-entries and [C, C], whatever N.  Steps 2 and 4 are numba kernels
-(:mod:`dprune.kernels.confident_cpu`); the rest is arithmetic on [N] vectors and the joint.
+Passes: one read of the rows, in chunks, in order (:class:`ConfidentSpill`), keeps step 1's
+sums, p-bar at each label and each row's K most probable classes (K = ``top_k``, 16 by default;
+value and index, 8 bytes each) in an unnamed file; nothing of the rows themselves.  Step 2
+then runs on those K entries alone: the first entry at or above its class's threshold is the
+confident class, and the first whose class is not the label is the most probable other one.
+A row none of whose K entries reaches its threshold is decided there as well when its K-th
+value is below every threshold (then no class outside the K can be a candidate); otherwise,
+and for ``noise_rate``'s step 4, which needs whole rows, the rows are read again (the caller
+passes a way to read them: an array's chunks, or a second pass over a store).  So working
+memory is a chunk, a few [N] vectors, at most N heap entries and [C, C], whatever N; the file
+is 8 K bytes a row (C = 1,000: 128 bytes, against 4,000 for the row).  Step 2's second read
+and step 4 are numba kernels (:mod:`dprune.kernels.confident_cpu`); the rest is arithmetic on
+[N] vectors, [n, K] chunks and the joint.
 """
 from __future__ import annotations
 
@@ -53,10 +57,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from dprune.kernels.confident_cpu import confident_rows, float32_at_or_above, push_margins
+from dprune.kernels.confident_cpu import confident_rows, float32_at_or_above, push_margins, top_classes
 from dprune.scoring.params import check_param
 
 EPS = 1e-6  # cleanlab's slack on the thresholds
+TOP_K = 16  # classes kept per row between the passes (module docstring)
 
 
 def round_preserving_row_totals(x_KK: np.ndarray) -> np.ndarray:
@@ -103,7 +108,7 @@ def add_label_sums(p_nC: np.ndarray, labels_n: np.ndarray, valid_n: np.ndarray, 
 
 
 def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, agree: float = 0.5,
-                       filter_by: str = "margin", chunk_bytes: int = 16 << 20) -> dict[str, np.ndarray]:
+                       filter_by: str = "margin", chunk_bytes: int = 16 << 20, top_k: int = TOP_K) -> dict[str, np.ndarray]:
     """Flags and continuous label scores of confident learning (see the module docstring).
 
     Parameters
@@ -120,6 +125,8 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
         The flagging rule (see the module docstring).
     chunk_bytes : int
         Size of the float32 row chunks read at a time (their temporaries are a few times that).
+    top_k : int
+        Classes kept per row between the passes (>= 2; the result does not depend on it).
 
     Returns
     -------
@@ -129,7 +136,6 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     """
     N, C = p_avg_NC.shape
     rows = max(1, chunk_bytes // (4 * C))
-    y = np.asarray(labels_N, np.int64)
     valid = np.asarray(valid_N, bool)
 
     def chunks():
@@ -137,40 +143,22 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
             b = min(a + rows, N)
             yield a, b, np.ascontiguousarray(p_avg_NC[a:b], np.float32)
 
-    sums = np.zeros(C)
-    for a, b, p in chunks():
-        add_label_sums(p, y[a:b], valid[a:b], sums)
-    return confident_learning_chunks(chunks, y, valid, sums, agree=agree, filter_by=filter_by)
+    spill = ConfidentSpill(labels_N, C, chunk_bytes=chunk_bytes, top_k=top_k)
+    try:
+        for a, b, p in chunks():
+            spill.add(a, p, valid[a:b])
+        return spill.finish(chunks, agree=agree, filter_by=filter_by)
+    finally:
+        spill.close()
 
 
-def confident_learning_chunks(chunks: Chunks, labels_N: np.ndarray, valid_N: np.ndarray, label_sums_C: np.ndarray,
-                              *, agree: float = 0.5, filter_by: str = "margin") -> dict[str, np.ndarray]:
-    """:func:`confident_learning` with p-bar read through ``chunks`` (once for self_confidence,
-    twice for noise_rate) and step 1's sums already made (:func:`add_label_sums`)."""
-    agree, filter_by = check_param("confident", "agree", agree), check_param("confident", "filter_by", filter_by)
-    y = np.asarray(labels_N, np.int64)
-    valid = np.asarray(valid_N, bool)
-    N, C = len(y), len(label_sums_C)
-    counts = np.bincount(y[valid], minlength=C).astype(np.int64)
-
-    # 1. thresholds, as the float32 bounds the kernel compares with
-    with np.errstate(invalid="ignore", divide="ignore"):
-        thresholds = np.where(counts > 0, label_sums_C / np.maximum(counts, 1), np.inf)
-    t32 = float32_at_or_above(thresholds - EPS)
-
-    # 2. confident classes, the joint, the continuous scores, the most probable other class:
-    # one read of each valid row (the numba kernel), then whole-array arithmetic on [N] vectors.
-    conf = np.empty(N, np.int64)
-    other = np.empty(N, np.int64)
-    py = np.empty(N, np.float64)
-    p_other = np.empty(N, np.float64)
-    for a, b, p in chunks():
-        confident_rows(p, y[a:b], valid[a:b], t32, conf[a:b], other[a:b], py[a:b], p_other[a:b])
-    # The kernel leaves invalid rows at -1 (conf, other) and NaN (py, p_other).
+def _judge(conf: np.ndarray, other: np.ndarray, py: np.ndarray, p_other: np.ndarray, y: np.ndarray,
+           valid: np.ndarray, counts: np.ndarray, chunks: Chunks, *, agree: float, filter_by: str) -> dict:
+    """Steps 2 (from its [N] results) to 5: the joint, the flags and the continuous scores."""
+    N, C = len(y), len(counts)
     has = conf >= 0
     joint = np.bincount(y[has] * C + conf[has], minlength=C * C).reshape(C, C).astype(np.int64)
     margin = (py - p_other).astype(np.float32)
-    p_label = py.astype(np.float32)
     # The given label is the (first) most probable class once raised by EPS.
     with np.errstate(invalid="ignore"):
         label_is_top = valid & ((py + EPS > p_other) | ((py + EPS == p_other) & (y < other)))
@@ -194,7 +182,7 @@ def confident_learning_chunks(chunks: Chunks, labels_N: np.ndarray, valid_N: np.
         "confident_label": np.where(flagged, other, -1),
         "confident_relabel": flagged & (np.where(flagged, p_other, 0.0) >= agree),
         "label_margin": margin,
-        "p_avg_label": p_label,
+        "p_avg_label": py.astype(np.float32),
     }
 
 
@@ -229,25 +217,31 @@ def _largest_margins(chunks: Chunks, y: np.ndarray, valid: np.ndarray, q_KK: np.
 
 
 class ConfidentSpill:
-    """Confident learning over a store too large to hold p-bar in memory.
+    """Confident learning over rows that arrive once, in order, in memory bounded by a chunk.
 
-    While the store is scored, :meth:`add` takes each chunk's p-bar rows in order: it sums
-    step 1 and appends the rows to an unnamed file (deleted by the system once closed), so
-    memory holds one chunk.  :meth:`finish` then reads the file back in chunks of
-    ``chunk_bytes`` for steps 2 and 4: the file is a quarter of one epoch of an fp16 store
-    (E x N x C x 2 bytes), so two reads of it cost far less than a second pass over the store.
-    ``directory``: where the file goes (the store's, on the disk that holds the data; the
-    system's temporary folder when that one is not writable).
+    :meth:`add` takes each chunk of rows (while a store is scored, the rows its kernel made):
+    it sums step 1, keeps p-bar at each valid row's label, and appends each row's ``top_k``
+    most probable classes to an unnamed file (deleted by the system once closed).
+    :meth:`finish` runs the rule on those entries, and reads whole rows again only where they
+    cannot decide (module docstring, "Passes"); ``rows_reread`` then says how many rows that was
+    (every valid one for ``noise_rate``).  ``directory``: where the file goes (the store's;
+    the system's temporary folder when that one is not writable).
     """
 
-    def __init__(self, labels_N: np.ndarray, n_classes: int, directory=None, *, chunk_bytes: int = 16 << 20):
+    def __init__(self, labels_N: np.ndarray, n_classes: int, directory=None, *, chunk_bytes: int = 16 << 20,
+                 top_k: int = TOP_K):
+        if top_k < 2:
+            raise ValueError(f"top_k must be >= 2 (the label and the most probable other class), got {top_k}")
         self.labels = np.asarray(labels_N, np.int64)
-        self.valid = np.zeros(len(self.labels), bool)
+        N = len(self.labels)
+        self.valid = np.zeros(N, bool)
         self.sums = np.zeros(n_classes)
+        self.p_label = np.full(N, np.nan)
         self.n_classes = n_classes
+        self.k = min(n_classes, top_k)
+        self.rows_reread = 0
         self._rows = 0
-        self._chunk_rows = max(1, chunk_bytes // (4 * n_classes))
-        self._buf: np.ndarray | None = None
+        self._chunk_rows = max(1, chunk_bytes // (8 * self.k))
         try:
             self._file = tempfile.TemporaryFile(dir=directory, buffering=0)
         except OSError:
@@ -258,19 +252,26 @@ class ConfidentSpill:
         if start != self._rows or p_nC.shape[1:] != (self.n_classes,) or p_nC.dtype != np.float32:
             raise ValueError(f"expected float32 rows [n, {self.n_classes}] from row {self._rows}, got "
                              f"{p_nC.dtype} {p_nC.shape} from row {start}")
-        stop = start + len(p_nC)
-        self.valid[start:stop] = valid_n
-        add_label_sums(p_nC, self.labels[start:stop], self.valid[start:stop], self.sums)
-        view = memoryview(np.ascontiguousarray(p_nC)).cast("B")
+        p = np.ascontiguousarray(p_nC)
+        n, K = len(p), self.k
+        stop = start + n
+        valid = self.valid[start:stop]
+        valid[:] = valid_n
+        y = self.labels[start:stop]
+        add_label_sums(p, y, valid, self.sums)
+        v = np.flatnonzero(valid)
+        self.p_label[start + v] = p[v, y[v]]
+        record = np.empty((n, 2 * K), np.float32)  # K values, then K indices (int32 bits)
+        top_classes(p, valid, record[:, :K], record[:, K:].view(np.int32))
+        view = memoryview(record).cast("B")
         while len(view):  # a raw file may write less than asked
             view = view[self._file.write(view):]
         self._rows = stop
 
-    def _chunks(self):
-        N, C = len(self.labels), self.n_classes
-        if self._buf is None:  # one buffer for both passes (the caller may still hold a view of it)
-            self._buf = np.empty((min(self._chunk_rows, N), C), np.float32)
-        buf = self._buf
+    def _records(self):
+        """(start, stop, values [n, K] float32, indices [n, K] int32) over all rows, in order."""
+        N, K = len(self.labels), self.k
+        buf = np.empty((min(self._chunk_rows, N), 2 * K), np.float32)
         self._file.seek(0)
         for a in range(0, N, self._chunk_rows):
             b = min(a + self._chunk_rows, N)
@@ -278,19 +279,66 @@ class ConfidentSpill:
             while len(view):
                 got = self._file.readinto(view)
                 if not got:
-                    raise OSError(f"the p-bar spill file ended at row {a} of {N}")
+                    raise OSError(f"the confident-learning spill file ended at row {a} of {N}")
                 view = view[got:]
-            yield a, b, buf[: b - a]
+            yield a, b, buf[: b - a, :K], buf[: b - a, K:].view(np.int32)
 
-    def finish(self, *, agree: float = 0.5, filter_by: str = "margin") -> dict[str, np.ndarray]:
-        """The detector's arrays (as :func:`confident_learning`); closes the file."""
-        if self._rows != len(self.labels):
-            raise ValueError(f"p-bar has {self._rows} of {len(self.labels)} rows")
+    def finish(self, rows: Chunks, *, agree: float = 0.5, filter_by: str = "margin") -> dict[str, np.ndarray]:
+        """The detector's arrays (as :func:`confident_learning`); closes the file.
+
+        ``rows``: a fresh iterator of (start, stop, p float32 [n, C]) over all rows in order,
+        the same rows :meth:`add` took, called only when whole rows are needed."""
+        agree, filter_by = check_param("confident", "agree", agree), check_param("confident", "filter_by", filter_by)
+        N, C, K = len(self.labels), self.n_classes, self.k
+        if self._rows != N:
+            raise ValueError(f"p-bar has {self._rows} of {N} rows")
+        y, valid = self.labels, self.valid
+        counts = np.bincount(y[valid], minlength=C).astype(np.int64)
         try:
-            return confident_learning_chunks(self._chunks, self.labels, self.valid, self.sums, agree=agree,
-                                             filter_by=filter_by)
+            # 1. thresholds, as the float32 bounds the rows are compared with
+            with np.errstate(invalid="ignore", divide="ignore"):
+                thresholds = np.where(counts > 0, self.sums / np.maximum(counts, 1), np.inf)
+            t32 = float32_at_or_above(thresholds - EPS)
+            lowest = t32.min()
+            # 2. from each row's K entries (decreasing, the lower index first on ties): the first
+            # at or above its threshold is the confident class, the first not the label the other.
+            conf = np.full(N, -1, np.int64)
+            other = np.full(N, -1, np.int64)
+            p_other = np.full(N, np.nan)
+            undecided = np.zeros(N, bool)
+            for a, b, top_v, top_i in self._records():
+                r = np.arange(b - a)
+                ok = valid[a:b, None]
+                qual = ok & (top_v >= t32[np.maximum(top_i, 0)])
+                found = qual.any(1)
+                conf[a:b] = np.where(found, top_i[r, qual.argmax(1)], -1)
+                if K < C:  # a class outside the K could still be a candidate
+                    undecided[a:b] = valid[a:b] & ~found & (top_v[:, K - 1] >= lowest)
+                not_y = ok & (top_i != y[a:b, None])
+                at = not_y.argmax(1)
+                has_other = not_y.any(1)
+                other[a:b] = np.where(has_other, top_i[r, at], -1)
+                p_other[a:b] = np.where(has_other, top_v[r, at], -np.inf)
+            p_other[~valid] = np.nan
+            if undecided.any():
+                self._reread(rows, undecided, t32, conf)
+            if filter_by == "noise_rate":
+                self.rows_reread = int(valid.sum())
+            return _judge(conf, other, self.p_label, p_other, y, valid, counts, rows, agree=agree,
+                          filter_by=filter_by)
         finally:
             self.close()
+
+    def _reread(self, rows: Chunks, which_N: np.ndarray, t32_C: np.ndarray, conf_N: np.ndarray) -> None:
+        """Step 2's confident class of the rows ``which_N``, from whole rows."""
+        self.rows_reread = int(which_N.sum())
+        for a, b, p in rows():
+            w = which_N[a:b]
+            if w.any():
+                n = b - a
+                conf, other, py, po = (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n), np.empty(n))
+                confident_rows(p, self.labels[a:b], w, t32_C, conf, other, py, po)
+                conf_N[a:b][w] = conf[w]
 
     def close(self) -> None:
         self._file.close()
