@@ -114,15 +114,43 @@ def confident_rows(p_nC, y_n, valid_n, t32_C, conf_n, other_n, p_label_n, p_othe
         p_other_n[i] = np.float64(runner)
 
 
+_TOP_BLOCK = 8  # classes per block of top_classes' maxima
+
+
+@numba.njit(inline="always")
+def _block_max(p, b0, b1):
+    m = _NEG_INF32
+    if b1 - b0 == _TOP_BLOCK:  # a fixed trip count vectorises
+        for k in range(_TOP_BLOCK):
+            m = maxnum(m, p[b0 + k])
+    else:
+        for c in range(b0, b1):
+            m = maxnum(m, p[c])
+    return m
+
+
+@numba.njit(inline="always")
+def _insert(tv, ti, v, c):
+    """Put (v, c) into the sorted entries ``tv``/``ti`` (decreasing; v beats the last one)."""
+    pos = tv.shape[0] - 1
+    while pos > 0 and tv[pos - 1] < v:
+        tv[pos] = tv[pos - 1]
+        ti[pos] = ti[pos - 1]
+        pos -= 1
+    tv[pos] = v
+    ti[pos] = c
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def top_classes(p_nC, valid_n, top_v_nK, top_i_nK):
     """Each valid row's K most probable classes, in order: ``top_v_nK`` (float32, decreasing)
     and ``top_i_nK`` (int32; on equal values the lower index first), K = ``top_v_nK.shape[1]``
     <= C.  Invalid rows get -Inf / -1.
 
-    A row is one pass of insertions into its sorted K entries; a block of ``_BLOCK`` classes
-    whose (vectorised) maximum does not beat the K-th entry is skipped whole, so past the first
-    blocks most of a row costs one vectorised maximum.
+    Two passes over a row: the maxima of its blocks of ``_TOP_BLOCK`` classes give theta, the
+    K-th largest maximum (K classes reach it, so the K-th largest value does too); then only
+    the blocks whose maximum reaches theta are scanned, in order, inserting into the sorted K
+    entries.  Most of a row costs two vectorised maxima.
     """
     n, C = p_nC.shape
     K = top_v_nK.shape[1]
@@ -135,23 +163,22 @@ def top_classes(p_nC, valid_n, top_v_nK, top_i_nK):
         if not valid_n[i]:
             continue
         p = p_nC[i]
-        for b0 in range(0, C, _BLOCK):
-            b1 = min(b0 + _BLOCK, C)
-            m = _NEG_INF32
-            for c in range(b0, b1):
-                m = maxnum(m, p[c])
-            if not m > tv[K - 1]:  # nothing here enters (a tie loses: its index is higher)
+        for b0 in range(0, C, _TOP_BLOCK):  # theta: the K-th largest block maximum
+            m = _block_max(p, b0, min(b0 + _TOP_BLOCK, C))
+            if m > tv[K - 1]:
+                _insert(tv, ti, m, b0)
+        theta = tv[K - 1]
+        for k in range(K):
+            tv[k] = _NEG_INF32
+            ti[k] = -1
+        for b0 in range(0, C, _TOP_BLOCK):
+            b1 = min(b0 + _TOP_BLOCK, C)
+            if _block_max(p, b0, b1) < theta:
                 continue
             for c in range(b0, b1):
                 v = p[c]
-                if v > tv[K - 1]:
-                    pos = K - 1
-                    while pos > 0 and tv[pos - 1] < v:
-                        tv[pos] = tv[pos - 1]
-                        ti[pos] = ti[pos - 1]
-                        pos -= 1
-                    tv[pos] = v
-                    ti[pos] = c
+                if v > tv[K - 1]:  # a tie loses: its index is higher
+                    _insert(tv, ti, v, c)
 
 
 @numba.njit(inline="always")

@@ -211,10 +211,11 @@ def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(
     valid = rng.random(N) > 0.05
     reads = []
 
-    def rows():
-        reads.append(1)
+    def rows(only):
+        reads.append(N if only is None else only.sum())
         for a in range(0, N, chunk):
-            yield a, min(a + chunk, N), p[a:a + chunk]
+            if only is None or only[a:a + chunk].any():
+                yield a, min(a + chunk, N), p[a:a + chunk]
 
     spill = ConfidentSpill(y, C, tmp_path, chunk_bytes=chunk * 8 * min(C, top_k), top_k=top_k)
     a = 0
@@ -236,8 +237,54 @@ def test_confident_learning_streamed_through_a_spill_file_matches_the_reference(
         assert reads and spill.rows_reread == valid.sum()  # step 4 reads every row
     elif top_k >= C:  # every class kept: the rows are read once
         assert reads == [] and spill.rows_reread == 0
-    elif (C, top_k) == (70, 3):
-        assert len(reads) == 1 and 0 < spill.rows_reread < valid.sum() / 2
+    elif (C, top_k) == (70, 3):  # only the rows the entries cannot decide
+        assert reads == [spill.rows_reread] and 0 < spill.rows_reread < valid.sum() / 2
+
+
+def test_scoring_reads_again_only_the_chunks_holding_rows_the_detector_cannot_decide(tmp_path, monkeypatch):
+    # 70 classes, the default 4 entries a row: flat rows can have class 0 (a low threshold) as a
+    # candidate outside their entries; the second pass streams only the chunks holding them and
+    # gives the reference's flags.
+    import dprune.scoring.api as api
+    from dprune.scoring.confident_reference import confident_learning_reference
+    from dprune.scoring.stats import compute_stats
+
+    rng = np.random.default_rng(3)
+    N, C = 400, 70
+    y = rng.integers(1, C, N)
+    y[rng.random(N) < 0.05] = 0
+    top = np.where(y == 0, rng.integers(1, C, N), y)
+    p = np.full((N, C), 0.1 / (C - 1)) * rng.uniform(0.5, 1.5, (N, C))
+    p[np.arange(N), top] = 0.9
+    p[y == 0, 0] = 0.02  # class 0's threshold: 0.02
+    flat = np.zeros(N, bool)
+    flat[:100] = (rng.random(100) < 0.2) & (y[:100] != 0)  # in the first 5 chunks only
+    for i in np.flatnonzero(flat):  # four classes at 0.05, then class 0 (a candidate) at 0.025
+        p[i] = 0.725 / (C - 5)
+        p[i, rng.choice(np.arange(1, C), 4, replace=False)] = 0.05
+        p[i, 0] = 0.025
+    z = np.log(p / p.sum(1, keepdims=True)).astype(np.float32)[None]
+    store = TrajectoryStore.create(tmp_path / "s", y, C, dtype="float32")
+    store.begin_epoch(0)
+    store.put(0, 0, z[0], np.ones(N, np.int32))
+    store.complete_epoch(0)
+    passes = []
+    real = api.stream_stats_cpu
+
+    def spy(*args, **kw):
+        seen = passes.append([]) or passes[-1]
+        for item in real(*args, **kw):
+            seen.append(item[0])
+            yield item
+
+    monkeypatch.setattr(api, "stream_stats_cpu", spy)
+    got, _ = score_store(TrajectoryStore.open(tmp_path / "s"), methods=["confident"], chunk_size=20, backend="numba")
+    soft = compute_stats(torch.from_numpy(z), torch.ones(1, N, dtype=torch.int32), torch.from_numpy(y)).p_soft.numpy()
+    want = confident_learning_reference(soft, y, np.ones(N, bool))
+    np.testing.assert_array_equal(got["confident"], want["confident"])
+    np.testing.assert_array_equal(got["confident_label"], want["confident_label"])
+    assert len(passes) == 2 and len(passes[0]) == N // 20
+    assert 0 < len(passes[1]) and set(passes[1]) <= {0, 20, 40, 60, 80}  # the chunks holding flat rows
 
 
 def test_confident_spill_refuses_a_top_k_without_room_for_the_other_class(tmp_path):

@@ -225,40 +225,43 @@ def score_store(
     rows = _detector_rows(methods, params)
     open_stream = functools.partial(_stream, store, backend_name, stats_fn, methods, rows, E, chunk_size)
     backend_name, stream = open_stream()
-    # The same pass once more, for the rows the detector must read whole (it rarely needs them).
-    out = _score_chunks(store, stream, lambda: open_stream()[1], methods, params, COLUMNS[backend_name], progress,
-                        rows)
+    # The same pass once more, over the chunks that hold rows the detector must read whole.
+    out = _score_chunks(store, stream, lambda only: open_stream(only=only)[1], methods, params, COLUMNS[backend_name],
+                        progress, rows)
     return compute_flags(out, store.labels, C, params, store.meta.get("threshold_samples")), backend_name
 
 
 def _stream(store, backend_name: str, stats_fn, methods: list[str], rows: str | None, n_epochs: int,
-            chunk_size: int | None):
+            chunk_size: int | None, only=None):
     """``(backend that runs, iterator of (start, stop, TrajectoryStats))`` over the store's first
     ``n_epochs`` epochs: its summary, or a pass of the backend's kernel (:mod:`.streams`);
-    ``rows``: the [N, C] field the detector reads (``p_soft``, ``p_avg`` or None)."""
+    ``rows``: the [N, C] field the detector reads (``p_soft``, ``p_avg`` or None); ``only``
+    (bool [N]): just the chunks that hold a selected sample."""
     C = store.n_classes
     kw = {"with_p_avg": rows == "p_avg", "with_p_soft": rows == "p_soft"}
     if store.KIND == "summary":
         from .online import summary_stats
 
-        return "summary", summary_stats(store, chunk_size or default_chunk_size(n_epochs, C))
+        return "summary", summary_stats(store, chunk_size or default_chunk_size(n_epochs, C), only)
     if backend_device(backend_name).type == "cuda":
         stats_fn = functools.partial(stats_fn, **kw)
         chunk_size = chunk_size or default_chunk_size(n_epochs, C, GPU_CHUNK_BYTES)
-        return backend_name, stream_stats_gpu(store, stats_fn, chunk_size, n_epochs)
+        return backend_name, stream_stats_gpu(store, stats_fn, chunk_size, n_epochs, only)
     if backend_name == "numba":  # the CPU kernel computes only what the methods read
         need = set(methods) - {"confident"}
         kw["tier"] = ("soft" if need <= SOFT_METHODS and rows != "p_avg" else
                       "probs" if need <= PROB_METHODS else "all")
     chunk_size = chunk_size or default_chunk_size(n_epochs, C, CPU_CHUNK_BYTES)
-    return backend_name, stream_stats_cpu(store, epochs_stats(backend_name, stats_fn), kw, chunk_size, n_epochs)
+    return backend_name, stream_stats_cpu(store, epochs_stats(backend_name, stats_fn), kw, chunk_size, n_epochs,
+                                             only)
 
 
 def _score_chunks(store, stream, again, methods: list[str], params: dict, column: str, progress: bool,
                   rows: str | None) -> dict:
     """The scores of every chunk of ``stream``, concatenated, and the outputs of the detector
-    reading the field ``rows`` (None: no detector); ``again()`` streams the same chunks anew,
-    for the rows the detector must read whole (:class:`.confident.ConfidentSpill`)."""
+    reading the field ``rows`` (None: no detector); ``again(only)`` streams the same chunks anew
+    (those holding a sample of the mask ``only``; all for None), for the rows the detector must
+    read whole (:class:`.confident.ConfidentSpill`)."""
     from .confident import ConfidentSpill  # numba: loaded only when scoring runs
 
     N, C = store.n_samples, store.n_classes
@@ -277,7 +280,7 @@ def _score_chunks(store, stream, again, methods: list[str], params: dict, column
         bar.close()
         out = {k: np.concatenate(v) for k, v in parts.items()}
         if spill is not None:
-            out.update(spill.finish(lambda: ((a, b, getattr(st, rows).cpu().numpy()) for a, b, st in again()),
+            out.update(spill.finish(lambda only: ((a, b, getattr(st, rows).cpu().numpy()) for a, b, st in again(only)),
                                     **_rule(params)))
     finally:
         if spill is not None:

@@ -37,18 +37,20 @@ Continuous scores (any threshold, e.g. for AUROC): ``label_margin`` = p-bar_y~ -
 p-bar_k (low = likely mislabelled) and ``p_avg_label`` = p-bar_y~.
 
 Passes: one read of the rows, in chunks, in order (:class:`ConfidentSpill`), keeps step 1's
-sums, p-bar at each label and each row's K most probable classes (K = ``top_k``, 16 by default;
+sums, p-bar at each label and each row's K most probable classes (K = ``top_k``, 4 by default;
 value and index, 8 bytes each) in an unnamed file; nothing of the rows themselves.  Step 2
 then runs on those K entries alone: the first entry at or above its class's threshold is the
 confident class, and the first whose class is not the label is the most probable other one.
 A row none of whose K entries reaches its threshold is decided there as well when its K-th
-value is below every threshold (then no class outside the K can be a candidate); otherwise,
-and for ``noise_rate``'s step 4, which needs whole rows, the rows are read again (the caller
-passes a way to read them: an array's chunks, or a second pass over a store).  So working
-memory is a chunk, a few [N] vectors, at most N heap entries and [C, C], whatever N; the file
-is 8 K bytes a row (C = 1,000: 128 bytes, against 4,000 for the row).  Step 2's second read
-and step 4 are numba kernels (:mod:`dprune.kernels.confident_cpu`); the rest is arithmetic on
-[N] vectors, [n, K] chunks and the joint.
+value is below every threshold (then no class outside the K can be a candidate); otherwise
+its chunk is read again (the caller passes a way to read chunks again: an array's, or a second
+pass over a store restricted to the chunks that hold such rows: on the Fashion-MNIST
+trajectories of ``benchmarks/noisy_method.py``, 0 to 4 rows of 10,000).  ``noise_rate``'s step
+4 needs whole rows and reads every chunk again.  So working memory is a chunk, a few [N]
+vectors, at most N heap entries and [C, C], whatever N; the file is 8 K bytes a row (32 where
+the row is 4 C: 4,000 at C = 1,000).  Step 2's second read and step 4 are numba kernels
+(:mod:`dprune.kernels.confident_cpu`); the rest is arithmetic on [N] vectors, [n, K] chunks and
+the joint.
 """
 from __future__ import annotations
 
@@ -59,9 +61,10 @@ import numpy as np
 
 from dprune.kernels.confident_cpu import confident_rows, float32_at_or_above, push_margins, top_classes
 from dprune.scoring.params import check_param
+from dprune.scoring.streams import chunk_ranges
 
 EPS = 1e-6  # cleanlab's slack on the thresholds
-TOP_K = 16  # classes kept per row between the passes (module docstring)
+TOP_K = 4  # classes kept per row between the passes (module docstring)
 
 
 def round_preserving_row_totals(x_KK: np.ndarray) -> np.ndarray:
@@ -96,8 +99,9 @@ def calibrated_joint(joint_KK: np.ndarray, counts_K: np.ndarray) -> np.ndarray:
     return q
 
 
-# Chunks of (start, stop, p_nC float32) over all N rows in order; a fresh iterator per call.
-Chunks = Callable[[], Iterator[tuple[int, int, np.ndarray]]]
+# Chunks of (start, stop, p_nC float32) over the N rows in order, a fresh iterator per call:
+# ``chunks(only)`` gives just the chunks holding a sample of the bool [N] mask ``only`` (all for None).
+Chunks = Callable[[np.ndarray | None], Iterator[tuple[int, int, np.ndarray]]]
 
 
 def add_label_sums(p_nC: np.ndarray, labels_n: np.ndarray, valid_n: np.ndarray, sums_C: np.ndarray) -> None:
@@ -138,14 +142,13 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     rows = max(1, chunk_bytes // (4 * C))
     valid = np.asarray(valid_N, bool)
 
-    def chunks():
-        for a in range(0, N, rows):
-            b = min(a + rows, N)
+    def chunks(only=None):
+        for a, b in chunk_ranges(N, rows, only):
             yield a, b, np.ascontiguousarray(p_avg_NC[a:b], np.float32)
 
     spill = ConfidentSpill(labels_N, C, chunk_bytes=chunk_bytes, top_k=top_k)
     try:
-        for a, b, p in chunks():
+        for a, b, p in chunks(None):
             spill.add(a, p, valid[a:b])
         return spill.finish(chunks, agree=agree, filter_by=filter_by)
     finally:
@@ -205,7 +208,7 @@ def _largest_margins(chunks: Chunks, y: np.ndarray, valid: np.ndarray, q_KK: np.
     js = js.astype(np.int64)
     if len(cap):
         has_pairs = pair_ptr[1:] > pair_ptr[:-1]
-        for a, b, p in chunks():
+        for a, b, p in chunks(None):
             key = np.where(valid[a:b] & has_pairs[y[a:b]], y[a:b], K)
             order = np.argsort(key, kind="stable")
             starts = np.searchsorted(key[order], np.arange(K + 1)).astype(np.int64)
@@ -261,8 +264,9 @@ class ConfidentSpill:
         add_label_sums(p, y, valid, self.sums)
         v = np.flatnonzero(valid)
         self.p_label[start + v] = p[v, y[v]]
-        record = np.empty((n, 2 * K), np.float32)  # K values, then K indices (int32 bits)
-        top_classes(p, valid, record[:, :K], record[:, K:].view(np.int32))
+        top_v, top_i = np.empty((n, K), np.float32), np.empty((n, K), np.int32)
+        top_classes(p, valid, top_v, top_i)
+        record = np.concatenate([top_v, top_i.view(np.float32)], axis=1)  # K values, K indices (int32 bits)
         view = memoryview(record).cast("B")
         while len(view):  # a raw file may write less than asked
             view = view[self._file.write(view):]
@@ -286,8 +290,8 @@ class ConfidentSpill:
     def finish(self, rows: Chunks, *, agree: float = 0.5, filter_by: str = "margin") -> dict[str, np.ndarray]:
         """The detector's arrays (as :func:`confident_learning`); closes the file.
 
-        ``rows``: a fresh iterator of (start, stop, p float32 [n, C]) over all rows in order,
-        the same rows :meth:`add` took, called only when whole rows are needed."""
+        ``rows``: the rows :meth:`add` took, again (:data:`Chunks`), called only when whole rows
+        are needed."""
         agree, filter_by = check_param("confident", "agree", agree), check_param("confident", "filter_by", filter_by)
         N, C, K = len(self.labels), self.n_classes, self.k
         if self._rows != N:
@@ -332,7 +336,7 @@ class ConfidentSpill:
     def _reread(self, rows: Chunks, which_N: np.ndarray, t32_C: np.ndarray, conf_N: np.ndarray) -> None:
         """Step 2's confident class of the rows ``which_N``, from whole rows."""
         self.rows_reread = int(which_N.sum())
-        for a, b, p in rows():
+        for a, b, p in rows(which_N):
             w = which_N[a:b]
             if w.any():
                 n = b - a

@@ -25,6 +25,7 @@ import torch
 
 from .backends import resolve_backend
 from .stats import PER_EPOCH_FIELDS, TrajectoryStats
+from .streams import chunk_ranges
 
 _TORCH = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 
@@ -65,11 +66,11 @@ class SummaryFold:
         return new, stats_Fn
 
 
-def summary_stats(store, chunk_size: int) -> Iterator[tuple[int, int, TrajectoryStats]]:
+def summary_stats(store, chunk_size: int, only=None) -> Iterator[tuple[int, int, TrajectoryStats]]:
     """Yield ``(start, stop, TrajectoryStats)`` of a summary store over all samples and completed epochs.
 
     The same statistics :func:`~dprune.scoring.stats.compute_stats` gives on the full
-    trajectory of these epochs.
+    trajectory of these epochs.  ``only``: see :func:`~dprune.scoring.streams.chunk_ranges`.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -80,8 +81,7 @@ def summary_stats(store, chunk_size: int) -> Iterator[tuple[int, int, Trajectory
     state = store.state()
     per_epoch = [store.epoch_stats(e) for e in range(E)]
     nan = torch.tensor(float("nan"))
-    for a in range(0, N, chunk_size):
-        b = min(a + chunk_size, N)
+    for a, b in chunk_ranges(N, chunk_size, only):
         n_obs = torch.from_numpy(np.array(state["n_obs"][a:b]))
         observed = n_obs > 0
         denom = n_obs.clamp(min=1).float()[:, None]

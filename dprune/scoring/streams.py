@@ -26,17 +26,26 @@ def default_chunk_size(n_epochs: int, n_classes: int, budget_bytes: int = 64 << 
     return max(1, budget_bytes // max(1, n_epochs * n_classes * 4))
 
 
-def stream_stats_cpu(store, stats_fn, kw: dict, chunk_size: int, n_epochs: int):
+def chunk_ranges(n_samples: int, chunk_size: int, only=None):
+    """``(start, stop)`` of each chunk in order; with ``only`` (bool [N]), just the chunks
+    holding a selected sample."""
+    for start in range(0, n_samples, chunk_size):
+        stop = min(start + chunk_size, n_samples)
+        if only is None or only[start:stop].any():
+            yield start, stop
+
+
+def stream_stats_cpu(store, stats_fn, kw: dict, chunk_size: int, n_epochs: int, only=None):
     """Yield ``(start, stop, TrajectoryStats)`` of the first ``n_epochs`` epochs of a full store,
-    the kernel reading the memory-mapped rows in place; each chunk's pages are released after."""
+    the kernel reading the memory-mapped rows in place; each chunk's pages are released after.
+    ``only``: see :func:`chunk_ranges`."""
     views = store.epoch_views(range(n_epochs))
     # The numba kernel writes the [n, C] rows it is asked for (the mean probabilities, the soft
     # labels) into reused buffers (consumed per chunk).
     rows = min(chunk_size, store.n_samples)
     buffers = {f"{f}_out": np.empty((rows, store.n_classes), np.float32)
                for f in ("p_avg", "p_soft") if kw.get(f"with_{f}") and "tier" in kw}
-    for start in range(0, store.n_samples, chunk_size):
-        stop = min(start + chunk_size, store.n_samples)
+    for start, stop in chunk_ranges(store.n_samples, chunk_size, only):
         counts = np.stack([c[start:stop] for _, c in views])
         out = {k: v[: stop - start] for k, v in buffers.items()}
         st = stats_fn([z[start:stop] for z, _ in views], counts, store.labels[start:stop], **kw, **out)
@@ -44,12 +53,13 @@ def stream_stats_cpu(store, stats_fn, kw: dict, chunk_size: int, n_epochs: int):
         yield start, stop, st
 
 
-def stream_stats_gpu(store, stats_fn, chunk_size: int, n_epochs: int):
+def stream_stats_gpu(store, stats_fn, chunk_size: int, n_epochs: int, only=None):
     """Yield ``(start, stop, TrajectoryStats)`` of the first ``n_epochs`` epochs of a full store on
-    the GPU, reading ahead in a thread into pinned buffers copied on a second stream."""
+    the GPU, reading ahead in a thread into pinned buffers copied on a second stream.
+    ``only``: see :func:`chunk_ranges`."""
     device = torch.device("cuda", torch.cuda.current_device())
     # One buffer being read, one being copied and one whose copy is queued.
-    with ChunkReader(store, chunk_size, n_epochs, n_buffers=3, pin=True) as reader:
+    with ChunkReader(store, chunk_size, n_epochs, n_buffers=3, pin=True, only=only) as reader:
         copy_stream = torch.cuda.Stream(device)
         pending = None
         for start, stop, logits, counts, release in reader:
@@ -84,9 +94,10 @@ class ChunkReader:
 
     _DONE = object()
 
-    def __init__(self, store, chunk_size: int, n_epochs: int, *, n_buffers: int, pin: bool):
+    def __init__(self, store, chunk_size: int, n_epochs: int, *, n_buffers: int, pin: bool, only=None):
         self._store = store
         self._chunk = chunk_size
+        self._only = only
         self._epochs = range(n_epochs)
         E, N, C = n_epochs, store.n_samples, store.n_classes
         n = min(chunk_size, N)
@@ -108,9 +119,7 @@ class ChunkReader:
 
     def _run(self) -> None:
         try:
-            N = self._store.n_samples
-            for start in range(0, N, self._chunk):
-                stop = min(start + self._chunk, N)
+            for start, stop in chunk_ranges(self._store.n_samples, self._chunk, self._only):
                 buf = self._take_free()
                 if buf is None:
                     return
