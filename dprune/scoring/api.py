@@ -280,8 +280,10 @@ def _score_chunks(store, stream, again, methods: list[str], params: dict, column
         bar.close()
         out = {k: np.concatenate(v) for k, v in parts.items()}
         if spill is not None:
-            out.update(spill.finish(lambda only: ((a, b, getattr(st, rows).cpu().numpy()) for a, b, st in again(only)),
-                                    **_rule(params)))
+            def rows_again(only):
+                return ((a, b, getattr(st, rows).cpu().numpy()) for a, b, st in again(only))
+
+            out.update(spill.finish(rows_again, **_rule(params)))
     finally:
         if spill is not None:
             spill.close()

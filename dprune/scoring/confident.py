@@ -112,7 +112,8 @@ def add_label_sums(p_nC: np.ndarray, labels_n: np.ndarray, valid_n: np.ndarray, 
 
 
 def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, agree: float = 0.5,
-                       filter_by: str = "margin", chunk_bytes: int = 16 << 20, top_k: int = TOP_K) -> dict[str, np.ndarray]:
+                       filter_by: str = "margin", chunk_bytes: int = 16 << 20,
+                       top_k: int = TOP_K) -> dict[str, np.ndarray]:
     """Flags and continuous label scores of confident learning (see the module docstring).
 
     Parameters
