@@ -1,6 +1,7 @@
 """Confident learning's passes over the rows of p-bar, on the CPU (numba), one chunk of rows at a time.
 
-Legend: n rows of a chunk, C classes, K = C given classes, P active (given class, other class) pairs.
+Legend: n rows of a chunk, C classes, K = C given classes (in :func:`push_margins`; in
+:func:`top_classes`, K is the number of entries kept a row), P active (given class, other class) pairs.
 
 Each takes the rows in chunks (any number of calls, rows in increasing order), so memory stays
 bounded by the chunk: :func:`top_classes` keeps each row's K most probable classes in the one

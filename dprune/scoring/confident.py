@@ -304,7 +304,8 @@ class ConfidentSpill:
             with np.errstate(invalid="ignore", divide="ignore"):
                 thresholds = np.where(counts > 0, self.sums / np.maximum(counts, 1), np.inf)
             t32 = float32_at_or_above(thresholds - EPS)
-            lowest = t32.min()
+            # (a NaN threshold, from a NaN at a valid row's label outside the contract, is no candidate's)
+            lowest = np.min(t32, initial=np.inf, where=~np.isnan(t32))
             # 2. from each row's K entries (decreasing, the lower index first on ties): the first
             # at or above its threshold is the confident class, the first not the label the other.
             conf = np.full(N, -1, np.int64)
