@@ -104,13 +104,6 @@ def calibrated_joint(joint_KK: np.ndarray, counts_K: np.ndarray) -> np.ndarray:
 Chunks = Callable[[np.ndarray | None], Iterator[tuple[int, int, np.ndarray]]]
 
 
-def add_label_sums(p_nC: np.ndarray, labels_n: np.ndarray, valid_n: np.ndarray, sums_C: np.ndarray) -> None:
-    """Step 1's numerators: add p-bar at each valid row's label into ``sums_C`` (float64, in row order)."""
-    v = np.flatnonzero(valid_n)
-    y = np.asarray(labels_n, np.int64)[v]
-    np.add.at(sums_C, y, np.asarray(p_nC[v, y], np.float64))
-
-
 def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, agree: float = 0.5,
                        filter_by: str = "margin", chunk_bytes: int = 16 << 20,
                        top_k: int = TOP_K) -> dict[str, np.ndarray]:
@@ -262,9 +255,9 @@ class ConfidentSpill:
         valid = self.valid[start:stop]
         valid[:] = valid_n
         y = self.labels[start:stop]
-        add_label_sums(p, y, valid, self.sums)
         v = np.flatnonzero(valid)
         self.p_label[start + v] = p[v, y[v]]
+        np.add.at(self.sums, y[v], self.p_label[start + v])  # step 1's numerators, in row order
         top_v, top_i = np.empty((n, K), np.float32), np.empty((n, K), np.int32)
         top_classes(p, valid, top_v, top_i)
         record = np.concatenate([top_v, top_i.view(np.float32)], axis=1)  # K values, K indices (int32 bits)
@@ -278,8 +271,7 @@ class ConfidentSpill:
         N, K = len(self.labels), self.k
         buf = np.empty((min(self._chunk_rows, N), 2 * K), np.float32)
         self._file.seek(0)
-        for a in range(0, N, self._chunk_rows):
-            b = min(a + self._chunk_rows, N)
+        for a, b in chunk_ranges(N, self._chunk_rows):
             view = memoryview(buf[: b - a]).cast("B")
             while len(view):
                 got = self._file.readinto(view)
@@ -338,13 +330,11 @@ class ConfidentSpill:
     def _reread(self, rows: Chunks, which_N: np.ndarray, t32_C: np.ndarray, conf_N: np.ndarray) -> None:
         """Step 2's confident class of the rows ``which_N``, from whole rows."""
         self.rows_reread = int(which_N.sum())
-        for a, b, p in rows(which_N):
-            w = which_N[a:b]
-            if w.any():
-                n = b - a
-                conf, other, py, po = (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n), np.empty(n))
-                confident_rows(p, self.labels[a:b], w, t32_C, conf, other, py, po)
-                conf_N[a:b][w] = conf[w]
+        for a, b, p in rows(which_N):  # only the chunks holding such rows
+            w, n = which_N[a:b], b - a
+            conf, other, py, po = (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n), np.empty(n))
+            confident_rows(p, self.labels[a:b], w, t32_C, conf, other, py, po)
+            conf_N[a:b][w] = conf[w]
 
     def close(self) -> None:
         self._file.close()
