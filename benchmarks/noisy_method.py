@@ -38,6 +38,9 @@ cleanlab   cleanlab's ``find_label_issues`` (its default rule) on 5-fold out-of-
            folds' training counted in its cost
 protocol   the paper's protocol with the default selection: the noisy run's first T epochs
            scored, retrained from scratch for E epochs
+cleaned    retraining on the cleaned labels: the default detector's flags on the noisy run's
+           first T epochs removed (no pruning by score), E epochs from scratch; its cost counts
+           the T recorded epochs
 clean      the clean labels, E epochs (the ceiling; one per seed)
 ========== ==================================================================================
 
@@ -84,7 +87,8 @@ from dprune.train.loop import Trainer  # noqa: E402
 
 KINDS = ("symmetric", "class", "instance")
 HEADLINE = ("noisy", "default", "random", "short")
-ARMS = HEADLINE + ("nobudget", "nobudget_short", "score", "relabel", "paper", "dual", "cleanlab", "protocol")
+ARMS = HEADLINE + ("nobudget", "nobudget_short", "score", "relabel", "paper", "dual", "cleanlab", "protocol",
+                   "cleaned")
 # The pruned arm whose cost each same-cost short run matches.
 SHORT_OF = {"short": "default", "nobudget_short": "nobudget"}
 CLEANLAB_FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
@@ -243,7 +247,9 @@ class Experiment:
         elif arm == "cleanlab":
             return self.cleanlab_arm(noise, seed)
         elif arm == "protocol":
-            return self.protocol_arm(noise, seed)
+            return self.retrain_arm(noise, seed, "protocol", RUN_DEFAULTS)
+        elif arm == "cleaned":
+            return self.retrain_arm(noise, seed, "cleaned", dataclasses.replace(RUN_DEFAULTS, ratio=0.0))
         else:
             raise ValueError(arm)
         return self._result(run, noise, seed, arm)
@@ -331,17 +337,16 @@ class Experiment:
                    kept_noise=float(truth["flipped"][~issues].mean()))
         return out
 
-    def protocol_arm(self, noise, seed) -> dict:
-        """The paper's protocol with the default selection: the noisy run's first T epochs, retrained."""
+    def retrain_arm(self, noise, seed, arm: str, spec) -> dict:
+        """``spec`` applied to the noisy run's first T epochs, then E epochs from scratch on what it
+        keeps; the cost counts the T recorded epochs (the paper's protocol, or ``cleaned``)."""
         a = self.a
         noisy_run, store, truth = self.noisy(noise, seed)
-        d = RUN_DEFAULTS
-        spec = dataclasses.replace(d, seed=seed)
-        where = a.work / name_of(noise) / f"seed{seed}" / "protocol"
+        where = a.work / name_of(noise) / f"seed{seed}" / arm
         where.mkdir(parents=True, exist_ok=True)
-        prune_store(store, spec, where / "manifest.json", first_epochs=a.T)
-        run = train(self.config(noise, seed, "protocol/run", record="off", manifest=str(where / "manifest.json")))
-        out = self._result(run, noise, seed, "protocol")
+        prune_store(store, dataclasses.replace(spec, seed=seed), where / "manifest.json", first_epochs=a.T)
+        run = train(self.config(noise, seed, f"{arm}/run", record="off", manifest=str(where / "manifest.json")))
+        out = {**self._result(run, noise, seed, arm), **self._cleaning(noise, seed, arm)}
         record_cost = sum(m["samples_seen"] for m in noisy_run.metrics[: a.T])
         out.update(cost=run.cost + record_cost, retrain_cost=run.cost)
         return out

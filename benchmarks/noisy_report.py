@@ -29,6 +29,7 @@ ARM_TITLES = {
     "dual": "dual alone (prune-in-run)",
     "cleanlab": "cleanlab 5-fold, flagged removed, then E epochs",
     "protocol": "paper's protocol with the defaults (record T, retrain E)",
+    "cleaned": "the default detector's flags removed, then E epochs (record T, retrain E)",
 }
 
 
@@ -123,7 +124,9 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
         # Δ vs short: against the same-cost run of this arm's own cost where it has one.
         for ref in ("noisy", "random", "nobudget_short" if arm == "nobudget" else "short"):
             # The random control keeps as many as the defaults: no comparison for nobudget.
+            # Nor for the retrained-on-cleaned-labels arms, which keep another count.
             if arm == ref or (arm.startswith("nobudget") and ref == "random") or (
+                    arm in ("cleaned", "cleanlab") and ref == "random") or (
                     arm == "nobudget_short" and ref != "noisy") or not controls[ref]:
                 cells.append("")
                 continue
@@ -138,7 +141,19 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
                      + " | ".join(cells) + " |")
     lines.append("")
     lines += _budget_comparison(by_arm)
+    lines += _pair_line(by_arm, "cleaned", "cleanlab", "retrained on dprune's cleaning − retrained on cleanlab's")
     return lines
+
+
+def _pair_line(by_arm: dict, a: str, b: str, what: str) -> list[str]:
+    """Arm ``a`` against arm ``b`` over their common seeds, by the verdict rule."""
+    seeds = sorted(set(by_arm.get(a, {})) & set(by_arm.get(b, {})), key=int)
+    if not seeds:
+        return []
+    d = [(by_arm[a][s]["acc"] - by_arm[b][s]["acc"]) * 100 for s in seeds]
+    v, p = verdict(d)
+    return [f"{what}: {np.mean(d):+.2f} points ({v}{'' if math.isnan(p) else f', p={p:.3f}'}; seeds "
+            f"{', '.join(map(str, seeds))}: " + " ".join(f"{x:+.2f}" for x in d) + ")", ""]
 
 
 def _budget_comparison(by_arm: dict) -> list[str]:

@@ -98,7 +98,7 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     argv = ["--dataset", "digits", "--epochs", "20", "--batch-size", "256", "--folds", "2", "--cv-epochs", "1",
             "--instance-epochs", "1", "--noise", "instance:0.2", "--seeds", "0", "--detect-T", "1", "4",
             "--arms", "noisy", "default", "random", "short", "nobudget", "nobudget_short", "cleanlab", "protocol",
-            "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")]
+            "cleaned", "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")]
     text = nm.main(argv)
     cell = lambda key: json.loads((tmp_path / "res" / "cells" / f"{key}.json").read_text())  # noqa: E731
     default, random = cell("arm__instance0.2__seed0__default"), cell("arm__instance0.2__seed0__random")
@@ -117,11 +117,17 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     assert cl["cost"] == cl["train_cost"] + cl["fold_cost"] and cl["fold_cost"] == 1437  # 2 folds x 1 epoch of half the data
     noisy = cell("arm__instance0.2__seed0__noisy")
     assert len(noisy["curve"]) == 20 and noisy["cost"] == 20 * 1437
+    # Retrained on the cleaned labels: the detector's flags removed, nothing pruned by score, the
+    # T = 2 recorded epochs counted; its flags are the defaults' removals on the same epochs.
+    cleaned = cell("arm__instance0.2__seed0__cleaned")
+    assert cleaned["n_kept"] == 1437 - cleaned["removed"] and cleaned["removed"] == default["removed"] > 0
+    assert cleaned["cost"] == cleaned["retrain_cost"] + 2 * 1437 and cleaned["retrain_cost"] == 20 * cleaned["n_kept"]
     det = cell("detect__instance0.2__seed0")
     assert set(det["dprune"]) == {"T1", "T4"} and set(det["cleanlab"]["2x1"]["rules"]) == set(nm.CLEANLAB_FILTERS)
     flips = np.load(tmp_path / "work" / "instance0.2" / "seed0" / "labels.npy")
     assert det["n_flipped"] == round(0.2 * 1437) == int((flips != nm.build_dataset("digits")[0].labels).sum())
     assert "## instance0.2" in text and "Label cleaning" in text and "H-budget: " in text
+    assert "retrained on dprune's cleaning − retrained on cleanlab's: " in text
     # cleanlab's 2 x 1 folds cost 1,437 sample-epochs: compared with dprune at T1 (1,437), not T4
     assert re.search(r"\| 2x1: [\d.]+ \(\w+\) \| T1: [\d.]+ \| [+-]", text)
     assert "![cost against accuracy](fig_cost_accuracy.png)" in text
