@@ -133,6 +133,14 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     assert "![cost against accuracy](fig_cost_accuracy.png)" in text
     assert (tmp_path / "res" / "fig_cost_accuracy.png").stat().st_size > 0
     assert nm.main([*argv, "--report-only"]) == text
+    # Ranking and count, read from the same recorded run: dprune's flags are the detection cell's.
+    dc = load("detector_count")
+    table = dc.main(["--work", str(tmp_path / "work"), "--settings", "instance0.2", "--seeds", "0", "--T", "4",
+                     "--folds", "2", "--cv-epochs", "1", "--out", str(tmp_path / "count.md")])
+    row = next(line for line in table.splitlines() if "dprune, T = 4" in line).split("|")
+    assert int(row[6].replace(",", "")) == det["dprune"]["T4"]["flags"]["confident"]["flagged"]
+    assert float(row[7]) == round(det["dprune"]["T4"]["flags"]["confident"]["f1"] * 100, 1)
+    assert "| instance0.2 | 287 | cleanlab 2 × 1 (1 of 1 seeds) |" in table
 
 
 def test_detector_input_feeds_confident_learning_p_bar_and_the_soft_label(tmp_path, capsys):
