@@ -124,12 +124,13 @@ def train_config(out: Path, *, seed: int, data_root: str | None, dataset: str, m
 
 
 def store_and_truth(run):
-    """The trajectory store of a finished noisy run and its truth (``label_noise.npz``: clean labels,
-    noisy labels, flipped), checked against each other."""
+    """The trajectory store of a finished noisy run (a run, or its folder) and its truth
+    (``label_noise.npz``: clean labels, noisy labels, flipped), checked against each other."""
     from dprune.store import open_store
 
-    store = open_store(Path(run.config.train.out) / "trajectory")
-    with np.load(Path(run.config.train.out) / "label_noise.npz") as z:
+    out = Path(run) if isinstance(run, (str, Path)) else Path(run.config.train.out)
+    store = open_store(out / "trajectory")
+    with np.load(out / "label_noise.npz") as z:
         truth = {k: z[k] for k in ("clean_labels", "noisy_labels", "flipped")}
     if not np.array_equal(truth["noisy_labels"], store.labels):
         raise RuntimeError(f"{store.run_dir}: the store's labels are not the noisy labels")

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, auc, machine, prf  # noqa: E402
+from _common import RESULTS_DIR, auc, machine, prf, store_and_truth  # noqa: E402
 
 from dprune.scoring import score_store  # noqa: E402
-from dprune.store import open_store  # noqa: E402
 
 CLEANLAB_RULES = ("prune_by_noise_rate", "predicted_neq_given")
 
@@ -45,11 +44,8 @@ def measure(run_dir: Path, T_list, cv_list, folds: int = 5) -> dict:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    store = open_store(run_dir / "noisy" / "trajectory")
-    with np.load(run_dir / "noisy" / "label_noise.npz") as z:
-        flipped, noisy = z["flipped"], z["noisy_labels"]
-    if not np.array_equal(noisy, store.labels):
-        raise ValueError(f"{run_dir}: the store's labels are not the noisy labels")
+    store, truth = store_and_truth(run_dir / "noisy")
+    flipped = truth["flipped"]
     n_flips = int(flipped.sum())
     out = {"n_flipped": n_flips, "dprune": {}, "cleanlab": {}}
     for T in T_list:
@@ -74,9 +70,7 @@ def measure(run_dir: Path, T_list, cv_list, folds: int = 5) -> dict:
 def report(results: dict, T_list, cv_list, folds: int = 5) -> str:
     """Means over the seeds of each setting."""
     def mean(rows, get):
-        vals = [get(r) for r in rows]
-        vals = [v for v in vals if v is not None]
-        return np.mean(vals) if vals else float("nan")
+        return np.mean([get(r) for r in rows])
 
     lines = ["# The default detector against cleanlab: ranking and count", "",
              "Per setting, the mean over the seeds. AUROC of the ranking (dprune: the default detector's "
