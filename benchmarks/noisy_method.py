@@ -258,17 +258,20 @@ class Experiment:
         run = train(self.config(None, seed, "clean", clean=True, record="off", eval_every=1))
         return self._result(run, None, seed, "clean")
 
+    def _manifest_path(self, noise, seed, name) -> Path:
+        """Where arm ``name``'s selection is: its prune-in-run folder, or the folder of its retraining."""
+        return self.a.work / name_of(noise) / f"seed{seed}" / name / "manifest.json"
+
     def _manifest(self, noise, seed, name) -> dict:
         from dprune.manifest import load_manifest
 
-        return load_manifest(self.a.work / name_of(noise) / f"seed{seed}" / name / "manifest.json").data
+        return load_manifest(self._manifest_path(noise, seed, name)).data
 
     def _result(self, run, noise, seed, arm) -> dict:
         out = {"acc": run.metrics[-1]["test_metric"], "cost": run.cost,
                "curve": [m["test_metric"] for m in run.metrics], "epoch_samples": [m["samples_seen"] for m in run.metrics],
                "epochs": len(run.metrics), "wall_s": run.seconds}
-        manifest = Path(run.config.train.out) / "manifest.json"
-        if manifest.exists() and noise is not None:
+        if noise is not None and self._manifest_path(noise, seed, arm).exists():
             out.update(self._cleaning(noise, seed, arm))
         return out
 
@@ -346,7 +349,7 @@ class Experiment:
         where.mkdir(parents=True, exist_ok=True)
         prune_store(store, dataclasses.replace(spec, seed=seed), where / "manifest.json", first_epochs=a.T)
         run = train(self.config(noise, seed, f"{arm}/run", record="off", manifest=str(where / "manifest.json")))
-        out = {**self._result(run, noise, seed, arm), **self._cleaning(noise, seed, arm)}
+        out = self._result(run, noise, seed, arm)
         record_cost = sum(m["samples_seen"] for m in noisy_run.metrics[: a.T])
         out.update(cost=run.cost + record_cost, retrain_cost=run.cost)
         return out
