@@ -151,9 +151,14 @@ def _pair_line(by_arm: dict, a: str, b: str, what: str) -> list[str]:
     if not seeds:
         return []
     d = [(by_arm[a][s]["acc"] - by_arm[b][s]["acc"]) * 100 for s in seeds]
+    return [f"{what}: {_paired_points(d, seeds)}", ""]
+
+
+def _paired_points(d: list[float], seeds: list) -> str:
+    """Per-seed differences ``d`` (points) as '<mean> points (<verdict>, p; seeds ...: <each>)'."""
     v, p = verdict(d)
-    return [f"{what}: {np.mean(d):+.2f} points ({v}{'' if math.isnan(p) else f', p={p:.3f}'}; seeds "
-            f"{', '.join(map(str, seeds))}: " + " ".join(f"{x:+.2f}" for x in d) + ")", ""]
+    return (f"{np.mean(d):+.2f} points ({v}{'' if math.isnan(p) else f', p={p:.3f}'}; seeds "
+            f"{', '.join(map(str, seeds))}: " + " ".join(f"{x:+.2f}" for x in d) + ")")
 
 
 def _budget_comparison(by_arm: dict) -> list[str]:
@@ -168,10 +173,8 @@ def _budget_comparison(by_arm: dict) -> list[str]:
     acc = {a: {s: by_arm[a][s]["acc"] for s in seeds} for a in arms}
     d = [((acc["default"][s] - acc["short"][s]) - (acc["nobudget"][s] - acc["nobudget_short"][s])) * 100
          for s in seeds]
-    v, p = verdict(d)
-    return [f"H-budget: (defaults − their same-cost run) − (budget score − its same-cost run) = {np.mean(d):+.2f} "
-            f"points ({v}{'' if math.isnan(p) else f', p={p:.3f}'}; seeds {', '.join(map(str, seeds))}: "
-            + " ".join(f"{x:+.2f}" for x in d) + ")", ""]
+    return [f"H-budget: (defaults − their same-cost run) − (budget score − its same-cost run) = "
+            f"{_paired_points(d, seeds)}", ""]
 
 
 def _detection_section(detect: dict, settings: list[str]) -> list[str]:
