@@ -141,6 +141,17 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     assert int(row[6].replace(",", "")) == det["dprune"]["T4"]["flags"]["confident"]["flagged"]
     assert float(row[7]) == round(det["dprune"]["T4"]["flags"]["confident"]["f1"] * 100, 1)
     assert "| instance0.2 | 287 | cleanlab 2 × 1 (1 of 1 seeds) |" in table
+    # The count from checked labels: the default's flags are the detection cell's, cleanlab's best is
+    # the best of its rules there, and the checked rate flags that share of the samples.
+    load("detector_checked").main(["--work", str(tmp_path / "work"), "--settings", "instance0.2", "--seeds", "0",
+                                   "--pairs", "4:1", "--folds", "2", "--checked", "200", "--draws", "5",
+                                   "--out", str(tmp_path / "checked.md")])
+    got = json.loads((tmp_path / "checked.json").read_text())["instance0.2"]["0"]
+    row = got["rows"]["T4"]
+    assert row["default"] == {k: v for k, v in det["dprune"]["T4"]["flags"]["confident"].items() if k in row["default"]}
+    assert row["cleanlab"]["best_f1"] == max(r["f1"] for r in det["cleanlab"]["2x1"]["rules"].values())
+    assert row["checked"]["flagged"] == round(got["checked_rate"] * 1437) != row["default"]["flagged"]
+    assert 0.1 < got["checked_rate"] < 0.3 and row["cleanlab"]["same_count"]["flagged"] == row["checked"]["flagged"]
 
 
 def test_detector_input_feeds_confident_learning_p_bar_and_the_soft_label(tmp_path, capsys):

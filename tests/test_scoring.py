@@ -167,8 +167,8 @@ def test_first_epochs_scores_the_run_as_if_it_had_stopped_there(tmp_path):
 # ------------------------------------------------------------------------- confident learning
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 60), st.integers(2, 6), st.floats(0.1, 3.0), st.floats(0.0, 1.0),
-       st.sampled_from(["margin", "noise_rate", "self_confidence"]))
-def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filter_by):
+       st.sampled_from(["margin", "noise_rate", "self_confidence"]), st.one_of(st.none(), st.floats(0.0, 1.0)))
+def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filter_by, rate):
     from dprune.scoring.confident import confident_learning
     from dprune.scoring.confident_reference import confident_learning_reference
 
@@ -179,12 +179,46 @@ def test_confident_learning_matches_the_reference(seed, N, C, alpha, agree, filt
         p[2] = np.float32(1 / C)  # and between every class of one sample
     y = rng.integers(0, C, N)
     valid = rng.random(N) > 0.1
-    got = confident_learning(p, y, valid, agree=agree, filter_by=filter_by, chunk_bytes=7 * 4 * C)
-    want = confident_learning_reference(p, y, valid, agree=agree, filter_by=filter_by)
+    rate = None if filter_by == "noise_rate" else rate
+    got = confident_learning(p, y, valid, agree=agree, filter_by=filter_by, rate=rate, chunk_bytes=7 * 4 * C)
+    want = confident_learning_reference(p, y, valid, agree=agree, filter_by=filter_by, rate=rate)
     for k in ("confident", "confident_label", "confident_relabel"):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     for k in ("label_margin", "p_avg_label"):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("filter_by", ["margin", "self_confidence"])
+def test_a_given_rate_flags_that_share_of_the_judged_samples_even_where_the_label_is_most_probable(filter_by):
+    from dprune.scoring.confident import confident_learning
+
+    rng = np.random.default_rng(4)
+    N, C = 500, 5
+    p = rng.dirichlet(np.full(C, 0.5), N).astype(np.float32)
+    y = p.argmax(1)  # every label is its sample's most probable class: the joint's count flags none
+    y[:50] = (y[:50] + 1) % C
+    valid = np.ones(N, bool)
+    valid[-20:] = False
+    default = confident_learning(p, y, valid, filter_by=filter_by)
+    got = confident_learning(p, y, valid, filter_by=filter_by, rate=0.3)
+    assert got["confident"].sum() == round(0.3 * 480) > default["confident"].sum()
+    assert not got["confident"][~valid].any()
+    key = got["label_margin"] if filter_by == "margin" else got["p_avg_label"]
+    assert key[got["confident"]].max() <= key[valid & ~got["confident"]].min()  # the lowest of the judged
+    assert (got["confident"] & (p.argmax(1) == y)).any()  # step 5 does not apply
+    np.testing.assert_array_equal(got["label_margin"], default["label_margin"])
+    assert confident_learning(p, y, valid, filter_by=filter_by, rate=0.0)["confident"].sum() == 0
+
+
+def test_a_rate_with_the_noise_rate_rule_or_outside_0_1_is_refused():
+    from dprune.scoring.confident import confident_learning
+
+    t = synthetic_trajectory(50, 3, 4, noise_rate=0.2, seed=1)
+    with pytest.raises(ValueError, match="noise_rate takes its counts from the calibrated joint"):
+        score_arrays(t["logits"], t["counts"], t["labels"], methods=["confident"],
+                     params={"confident": {"filter_by": "noise_rate", "rate": 0.2}})
+    with pytest.raises(ValueError, match=r"confident.rate must be in \[0, 1\], got 1.5"):
+        confident_learning(np.full((3, 2), 0.5, np.float32), np.zeros(3, np.int64), np.ones(3, bool), rate=1.5)
 
 
 @pytest.mark.parametrize("N, C, chunk, top_k", [(700, 3, 37, 2), (300, 70, 11, 16), (300, 70, 11, 3)])

@@ -22,7 +22,11 @@ The default ``filter_by="margin"`` keeps steps 1-2 and flags instead the n valid
 the lowest label margin p-bar_y~ - max_{k != y~} p-bar_k, n = the confident joint's
 off-diagonal count (the samples whose confident class is not their label), then step 5; ties:
 the lower index first.  The variant ``"self_confidence"`` (cleanlab's ``low_self_confidence``)
-flags the n lowest p-bar at the label instead.  Why the margin is the default (declared in
+flags the n lowest p-bar at the label instead.  With a ``rate`` (a share of wrong labels the
+caller knows, e.g. measured on hand-checked labels) either rule flags n = round(rate x the
+valid samples) and skips step 5: where the noise looks like its new class, the flipped samples
+keep their label as the most probable class, and no count read off p-bar finds them
+(``benchmarks/RESULTS.md``, the detector's count from hand-checked labels).  Why the margin is the default (declared in
 ``benchmarks/RESULTS.md`` before its test): the off-diagonal count of the in-sample joint is
 close to the number of flips, where the calibrated joint of ``noise_rate`` overcounts (by a
 fifth on Fashion-MNIST); and a systematic flip (a fixed share of class c labelled c + 1) leaves
@@ -60,7 +64,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dprune.kernels.confident_cpu import confident_rows, float32_at_or_above, push_margins, top_classes
-from dprune.scoring.params import check_param
+from dprune.scoring.params import check_confident_rule, check_param
 from dprune.scoring.streams import chunk_ranges
 
 EPS = 1e-6  # cleanlab's slack on the thresholds
@@ -105,7 +109,7 @@ Chunks = Callable[[np.ndarray | None], Iterator[tuple[int, int, np.ndarray]]]
 
 
 def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, agree: float = 0.5,
-                       filter_by: str = "margin", chunk_bytes: int = 16 << 20,
+                       filter_by: str = "margin", rate: float | None = None, chunk_bytes: int = 16 << 20,
                        top_k: int = TOP_K) -> dict[str, np.ndarray]:
     """Flags and continuous label scores of confident learning (see the module docstring).
 
@@ -121,6 +125,9 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
         Probability of the suggested class needed to relabel rather than remove.
     filter_by : "margin", "noise_rate" or "self_confidence"
         The flagging rule (see the module docstring).
+    rate : float in [0, 1], optional
+        The share of the valid samples to flag, instead of the confident joint's count
+        (``margin`` and ``self_confidence`` only).
     chunk_bytes : int
         Size of the float32 row chunks read at a time (their temporaries are a few times that).
     top_k : int
@@ -144,13 +151,14 @@ def confident_learning(p_avg_NC, labels_N: np.ndarray, valid_N: np.ndarray, *, a
     try:
         for a, b, p in chunks(None):
             spill.add(a, p, valid[a:b])
-        return spill.finish(chunks, agree=agree, filter_by=filter_by)
+        return spill.finish(chunks, agree=agree, filter_by=filter_by, rate=rate)
     finally:
         spill.close()
 
 
 def _judge(conf: np.ndarray, other: np.ndarray, py: np.ndarray, p_other: np.ndarray, y: np.ndarray,
-           valid: np.ndarray, counts: np.ndarray, chunks: Chunks, *, agree: float, filter_by: str) -> dict:
+           valid: np.ndarray, counts: np.ndarray, chunks: Chunks, *, agree: float, filter_by: str,
+           rate: float | None) -> dict:
     """Steps 2 (from its [N] results) to 5: the joint, the flags and the continuous scores."""
     N, C = len(y), len(counts)
     has = conf >= 0
@@ -161,12 +169,13 @@ def _judge(conf: np.ndarray, other: np.ndarray, py: np.ndarray, p_other: np.ndar
         label_is_top = valid & ((py + EPS > p_other) | ((py + EPS == p_other) & (y < other)))
 
     if filter_by in ("margin", "self_confidence"):
-        # The confident joint's off-diagonal count of the lowest margins (or p-bar at the label).
-        n_issues = int(joint.sum() - np.trace(joint))
+        # The lowest margins (or p-bar at the label): as many as the confident joint's off-diagonal,
+        # or the given share of the valid samples.
+        n_issues = int(joint.sum() - np.trace(joint)) if rate is None else int(np.rint(rate * valid.sum()))
         key = margin if filter_by == "margin" else py
         flagged = np.zeros(N, bool)
         flagged[np.argsort(np.where(valid, key, np.inf), kind="stable")[:n_issues]] = True
-        if filter_by == "margin":  # step 5: the given label is the most probable class
+        if filter_by == "margin" and rate is None:  # step 5: the given label is the most probable class
             flagged &= ~label_is_top
     else:
         # 3. calibrated joint -> how many to flag per (given class, other class); 4. the largest margins
@@ -280,12 +289,15 @@ class ConfidentSpill:
                 view = view[got:]
             yield a, b, buf[: b - a, :K], buf[: b - a, K:].view(np.int32)
 
-    def finish(self, rows: Chunks, *, agree: float = 0.5, filter_by: str = "margin") -> dict[str, np.ndarray]:
+    def finish(self, rows: Chunks, *, agree: float = 0.5, filter_by: str = "margin",
+               rate: float | None = None) -> dict[str, np.ndarray]:
         """The detector's arrays (as :func:`confident_learning`); closes the file.
 
         ``rows``: the rows :meth:`add` took, again (:data:`Chunks`), called only when whole rows
         are needed."""
         agree, filter_by = check_param("confident", "agree", agree), check_param("confident", "filter_by", filter_by)
+        rate = check_param("confident", "rate", rate)
+        check_confident_rule(filter_by, rate)
         N, C, K = len(self.labels), self.n_classes, self.k
         if self._rows != N:
             raise ValueError(f"p-bar has {self._rows} of {N} rows")
@@ -323,7 +335,7 @@ class ConfidentSpill:
             if filter_by == "noise_rate":
                 self.rows_reread = int(valid.sum())
             return _judge(conf, other, self.p_label, p_other, y, valid, counts, rows, agree=agree,
-                          filter_by=filter_by)
+                          filter_by=filter_by, rate=rate)
         finally:
             self.close()
 

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def confident_learning_reference(p_avg_NC, labels_N, valid_N, *, agree: float = 0.5,
-                                 filter_by: str = "margin") -> dict[str, np.ndarray]:
+                                 filter_by: str = "margin", rate: float | None = None) -> dict[str, np.ndarray]:
     """:func:`dprune.scoring.confident.confident_learning`, one sample and one class at a time, in
     float64: the rule of that module's docstring, written without its vectorised code and
     kernels (same arguments and outputs; slow, for tests and small inputs)."""
@@ -54,6 +54,8 @@ def confident_learning_reference(p_avg_NC, labels_N, valid_N, *, agree: float = 
 
     if filter_by in ("self_confidence", "margin"):
         n_off = int(sum(joint[a, b] for a in range(C) for b in range(C) if a != b))
+        if rate is not None:
+            n_off = int(np.rint(rate * sum(valid)))
         key = (lambda i: p[i, y[i]]) if filter_by == "self_confidence" else label_margin
         ranked = sorted((i for i in range(N) if valid[i]), key=lambda i: (key(i), i))
         for i in ranked[:n_off]:
@@ -78,7 +80,7 @@ def confident_learning_reference(p_avg_NC, labels_N, valid_N, *, agree: float = 
         out["p_avg_label"][i] = row[y[i]]
         bumped = row.copy()
         bumped[y[i]] += 1e-6
-        if flagged[i] and (filter_by == "self_confidence" or int(np.argmax(bumped)) != y[i]):
+        if flagged[i] and (filter_by == "self_confidence" or rate is not None or int(np.argmax(bumped)) != y[i]):
             out["confident"][i] = True
             out["confident_label"][i] = best_other
             out["confident_relabel"][i] = row[best_other] >= agree

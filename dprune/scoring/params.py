@@ -70,7 +70,11 @@ PARAMS: dict[str, dict[str, Param]] = {
                                      "margin: the lowest label margins (p at the label minus the largest other), "
                                      "as many as the confident joint's off-diagonal; noise_rate: per class pair, "
                                      "the largest margins, as many as the calibrated joint says; self_confidence: "
-                                     "the lowest p at the label, as many as margin")},
+                                     "the lowest p at the label, as many as margin"),
+                  "rate": Param(Optional[float], None, _unit, "in [0, 1]",
+                                "share of the samples to flag (margin and self_confidence), e.g. the share "
+                                "of wrong labels among a random sample checked by hand (`dprune checked-rate`); "
+                                "default: the confident joint's count")},
     "aum_threshold": {"percentile": Param(float, 99.0, lambda v: 0 <= v <= 100, "in [0, 100]",
                                           "percentile of the threshold samples' AUM below which a sample is flagged")},
     "outlier": {"entropy_threshold": Param(float, 0.9, _unit, "in [0, 1]", "normalised entropy H / log C at or above"),
@@ -102,7 +106,15 @@ def merge_params(params: Mapping[str, Mapping] | None) -> dict[str, dict]:
                 raise ValueError(f"unknown parameter {name}.{opt}; valid: "
                                  f"{', '.join(f'{name}.{o}' for o in PARAMS[name])}")
             merged[name][opt] = check_param(name, opt, value)
+    check_confident_rule(merged["confident"]["filter_by"], merged["confident"]["rate"])
     return merged
+
+
+def check_confident_rule(filter_by: str, rate) -> None:
+    """A ``confident.rate`` sets the count of the rules that take one count."""
+    if rate is not None and filter_by == "noise_rate":
+        raise ValueError("confident.rate sets the count of the margin and self_confidence rules; "
+                         "noise_rate takes its counts from the calibrated joint")
 
 
 def check_param(name: str, option: str, value):
