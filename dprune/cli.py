@@ -361,11 +361,12 @@ def synth_reid_cmd(root, layout, ids, images_per_id, cams, noise, hardness, seed
 
 
 def _register_commands() -> None:
-    """Commands that live beside their subsystems: the store's (import, score, prune, inspect), ReID evaluation."""
-    from .cli_store import import_cmd, inspect_cmd, prune_cmd, score_cmd
+    """Commands that live beside their subsystems: the store's (import, score, prune, inspect,
+    check-labels), ReID evaluation."""
+    from .cli_store import check_labels_cmd, import_cmd, inspect_cmd, prune_cmd, score_cmd
     from .evaluate.reid_cli import eval_reid
 
-    for command in (import_cmd, score_cmd, prune_cmd, inspect_cmd, eval_reid):
+    for command in (import_cmd, score_cmd, prune_cmd, inspect_cmd, check_labels_cmd, eval_reid):
         main.add_command(command)
 
 

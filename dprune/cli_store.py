@@ -242,3 +242,42 @@ def inspect_cmd(run_dir, as_json):
             state = f"STALE: {sc['stale']}" if sc["stale"] else "current"
             click.echo(f"scores.npz (from {sc['epochs_used']} epochs; {state}):")
             click.echo("\n".join("  " + line for line in sc["summary"]))
+
+
+# ---------------------------------------------------------------------------- check-labels
+@click.command("check-labels")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--draw", type=click.IntRange(min=1), metavar="M",
+              help="Write a sheet of M samples drawn uniformly (the sample to check by hand) to --out.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the draw.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="The sheet to write (.csv).")
+@click.option("--checked", "sheet", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A filled sheet: print the share of wrong labels and the detector parameter it gives.")
+def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
+    """Measure the noise rate of RUN_DIR's labels on a sample checked by hand.
+
+    First `--draw 500 --out sheet.csv` writes 500 uniformly drawn samples (sample_id,
+    given_label, checked_label); a person fills checked_label with the class each image really
+    shows (rows left empty are not counted).  Then `--checked sheet.csv` prints the share of
+    wrong labels with its 95% interval, and `--param confident.rate=R` for `dprune score` and
+    `dprune prune`: the detector then flags that share of the samples, those with the lowest
+    label margin.  Why: a count read off the run's own probabilities misses flips that look like
+    their new class (benchmarks/RESULTS.md); a checked sample does not.
+    """
+    from .checked import draw_sample, read_sheet, write_sheet, wrong_rate
+
+    if (draw is None) == (sheet is None):
+        raise click.UsageError("give one of --draw M (with --out) or --checked SHEET")
+    store = _open_store(run_dir)
+    if draw is not None:
+        if out_path is None:
+            raise click.UsageError("--draw needs --out SHEET.csv")
+        write_sheet(out_path, store.sample_ids, store.labels, draw_sample(store.n_samples, draw, seed))
+        click.echo(f"wrote {draw} samples to check -> {out_path}; fill checked_label, then "
+                   f"dprune check-labels {run_dir} --checked {out_path}")
+        return
+    given, checked = read_sheet(sheet, store.sample_ids, store.labels, store.n_classes)
+    rate, lo, hi = wrong_rate(given, checked)
+    click.echo(f"{len(given)} labels checked, {int((given != checked).sum())} wrong: rate {rate:.3f} "
+               f"(95% interval {lo:.3f}-{hi:.3f})")
+    click.echo(f"use: --param confident.rate={rate:.4f}")

@@ -1,5 +1,7 @@
 """The dprune command line: import -> score -> prune -> inspect, and its errors."""
+import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -28,7 +30,7 @@ def traj(tmp_path):
 
 def test_help_lists_the_commands():
     out = run("--help").output
-    for cmd in ("import", "score", "prune", "inspect"):
+    for cmd in ("import", "score", "prune", "inspect", "check-labels"):
         assert cmd in out
     assert "--ratio" in run("prune", "--help").output
 
@@ -185,3 +187,46 @@ def test_commands_accept_a_train_out_folder_for_its_trajectory(tmp_path):
     assert (tmp_path / "r" / "trajectory" / "scores.npz").exists()
     assert json.loads(run("inspect", tmp_path / "r", "--json").output)["n_samples"] == 1437
     run("prune", tmp_path / "r", "-r", 0.2, "-o", tmp_path / "m.json", "-q")
+
+
+def test_check_labels_draws_a_sheet_and_turns_the_checked_rows_into_the_detectors_rate(tmp_path, traj):
+    src, t = traj
+    run("import", src, "-o", tmp_path / "run")
+    sheet = tmp_path / "sheet.csv"
+    assert "wrote 120 samples to check" in run("check-labels", tmp_path / "run", "--draw", 120, "--seed", 4,
+                                               "--out", sheet).output
+    rows = list(csv.reader(sheet.open()))
+    assert rows[0] == ["sample_id", "given_label", "checked_label"] and len(rows) == 121
+    ids = [int(r[0]) for r in rows[1:]]
+    assert len(set(ids)) == 120 and all(int(r[1]) == t["labels"][int(r[0])] and r[2] == "" for r in rows[1:])
+    # The person fills 100 rows with the true class and leaves 20 empty: the rate is the sample's.
+    with sheet.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(rows[0])
+        for k, (i, g, _) in enumerate(rows[1:]):
+            w.writerow([i, g, t["true_labels"][int(i)] if k < 100 else ""])
+    wrong = sum(t["true_labels"][i] != t["labels"][i] for i in ids[:100])
+    out = run("check-labels", tmp_path / "run", "--checked", sheet).output
+    assert f"100 labels checked, {wrong} wrong: rate {wrong / 100:.3f}" in out
+    rate = out.split("confident.rate=")[1].split()[0]
+    run("score", tmp_path / "run", "-m", "entropy,confident", "--param", f"confident.rate={rate}")
+    scores, _ = load_scores(tmp_path / "run" / "scores.npz")
+    assert scores["confident"].sum() == round(float(rate) * 300)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("999,0,1", "sample id '999' is not in the store"),
+    ("0,{wrong},1", "is not the store's"),
+    ("0,{given},7", r"checked label '7' must be a class index in \[0, 6\)"),
+    ("0,{given},", "no row has a checked label"),
+])
+def test_check_labels_refuses_a_sheet_that_does_not_match_the_store_in_one_line(tmp_path, traj, line, message):
+    src, t = traj
+    run("import", src, "-o", tmp_path / "run")
+    g = int(t["labels"][0])
+    (tmp_path / "s.csv").write_text("sample_id,given_label,checked_label\n"
+                                    + line.format(given=g, wrong=(g + 1) % 6) + "\n")
+    result = run("check-labels", tmp_path / "run", "--checked", tmp_path / "s.csv", ok=False)
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+    assert re.search(message, result.output)
+    assert run("check-labels", tmp_path / "run", ok=False).exit_code != 0  # neither --draw nor --checked
