@@ -28,7 +28,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .cli_options import check_new_output, spec_options
+from .cli_options import check_new_output, param_option, spec_options
 from .data.reid_synth import LAYOUTS
 from .select import RUN_DEFAULTS
 from .train.config import BACKENDS as TRAIN_BACKENDS
@@ -119,10 +119,11 @@ def _config_options(func):
     return func
 
 
-def _make_config(config_path, overrides: dict):
+def _make_config(config_path, overrides: dict, params=()):
     """The run (:class:`dprune.runs.TrainRun`) from an optional JSON file of ``dprune train`` fields
     (flat, or in TrainConfig's sections: ``{"optim": {"lr": 0.1}}``; values type-checked) and
-    command-line options (which win)."""
+    command-line options (which win); ``params``: ``--param NAME.OPTION=VALUE`` items for the
+    scoring of prune-in-run."""
     from .options import coerce
     from .runs import SELECTION_OPTIONS, TrainRun, selection
     from .train.config import TrainConfig
@@ -143,7 +144,10 @@ def _make_config(config_path, overrides: dict):
     prune_at = values.pop("prune_at", None)
     picked = {k: values.pop(k) for k in list(values) if k in SELECTION_OPTIONS}
     cfg = TrainConfig.of(**values)
-    return TrainRun(cfg, None if prune_at is None else selection(picked, cfg.seed), prune_at)
+    from .scoring import parse_params
+
+    return TrainRun(cfg, None if prune_at is None else selection(picked, cfg.seed), prune_at,
+                    parse_params(params, given_only=True))
 
 
 def _flat_config(doc, config_path) -> dict:
@@ -176,7 +180,8 @@ def _flat_config(doc, config_path) -> dict:
 
 
 @_config_options
-def train_cmd(config_path, restart, **overrides):
+@param_option
+def train_cmd(config_path, restart, params, **overrides):
     """Train a model, recording every sample's logits into OUT/trajectory.
 
     Runs on one process or under a launcher that sets RANK/WORLD_SIZE (torchrun -m dprune
@@ -187,7 +192,7 @@ def train_cmd(config_path, restart, **overrides):
     """
     from .stages import train
 
-    run = _make_config(config_path, overrides)
+    run = _make_config(config_path, overrides, params)
     done = train(run, restart=restart)
     if done.metrics and "test_metric" in done.metrics[-1]:  # rank 0
         last = done.metrics[-1]
@@ -257,7 +262,8 @@ def _parse_sets(items) -> dict:
                    "--set store=summary --set reid_height=128.")
 
 
-def run_cmd(out, spec, record_epochs, baseline, controls, label_noise, sets, **options):
+@param_option
+def run_cmd(out, spec, record_epochs, baseline, controls, label_noise, sets, params, **options):
     """The whole method end to end, and what each way to the pruned model costs.
 
     Trains the full-data baseline recording its first T epochs (OUT/full), scores and prunes
@@ -275,7 +281,7 @@ def run_cmd(out, spec, record_epochs, baseline, controls, label_noise, sets, **o
     options.update(label_noise=label_noise, noise_kind="symmetric" if label_noise else "none",
                    noise_seed=options["seed"])
     rc = run_config(out, options, _parse_sets(sets), spec=spec, record_epochs=record_epochs, baseline=baseline,
-                    controls=controls)
+                    controls=controls, params=params)
     click.echo(run_pipeline(rc))
 
 

@@ -259,9 +259,9 @@ def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
     First `--draw 500 --out sheet.csv` writes 500 uniformly drawn samples (sample_id,
     given_label, checked_label); a person fills checked_label with the class each image really
     shows (rows left empty are not counted).  Then `--checked sheet.csv` prints the share of
-    wrong labels with its 95% interval, and `--param confident.rate=R` for `dprune score` and
-    `dprune prune`: the detector then flags that share of the samples, those with the lowest
-    label margin.  Why: a count read off the run's own probabilities misses flips that look like
+    wrong labels with its 95% interval, and `--param confident.rate=R` for `dprune score`,
+    `prune`, `run` and `train --prune-at`: the detector then flags that share of the samples,
+    those with the lowest label margin.  Why: a count read off the run's own probabilities misses flips that look like
     their new class (benchmarks/RESULTS.md); a checked sample does not.
     """
     from .checked import draw_sample, read_sheet, write_sheet, wrong_rate

@@ -8,7 +8,7 @@ prune a store through :func:`prune_store`, so scores are reused by the same curr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -17,7 +17,7 @@ import numpy as np
 
 from .manifest import Manifest, decisions_digest, load_manifest, npz_is_current, rewrite_npz, write_manifest
 from .rundir import check_output_path
-from .scoring import load_or_score
+from .scoring import load_or_score, merge_params
 from .select import PruneSpec, Selection, select
 from .threshold import data_labels
 
@@ -79,14 +79,18 @@ class PruneInRun:
     After epoch ``at_epoch`` (T) is recorded, rank 0 calls it with the run's store: it scores
     the first T epochs, selects by ``spec`` and writes the manifest, or reuses one already
     written for these T epochs with this selection (a run killed after writing it).
+    ``params``: the scoring parameters the selection reads its scores with (e.g.
+    ``{"confident": {"rate": 0.2}}``; none: the defaults).
     """
 
     spec: PruneSpec
     at_epoch: int
+    params: dict = field(default_factory=dict)
 
     def identity(self) -> dict:
         """What a checkpoint records of the hook, and a resumed run must match."""
-        return {"at_epoch": self.at_epoch, "selection": self.spec.to_dict()}
+        out = {"at_epoch": self.at_epoch, "selection": self.spec.to_dict()}
+        return {**out, "params": self.params} if self.params else out
 
     def __call__(self, store, path: Path, log: Callable[[str], None]) -> str:
         """Write (or reuse) the manifest at ``path``; return its digest."""
@@ -94,7 +98,8 @@ class PruneInRun:
         if path.exists():
             try:
                 m = load_store_manifest(path, store)
-                if m.data.get("made_from") == store.identity(T) and m.data.get("selection") == spec.to_dict():
+                if (m.data.get("made_from") == store.identity(T) and m.data.get("selection") == spec.to_dict()
+                        and (m.data.get("scores") or {}).get("params") == merge_params(self.params)):
                     log(f"reusing {path} (made at epoch {T} before the run was interrupted)")
                     if not npz_is_current(path):  # killed between the JSON and the npz
                         rewrite_npz(m, path)
@@ -102,7 +107,8 @@ class PruneInRun:
             except ValueError:
                 pass
         t0 = time.perf_counter()
-        done = prune_store(store, spec, path, first_epochs=T, extra={"pruned_in_run": {"at_epoch": T}})
+        done = prune_store(store, spec, path, params=self.params, first_epochs=T,
+                           extra={"pruned_in_run": {"at_epoch": T}})
         sel = done.selection
         log(f"pruned at epoch {T}: kept {len(sel.kept)} of {len(sel.labels_final)} samples (pruned "
             f"{len(sel.pruned)} by {spec.method}, removed {len(sel.outlier_index)}, relabelled "

@@ -41,19 +41,25 @@ def selection(options: dict, seed: int) -> PruneSpec:
 @dataclass(frozen=True)
 class TrainRun:
     """One training run as the stages see it: the trainer's configuration and, for prune-in-run,
-    the selection ``prune`` made after epoch ``prune_at`` (both or neither)."""
+    the selection ``prune`` made after epoch ``prune_at`` (both or neither), with the scoring
+    parameters ``params`` (validated; none: the defaults)."""
 
     train: TrainConfig
     prune: PruneSpec | None = None
     prune_at: int | None = None
+    params: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         cfg, T = self.train, self.prune_at
         if (self.prune is None) != (T is None):
             raise ValueError(f"prune_at ({T}) and the selection ({self.prune}) go together")
         if T is None:
+            if self.params:
+                raise ValueError("scoring parameters (--param) need prune-in-run (--prune-at)")
             return
-        from .scoring import check_methods
+        from .scoring import check_methods, merge_params
+
+        merge_params(self.params)  # refuses unknown or out-of-range parameters now
 
         checks = [
             (1 <= T < cfg.epochs, f"prune_at must be in [1, epochs) = [1, {cfg.epochs}), got {T}"),
@@ -72,7 +78,7 @@ class TrainRun:
     @property
     def hook(self) -> PruneInRun | None:
         """The trainer's end-of-epoch hook (None without prune-in-run)."""
-        return None if self.prune is None else PruneInRun(self.prune, self.prune_at)
+        return None if self.prune is None else PruneInRun(self.prune, self.prune_at, self.params)
 
     def trainer(self, *, restart: bool = False) -> Trainer:
         """The :class:`Trainer` of this run, with its hook and the summary store's fold."""

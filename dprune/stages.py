@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from .manifest import export_list
 from .pruning import load_store_manifest, prune_store
 from .report.html import write_html_report
 from .runs import SELECTION_OPTIONS, TrainRun, selection
+from .scoring import parse_params
 from .select import PruneSpec
 from .store import open_store
 from .train.checkpoint import CHECKPOINT_FORMAT, CheckpointError, config_changes, run_identity
@@ -146,15 +147,18 @@ class RunConfig:
     controls: bool = True
     """Also train the same-cost controls: random prune-in-run keeping as many samples, and the
     full data for as many sample-epochs as prune-in-run cost (a shorter schedule)."""
+    params: dict = field(default_factory=dict)
+    """Scoring parameters of the selection (``--param``; none: the defaults)."""
 
 
 def run_config(out, options: dict, sets: dict, *, spec: PruneSpec | None = None, record_epochs: int,
-               baseline: bool = True, controls: bool = True) -> RunConfig:
+               baseline: bool = True, controls: bool = True, params=()) -> RunConfig:
     """Map ``dprune run``'s options and ``--set FIELD=VALUE`` onto one :class:`TrainConfig` and the selection.
 
     ``options`` are TrainConfig fields and ``spec`` the selection (default
     :data:`~dprune.select.RUN_DEFAULTS`; its seed becomes the training seed); ``sets`` win over
-    both (selection fields by their option names, :data:`SELECTION_OPTIONS`).
+    both (selection fields by their option names, :data:`SELECTION_OPTIONS`); ``params`` are
+    ``--param NAME.OPTION=VALUE`` items for the scoring the selection reads.
     Fields the stages own (:data:`RUN_OWNED`) are refused in ``sets``.  Everything is
     validated here, before any stage runs.
     """
@@ -171,7 +175,8 @@ def run_config(out, options: dict, sets: dict, *, spec: PruneSpec | None = None,
     base = TrainConfig.of(out=str(Path(out) / "full"), **values)
     if not 1 <= record_epochs < base.epochs:
         raise ValueError(f"--record-epochs must be in [1, --epochs) = [1, {base.epochs}), got {record_epochs}")
-    rc = RunConfig(Path(out), base, selection(picked, base.seed), record_epochs, baseline, controls)
+    rc = RunConfig(Path(out), base, selection(picked, base.seed), record_epochs, baseline, controls,
+                   parse_params(params, given_only=True))
     _stage(rc, "prune-in-run", prune=rc.spec, record_epochs=record_epochs)  # validates the selection now
     return rc
 
@@ -179,7 +184,7 @@ def run_config(out, options: dict, sets: dict, *, spec: PruneSpec | None = None,
 def _stage(rc: RunConfig, name: str, *, prune: PruneSpec | None = None, **fields) -> TrainRun:
     """Stage ``name``'s run: prune-in-run at T with ``prune``, if given."""
     cfg = rc.base.replace(out=str(rc.out / name), **fields)
-    return TrainRun(cfg, prune, None if prune is None else rc.record_epochs)
+    return TrainRun(cfg, prune, None if prune is None else rc.record_epochs, rc.params if prune else {})
 
 
 def _summary(t: Trained) -> dict:
@@ -209,7 +214,8 @@ def run_pipeline(rc: RunConfig) -> str:
 def _run_pipeline(rc: RunConfig) -> str:
     out, T, E = rc.out, rc.record_epochs, rc.base.epochs
     atomic_write_json(out / "pipeline.json", {"base": rc.base.flat(), "selection": rc.spec.to_dict(),
-                                              "record_epochs": T, "baseline": rc.baseline, "controls": rc.controls})
+                                              "params": rc.params, "record_epochs": T, "baseline": rc.baseline,
+                                              "controls": rc.controls})
     spec = rc.spec
     steps = (4 if rc.baseline else 1) + (2 if rc.controls else 0)
     step = iter(range(1, steps + 1))
@@ -222,7 +228,8 @@ def _run_pipeline(rc: RunConfig) -> str:
         store = open_store(out / "full" / "trajectory")
         _say(rc, f"[{next(step)}/{steps}] scoring the first {T} epochs and selecting ({spec.describe()})")
         t0 = time.perf_counter()
-        kept = len(prune_store(store, spec, manifest_path, first_epochs=T, progress=rc.base.progress).selection.kept)
+        kept = len(prune_store(store, spec, manifest_path, params=rc.params, first_epochs=T,
+                               progress=rc.base.progress).selection.kept)
         select_s = time.perf_counter() - t0
         _say(rc, f"[{next(step)}/{steps}] paper protocol: retraining from scratch on the {kept} kept "
                  f"samples for {E} epochs")

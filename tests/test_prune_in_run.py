@@ -138,9 +138,14 @@ def test_run_trains_the_same_cost_controls_and_reports_them(tmp_path):
     out = tmp_path / "p"
     r = CliRunner().invoke(main, [str(a) for a in [
         "run", "--out", out, "--no-baseline", "--record-epochs", 1, "--epochs", 4, "--batch-size", 256,
-        "--ratio", 0.5, "--label-noise", 0.1, "--set", "progress=false"]], catch_exceptions=False)
+        "--ratio", 0.5, "--label-noise", 0.1, "--set", "progress=false", "--param", "confident.rate=0.12"]],
+        catch_exceptions=False)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
+    # The detector's count is the given rate's (--param reaches prune-in-run's scoring).
+    m_pir = load_manifest(out / "prune-in-run" / "manifest.json").data
+    assert len(m_pir["removed_outliers"]) == round(0.12 * N_DIGITS_TRAIN)
+    assert json.loads((out / "pipeline.json").read_text())["params"] == {"confident": {"rate": 0.12}}
     pir, rand, short = report["rows"]
     assert report["controls"] == [rand["run"], short["run"]]
     assert rand["kept"] == pir["kept"] and rand["cost"] == pir["cost"]
@@ -151,3 +156,26 @@ def test_run_trains_the_same_cost_controls_and_reports_them(tmp_path):
     assert "against the same-cost controls" in (out / "report.md").read_text()
     metrics = json.loads((out / "full-same-cost" / "metrics.json").read_text())
     assert len(metrics) == epochs
+
+
+def test_prune_in_run_scores_with_the_given_parameters_and_a_resume_must_match_them(tmp_path):
+    """`dprune train --prune-at T --param confident.rate=R`: the default detector removes round(R * N)."""
+    from click.testing import CliRunner
+
+    from dprune.cli import main
+
+    def train(*extra):
+        return CliRunner().invoke(main, [str(a) for a in [
+            "train", "--out", tmp_path / "r", "--epochs", 3, "--prune-at", 1, "--batch-size", 256,
+            "--label-noise", 0.1, "--noise-kind", "symmetric", "--no-progress", *extra]])
+
+    r = train("--param", "confident.rate=0.15")
+    assert r.exit_code == 0, r.output
+    m = load_manifest(tmp_path / "r" / "manifest.json").data
+    assert len(m["removed_outliers"]) == round(0.15 * N_DIGITS_TRAIN)
+    assert m["scores"]["params"]["confident"]["rate"] == 0.15
+    r = train("--param", "confident.rate=0.25")  # the finished run was made with another rate
+    assert r.exit_code != 0 and "rate" in r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "s"), "--epochs", "2", "--param",
+                                  "confident.rate=0.1"])
+    assert r.exit_code != 0 and "need prune-in-run (--prune-at)" in r.output

@@ -126,8 +126,9 @@ def check_param(name: str, option: str, value):
     return value
 
 
-def parse_params(items: Iterable[str]) -> dict[str, dict]:
-    """``["tdds.window=5", "random.seed=3"]`` -> the merged, validated parameters."""
+def parse_params(items: Iterable[str], *, given_only: bool = False) -> dict[str, dict]:
+    """``["tdds.window=5", "random.seed=3"]`` -> the merged, validated parameters (with
+    ``given_only``: only those given, validated and converted, for a run to record)."""
     out: dict[str, dict] = {}
     for item in items:
         key, value = split_assignment(item, "--param NAME.OPTION=VALUE")
@@ -135,7 +136,8 @@ def parse_params(items: Iterable[str]) -> dict[str, dict]:
         if not dot or not opt or not name:
             raise ValueError(f"--param expects NAME.OPTION=VALUE, got {item!r}")
         out.setdefault(name, {})[opt] = parse_value(value)
-    return merge_params(out)
+    merged = merge_params(out)
+    return {n: {o: merged[n][o] for o in opts} for n, opts in out.items()} if given_only else merged
 
 
 def param_help() -> str:
