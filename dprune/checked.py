@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import numpy as np
 
 HEADER = ("sample_id", "given_label", "checked_label")
 
 
 def draw_sample(n_samples: int, m: int, seed: int = 0) -> np.ndarray:
-    """``m`` sample indices drawn uniformly without replacement from ``n_samples``, sorted."""
+    """``m`` sample indices drawn uniformly without replacement from ``n_samples``, in the draw's
+    order (so the first rows of a sheet filled half-way are still a uniform sample)."""
     if not 1 <= m <= n_samples:
         raise ValueError(f"the number to check must be in [1, {n_samples:,}] (the samples), got {m}")
-    return np.sort(np.random.default_rng(seed).choice(n_samples, m, replace=False))
+    return np.random.default_rng(seed).choice(n_samples, m, replace=False)
 
 
 def write_sheet(path, sample_ids, labels_N: np.ndarray, idx: np.ndarray) -> None:
@@ -44,7 +46,7 @@ def read_sheet(path, sample_ids, labels_N: np.ndarray, n_classes: int) -> tuple[
     """
     where = {sid: i for i, sid in enumerate(sample_ids)}
     given, checked, seen = [], [], set()
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark is skipped
         rows = csv.reader(f)
         head = next(rows, None)
         if head is None or tuple(h.strip() for h in head) != HEADER:
@@ -65,7 +67,7 @@ def read_sheet(path, sample_ids, labels_N: np.ndarray, n_classes: int) -> tuple[
                                  f"({int(labels_N[where[sid]])})")
             if not c:
                 continue
-            if not c.isdigit() or not 0 <= int(c) < n_classes:
+            if not re.fullmatch(r"[0-9]+", c) or not 0 <= int(c) < n_classes:
                 raise ValueError(f"{path}, line {line}: checked label {c!r} must be a class index in "
                                  f"[0, {n_classes})")
             given.append(int(g))

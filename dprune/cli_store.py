@@ -260,23 +260,31 @@ def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
     given_label, checked_label); a person fills checked_label with the class each image really
     shows (rows left empty are not counted).  Then `--checked sheet.csv` prints the share of
     wrong labels with its 95% interval, and `--param confident.rate=R` for `dprune score`,
-    `prune`, `run` and `train --prune-at`: the detector then flags that share of the samples,
-    those with the lowest label margin.  Why: a count read off the run's own probabilities misses flips that look like
+    `prune`, `run` and `train --prune-at`: the detector then flags that share of the samples it
+    judges (observed, finite, not threshold samples), those with the lowest label margin.  Why: a count read off the run's own probabilities misses flips that look like
     their new class (benchmarks/RESULTS.md); a checked sample does not.
     """
     from .checked import draw_sample, read_sheet, write_sheet, wrong_rate
+    from .threshold import data_labels
 
     if (draw is None) == (sheet is None):
         raise click.UsageError("give one of --draw M (with --out) or --checked SHEET")
+    if sheet is not None and (out_path is not None or seed):
+        raise click.UsageError("--out and --seed go with --draw, not --checked")
     store = _open_store(run_dir)
+    # The dataset's labels: threshold samples, recorded in a fake class, get theirs back.
+    labels, n_classes, _ = data_labels(store)
     if draw is not None:
         if out_path is None:
             raise click.UsageError("--draw needs --out SHEET.csv")
-        write_sheet(out_path, store.sample_ids, store.labels, draw_sample(store.n_samples, draw, seed))
+        check_new_output(out_path, "sheet")  # never over a run's own files
+        if out_path.exists():  # nor over a sheet someone may have filled
+            raise ValueError(f"sheet {out_path} exists; choose another name (or delete it)")
+        write_sheet(out_path, store.sample_ids, labels, draw_sample(store.n_samples, draw, seed))
         click.echo(f"wrote {draw} samples to check -> {out_path}; fill checked_label, then "
                    f"dprune check-labels {run_dir} --checked {out_path}")
         return
-    given, checked = read_sheet(sheet, store.sample_ids, store.labels, store.n_classes)
+    given, checked = read_sheet(sheet, store.sample_ids, labels, n_classes)
     rate, lo, hi = wrong_rate(given, checked)
     click.echo(f"{len(given)} labels checked, {int((given != checked).sum())} wrong: rate {rate:.3f} "
                f"(95% interval {lo:.3f}-{hi:.3f})")

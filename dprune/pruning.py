@@ -98,8 +98,9 @@ class PruneInRun:
         if path.exists():
             try:
                 m = load_store_manifest(path, store)
+                # (a manifest made before a parameter existed has its default)
                 if (m.data.get("made_from") == store.identity(T) and m.data.get("selection") == spec.to_dict()
-                        and (m.data.get("scores") or {}).get("params") == merge_params(self.params)):
+                        and merge_params((m.data.get("scores") or {}).get("params")) == merge_params(self.params)):
                     log(f"reusing {path} (made at epoch {T} before the run was interrupted)")
                     if not npz_is_current(path):  # killed between the JSON and the npz
                         rewrite_npz(m, path)

@@ -195,12 +195,15 @@ def test_check_labels_draws_a_sheet_and_turns_the_checked_rows_into_the_detector
     sheet = tmp_path / "sheet.csv"
     assert "wrote 120 samples to check" in run("check-labels", tmp_path / "run", "--draw", 120, "--seed", 4,
                                                "--out", sheet).output
+    assert "exists" in run("check-labels", tmp_path / "run", "--draw", 5, "--out", sheet, ok=False).output
+    assert "would overwrite" in run("check-labels", tmp_path / "run", "--draw", 5, "--out",
+                                    tmp_path / "run" / "meta.json", ok=False).output
     rows = list(csv.reader(sheet.open()))
     assert rows[0] == ["sample_id", "given_label", "checked_label"] and len(rows) == 121
     ids = [int(r[0]) for r in rows[1:]]
     assert len(set(ids)) == 120 and all(int(r[1]) == t["labels"][int(r[0])] and r[2] == "" for r in rows[1:])
     # The person fills 100 rows with the true class and leaves 20 empty: the rate is the sample's.
-    with sheet.open("w", newline="") as f:
+    with sheet.open("w", newline="", encoding="utf-8-sig") as f:  # as a spreadsheet saves it
         w = csv.writer(f)
         w.writerow(rows[0])
         for k, (i, g, _) in enumerate(rows[1:]):
@@ -219,6 +222,7 @@ def test_check_labels_draws_a_sheet_and_turns_the_checked_rows_into_the_detector
     ("0,{wrong},1", "is not the store's"),
     ("0,{given},7", r"checked label '7' must be a class index in \[0, 6\)"),
     ("0,{given},", "no row has a checked label"),
+    ("0,{given},\u00b2", "checked label '\u00b2' must be a class index"),
 ])
 def test_check_labels_refuses_a_sheet_that_does_not_match_the_store_in_one_line(tmp_path, traj, line, message):
     src, t = traj

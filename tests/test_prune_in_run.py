@@ -174,6 +174,8 @@ def test_prune_in_run_scores_with_the_given_parameters_and_a_resume_must_match_t
     m = load_manifest(tmp_path / "r" / "manifest.json").data
     assert len(m["removed_outliers"]) == round(0.15 * N_DIGITS_TRAIN)
     assert m["scores"]["params"]["confident"]["rate"] == 0.15
+    r = train("--param", "confident.rate=0.15", "--param", "confident.filter_by=margin")  # a default restated
+    assert r.exit_code == 0 and "after 3 epochs" in r.output, r.output
     r = train("--param", "confident.rate=0.25")  # the finished run was made with another rate
     assert r.exit_code != 0 and "rate" in r.output
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "s"), "--epochs", "2", "--param",

@@ -134,3 +134,29 @@ def test_dprune_run_records_with_threshold_samples_for_the_aum_detector(tmp_path
     rc = run_config(tmp_path, {"detector": "aum", "relabel": True, "epochs": 4}, {}, record_epochs=2)
     assert rc.base.record.threshold_samples and rc.spec.detector == "aum"
     assert not run_config(tmp_path, {"epochs": 4}, {}, record_epochs=2).base.record.threshold_samples
+
+
+def test_the_confident_detector_judges_neither_counts_threshold_samples_and_check_labels_shows_real_classes(tmp_path):
+    from click.testing import CliRunner
+
+    from dprune.cli import main
+
+    store, z, labels, real, thr_idx = _store_with_threshold(tmp_path, N=200, n_thr=30)
+    scores, _, _ = load_or_score(store, methods=["confident"], params={"confident": {"rate": 0.1}})
+    assert scores["confident"].sum() == round(0.1 * 170) and not scores["confident"][thr_idx].any()
+    # The sheet shows the dataset's labels (never the fake class), and accepts only real classes.
+    sheet = tmp_path / "sheet.csv"
+    r = CliRunner().invoke(main, ["check-labels", str(tmp_path / "s"), "--draw", "200", "--out", str(sheet)])
+    assert r.exit_code == 0, r.output
+    rows = [line.split(",") for line in sheet.read_text().splitlines()[1:]]
+    assert {int(g) for _, g, _ in rows} <= {0, 1, 2}
+    sheet.write_text("sample_id,given_label,checked_label\n"
+                     + "".join(f"{i},{g},{real[int(i)]}\n" for i, g, _ in rows))
+    r = CliRunner().invoke(main, ["check-labels", str(tmp_path / "s"), "--checked", str(sheet)])
+    flipped = int((labels != real).sum() - len(thr_idx))  # the threshold samples' real labels are right
+    assert f"200 labels checked, {flipped} wrong" in r.output
+    bad = tmp_path / "bad.csv"
+    given0 = real[0] if 0 in thr_idx else labels[0]
+    bad.write_text(f"sample_id,given_label,checked_label\n0,{given0},3\n")
+    r = CliRunner().invoke(main, ["check-labels", str(tmp_path / "s"), "--checked", str(bad)])
+    assert r.exit_code != 0 and "[0, 3)" in r.output

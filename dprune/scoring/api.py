@@ -268,6 +268,10 @@ def _score_chunks(store, stream, again, methods: list[str], params: dict, column
     parts: dict[str, list[np.ndarray]] = {}
     # The detector's first pass rides on this one; it keeps each row's most probable classes.
     spill = ConfidentSpill(store.labels, C, store.run_dir) if rows else None
+    # Threshold samples (in a fake class while recorded) are not judged: they neither count in the
+    # joint nor in a rate's share.
+    judged = np.ones(N, bool)
+    judged[np.asarray((store.meta.get("threshold_samples") or {}).get("indices", []), np.int64)] = False
     bar = _progress(N, "scoring", progress)
     try:
         for start, stop, st in stream:
@@ -275,7 +279,7 @@ def _score_chunks(store, stream, again, methods: list[str], params: dict, column
             for k, v in chunk.items():
                 parts.setdefault(k, []).append(v)
             if spill is not None:
-                spill.add(start, getattr(st, rows).cpu().numpy(), _detector_valid(chunk, rows))
+                spill.add(start, getattr(st, rows).cpu().numpy(), _detector_valid(chunk, rows) & judged[start:stop])
             bar.update(stop - start)
         bar.close()
         out = {k: np.concatenate(v) for k, v in parts.items()}

@@ -13,6 +13,9 @@ def confident_learning_reference(p_avg_NC, labels_N, valid_N, *, agree: float = 
     """:func:`dprune.scoring.confident.confident_learning`, one sample and one class at a time, in
     float64: the rule of that module's docstring, written without its vectorised code and
     kernels (same arguments and outputs; slow, for tests and small inputs)."""
+    from .params import check_confident_rule
+
+    check_confident_rule(filter_by, rate)
     p, y, valid = np.asarray(p_avg_NC, np.float64), np.asarray(labels_N, np.int64), np.asarray(valid_N, bool)
     N, C = p.shape
     counts = np.array([sum(1 for i in range(N) if valid[i] and y[i] == j) for j in range(C)])

@@ -73,7 +73,7 @@ PARAMS: dict[str, dict[str, Param]] = {
                                      "the lowest p at the label, as many as margin"),
                   "rate": Param(Optional[float], None, _unit, "in [0, 1]",
                                 "share of the samples to flag (margin and self_confidence), e.g. the share "
-                                "of wrong labels among a random sample checked by hand (`dprune checked-rate`); "
+                                "of wrong labels among a random sample checked by hand (`dprune check-labels`); "
                                 "default: the confident joint's count")},
     "aum_threshold": {"percentile": Param(float, 99.0, lambda v: 0 <= v <= 100, "in [0, 100]",
                                           "percentile of the threshold samples' AUM below which a sample is flagged")},
@@ -128,7 +128,8 @@ def check_param(name: str, option: str, value):
 
 def parse_params(items: Iterable[str], *, given_only: bool = False) -> dict[str, dict]:
     """``["tdds.window=5", "random.seed=3"]`` -> the merged, validated parameters (with
-    ``given_only``: only those given, validated and converted, for a run to record)."""
+    ``given_only``: only those given that differ from the defaults, validated and converted,
+    for a run to record: restating a default is no change)."""
     out: dict[str, dict] = {}
     for item in items:
         key, value = split_assignment(item, "--param NAME.OPTION=VALUE")
@@ -137,7 +138,10 @@ def parse_params(items: Iterable[str], *, given_only: bool = False) -> dict[str,
             raise ValueError(f"--param expects NAME.OPTION=VALUE, got {item!r}")
         out.setdefault(name, {})[opt] = parse_value(value)
     merged = merge_params(out)
-    return {n: {o: merged[n][o] for o in opts} for n, opts in out.items()} if given_only else merged
+    if not given_only:
+        return merged
+    changed = {n: {o: merged[n][o] for o in opts if merged[n][o] != DEFAULT_PARAMS[n][o]} for n, opts in out.items()}
+    return {n: opts for n, opts in changed.items() if opts}
 
 
 def param_help() -> str:
