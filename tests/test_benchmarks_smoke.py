@@ -192,3 +192,10 @@ def test_detector_input_feeds_confident_learning_p_bar_and_the_soft_label(tmp_pa
     for r in rows:
         assert r["n_flipped"] == 12 and r["pbar"]["f1"] > 0.5 and r["soft"]["f1"] > 0.5
         assert r["soft_minus_pbar_f1_points"] == round(100 * (r["soft"]["f1"] - r["pbar"]["f1"]), 2)
+    # The count rules on the same run: the true count is the flips', the joint is the detector's.
+    from dprune.scoring import score_store
+
+    text = load("count_rules").main([str(tmp_path / "run"), "--T", "3", "--checked", "30", "--draws", "5"])
+    default, _ = score_store(TrajectoryStore.open(tmp_path / "run" / "trajectory"), methods=["confident"])
+    assert f"joint {int(default['confident'].sum())}:" in text and "true 12: " in text
+    assert re.search(r"checked \(mean, 5th percentile\) [\d.]+, [\d.]+$", text)
