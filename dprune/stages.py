@@ -340,7 +340,9 @@ def write_report(rc: RunConfig, store, full: Trained | None, paper: Trained | No
             ("best", f"best {metric}")]
     if rc.base.task == "reid":
         cols += [("mAP", "mAP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"), ("mINP", "mINP")]
-    lines = [f"# dprune run: {rc.base.data.dataset}, {rc.base.model.name}, {E} epochs, scores from the first {T}", "",
+    given = ", ".join(f"{n}.{o}={v}" for n, opts in rc.params.items() for o, v in opts.items())
+    lines = [f"# dprune run: {rc.base.data.dataset}, {rc.base.model.name}, {E} epochs, scores from the first {T}"
+             + (f" (scoring: {given})" if given else ""), "",
              markdown_table(rows, cols), ""]
     headline = (f"- **prune-in-run costs {pir_row['rel']:.2f} of one full training** "
                 f"({pir_row['cost']:,} of {full_cost:,} sample-epochs)")

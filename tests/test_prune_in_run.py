@@ -154,6 +154,7 @@ def test_run_trains_the_same_cost_controls_and_reports_them(tmp_path):
     epochs = round(pir["cost"] / N_DIGITS_TRAIN)
     assert short["cost"] == epochs * N_DIGITS_TRAIN and abs(short["cost"] - pir["cost"]) <= N_DIGITS_TRAIN / 2
     assert "against the same-cost controls" in (out / "report.md").read_text()
+    assert "scores from the first 1 (scoring: confident.rate=0.12)" in (out / "report.md").read_text()
     metrics = json.loads((out / "full-same-cost" / "metrics.json").read_text())
     assert len(metrics) == epochs
 
