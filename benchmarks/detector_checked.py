@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine, paired_verdict, prf, store_and_truth  # noqa: E402
-from detector_count import top_n  # noqa: E402
+from _common import RESULTS_DIR, paired_verdict, prf, store_and_truth  # noqa: E402
+from detector_count import footer, over_runs, top_n  # noqa: E402
 from noisy_method import CLEANLAB_FILTERS  # noqa: E402
 
 from dprune.scoring import score_store  # noqa: E402
@@ -116,16 +116,9 @@ def main(argv=None) -> str:
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "detector30" / "checked.md")
     a = p.parse_args(argv)
     pairs = [tuple(int(x) for x in pair.split(":")) for pair in a.pairs]
-    results = {}
-    for setting in a.settings:
-        for seed in a.seeds:
-            run_dir = a.work / setting / f"seed{seed}"
-            if not (run_dir / "noisy" / "trajectory").exists():
-                raise SystemExit(f"error: no recorded noisy run under {run_dir}")
-            results.setdefault(setting, {})[seed] = measure(run_dir, a.checked, a.draws, seed, pairs, a.folds)
-    m = machine()
-    text = (report(results, a.checked, a.draws, pairs, a.folds) + f"\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. "
-            "Command: python benchmarks/detector_checked.py " + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
+    results = over_runs(a.work, a.settings, a.seeds,
+                        lambda run_dir, seed: measure(run_dir, a.checked, a.draws, seed, pairs, a.folds))
+    text = report(results, a.checked, a.draws, pairs, a.folds) + footer("detector_checked.py", argv)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
     a.out.with_suffix(".json").write_text(json.dumps(results, indent=1))

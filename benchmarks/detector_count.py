@@ -105,6 +105,25 @@ def report(results: dict, T_list, cv_list, folds: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
+def over_runs(work: Path, settings, seeds, measure_one) -> dict:
+    """``{setting: {seed: measure_one(run_dir, seed)}}`` over the recorded noisy runs of a work folder."""
+    results = {}
+    for setting in settings:
+        for seed in seeds:
+            run_dir = work / setting / f"seed{seed}"
+            if not (run_dir / "noisy" / "trajectory").exists():
+                raise SystemExit(f"error: no recorded noisy run under {run_dir}")
+            results.setdefault(setting, {})[seed] = measure_one(run_dir, seed)
+    return results
+
+
+def footer(script: str, argv) -> str:
+    """The machine and the command line, under a report."""
+    m = machine()
+    return (f"\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Command: python benchmarks/{script} "
+            + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
+
+
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True, help="noisy_method.py's work folder.")
@@ -115,16 +134,8 @@ def main(argv=None) -> str:
     p.add_argument("--cv-epochs", type=int, nargs="+", default=[1, 4], help="cleanlab's epochs per fold.")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "noisy10k" / "detector_count.md")
     a = p.parse_args(argv)
-    results = {}
-    for setting in a.settings:
-        for seed in a.seeds:
-            run_dir = a.work / setting / f"seed{seed}"
-            if not (run_dir / "noisy" / "trajectory").exists():
-                raise SystemExit(f"error: no recorded noisy run under {run_dir}")
-            results.setdefault(setting, {})[seed] = measure(run_dir, a.T, a.cv_epochs, a.folds)
-    m = machine()
-    text = (report(results, a.T, a.cv_epochs, a.folds) + f"\nMachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. "
-            "Command: python benchmarks/detector_count.py " + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
+    results = over_runs(a.work, a.settings, a.seeds, lambda run_dir, _: measure(run_dir, a.T, a.cv_epochs, a.folds))
+    text = report(results, a.T, a.cv_epochs, a.folds) + footer("detector_count.py", argv)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
     return text
