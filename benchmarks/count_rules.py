@@ -26,14 +26,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import store_and_truth  # noqa: E402
+from _common import prf, store_and_truth  # noqa: E402
 
 from dprune.scoring import score_store  # noqa: E402
-
-
-def softmax(z_NC: np.ndarray) -> np.ndarray:
-    e = np.exp(z_NC - z_NC.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def counts_and_f1(run_dir: Path, T: int, m: int, draws: int) -> dict:
@@ -43,12 +38,14 @@ def counts_and_f1(run_dir: Path, T: int, m: int, draws: int) -> dict:
     store, truth = store_and_truth(run_dir)
     flipped, y = truth["flipped"].astype(bool), store.labels
     N, r = len(y), np.arange(len(y))
+    # The default detector's flags, its label margin and p at the label (of the soft label).
+    default, _ = score_store(store, methods=["confident"], first_epochs=T)
+    margin = default["label_margin"]
     logits, _ = store.read(0, N, list(range(T)))
     z = logits.astype(np.float64).mean(0)
-    p = softmax(z)
-    others_p, others_z = p.copy(), z.copy()
-    others_p[r, y], others_z[r, y] = -np.inf, -np.inf
-    margin, logit_margin = p[r, y] - others_p.max(1), z[r, y] - others_z.max(1)
+    others_z = z.copy()
+    others_z[r, y] = -np.inf
+    logit_margin = z[r, y] - others_z.max(1)
     hits = np.cumsum(flipped[np.argsort(margin, kind="stable")])
 
     def f1(n: int) -> float:
@@ -56,12 +53,11 @@ def counts_and_f1(run_dir: Path, T: int, m: int, draws: int) -> dict:
 
     gmm = GaussianMixture(2, random_state=0).fit(logit_margin[:, None])
     low = int(np.argmin(gmm.means_.ravel()))
-    default, _ = score_store(store, methods=["confident"], first_epochs=T)
     n = {"joint": int(default["confident"].sum()), "argmax": int((margin < 0).sum()),
-         "expected": int(round((1 - p[r, y]).sum())),
+         "expected": int(round((1 - default["p_avg_label"].astype(np.float64)).sum())),
          "mixture": int(round(gmm.predict_proba(logit_margin[:, None])[:, low].sum())), "true": int(flipped.sum())}
     out = {k: (v, round(f1(v), 1)) for k, v in n.items()}
-    out["joint"] = (n["joint"], round(100 * 2 * (default["confident"] & flipped).sum() / (n["joint"] + n["true"]), 1))
+    out["joint"] = (n["joint"], round(100 * prf(default["confident"], flipped)["f1"], 1))
     rng = np.random.default_rng(0)
     checked = [f1(round(flipped[rng.choice(N, m, replace=False)].mean() * N)) for _ in range(draws)]
     out["checked"] = (round(float(np.mean(checked)), 1), round(float(np.percentile(checked, 5)), 1))
