@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+
 import numpy as np
 
 HEADER = ("sample_id", "given_label", "checked_label")

@@ -261,8 +261,9 @@ def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
     shows (rows left empty are not counted).  Then `--checked sheet.csv` prints the share of
     wrong labels with its 95% interval, and `--param confident.rate=R` for `dprune score`,
     `prune`, `run` and `train --prune-at`: the detector then flags that share of the samples it
-    judges (observed, finite, not threshold samples), those with the lowest label margin.  Why: a count read off the run's own probabilities misses flips that look like
-    their new class (benchmarks/RESULTS.md); a checked sample does not.
+    judges (observed, finite, not threshold samples), those with the lowest label margin.  Why:
+    a count read off the run's own probabilities misses flips that look like their new class
+    (benchmarks/RESULTS.md); a checked sample does not.
     """
     from .checked import draw_sample, read_sheet, write_sheet, wrong_rate
     from .threshold import data_labels

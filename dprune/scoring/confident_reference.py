@@ -56,9 +56,8 @@ def confident_learning_reference(p_avg_NC, labels_N, valid_N, *, agree: float = 
         return p[i, y[i]] - max(p[i, c] for c in range(C) if c != y[i])
 
     if filter_by in ("self_confidence", "margin"):
-        n_off = int(sum(joint[a, b] for a in range(C) for b in range(C) if a != b))
-        if rate is not None:
-            n_off = int(np.rint(rate * sum(valid)))
+        n_off = (int(sum(joint[a, b] for a in range(C) for b in range(C) if a != b)) if rate is None
+                 else int(np.rint(rate * sum(valid))))
         key = (lambda i: p[i, y[i]]) if filter_by == "self_confidence" else label_margin
         ranked = sorted((i for i in range(N) if valid[i]), key=lambda i: (key(i), i))
         for i in ranked[:n_off]:
