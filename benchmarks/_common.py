@@ -276,6 +276,12 @@ def pyplot():
     return plt
 
 
+def checked_rate(flipped_N: np.ndarray, m: int, rng: np.random.Generator) -> float:
+    """The share of wrong labels among ``m`` samples drawn uniformly without replacement (the
+    injected truth standing in for the person who checks them)."""
+    return float(flipped_N[rng.choice(len(flipped_N), m, replace=False)].mean())
+
+
 def prf(flagged_N: np.ndarray, truth_N: np.ndarray) -> dict:
     """Precision, recall, F1 of boolean flags against the truth, and the counts."""
     flagged_N, truth_N = np.asarray(flagged_N, bool), np.asarray(truth_N, bool)

@@ -29,17 +29,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, paired_verdict, prf, store_and_truth  # noqa: E402
+from _common import RESULTS_DIR, checked_rate, paired_verdict, prf, store_and_truth  # noqa: E402
 from detector_count import footer, over_runs, top_n  # noqa: E402
 from noisy_method import CLEANLAB_FILTERS  # noqa: E402
 
 from dprune.scoring import score_store  # noqa: E402
 
-
-
-def checked_rate(flipped_N: np.ndarray, m: int, rng: np.random.Generator) -> float:
-    """The share of wrong labels among ``m`` samples drawn uniformly without replacement."""
-    return float(flipped_N[rng.choice(len(flipped_N), m, replace=False)].mean())
 
 
 def measure(run_dir: Path, m: int, draws: int, seed: int, pairs, folds: int) -> dict:

@@ -41,6 +41,11 @@ protocol   the paper's protocol with the default selection: the noisy run's firs
 cleaned    retraining on the cleaned labels: the default detector's flags on the noisy run's
            first T epochs removed (no pruning by score), E epochs from scratch; its cost counts
            the T recorded epochs
+cleaned_random  control: as many samples as ``cleaned`` keeps, drawn at random, E epochs
+cleaned_short   control: the full noisy data at the cost of ``cleaned``
+checked    ``default`` with ``confident.rate`` set to the share of wrong labels among ``--checked``
+           training samples drawn uniformly (the injected truth stands in for the person who
+           checks them; the draw of ``detector_checked.py``, seeded by the seed)
 clean      the clean labels, E epochs (the ceiling; one per seed)
 ========== ==================================================================================
 
@@ -74,8 +79,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS_DIR, Cells, NotReady, auc, machine, noise_setting_parser, prepare_data, prf,  # noqa: E402
-                     run_cells, store_and_truth, train_config)
+from _common import (RESULTS_DIR, Cells, NotReady, auc, checked_rate, machine, noise_setting_parser,  # noqa: E402
+                     prepare_data, prf, run_cells, store_and_truth, train_config)
 from mislabel_detection import custom_manifest, predict  # noqa: E402
 
 from dprune.data import build_dataset, instance_dependent_noise  # noqa: E402
@@ -88,9 +93,10 @@ from dprune.train.loop import Trainer  # noqa: E402
 KINDS = ("symmetric", "class", "instance")
 HEADLINE = ("noisy", "default", "random", "short")
 ARMS = HEADLINE + ("nobudget", "nobudget_short", "score", "relabel", "paper", "dual", "cleanlab", "protocol",
-                   "cleaned")
-# The pruned arm whose cost each same-cost short run matches.
-SHORT_OF = {"short": "default", "nobudget_short": "nobudget"}
+                   "cleaned", "cleaned_random", "cleaned_short", "checked")
+# The pruned arm whose cost each same-cost short run matches, and the arm each control is made from.
+SHORT_OF = {"short": "default", "nobudget_short": "nobudget", "cleaned_short": "cleaned"}
+CONTROL_OF = {"random": "default", "cleaned_random": "cleaned", **SHORT_OF}
 CLEANLAB_FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
                     "low_normalized_margin", "low_self_confidence")
 
@@ -122,6 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", nargs="+", choices=("detect",), default=["detect"],
                    help="Besides the arms: the detection cells.")
     p.add_argument("--arms", nargs="+", choices=ARMS + ("clean",), default=list(ARMS) + ["clean"])
+    p.add_argument("--checked", type=int, default=500, help="Labels checked by hand for the checked arm.")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--max-steps-per-epoch", type=int, help="Smoke tests only.")
@@ -208,10 +215,10 @@ class Experiment:
         run = train(self.config(noise, seed, "noisy", record="train", record_epochs=a.epochs // 5, eval_every=1))
         return (run, *store_and_truth(run))
 
-    def pir(self, noise, seed, name: str, **spec):
+    def pir(self, noise, seed, name: str, params: dict | None = None, **spec):
         a = self.a
         cfg = self.config(noise, seed, name, record_epochs=a.T)
-        return train(TrainRun(cfg, selection(spec, cfg.seed), a.T), rerun_if_changed=True)
+        return train(TrainRun(cfg, selection(spec, cfg.seed), a.T, params or {}), rerun_if_changed=True)
 
     def default_spec(self) -> dict:
         d = RUN_DEFAULTS
@@ -225,9 +232,15 @@ class Experiment:
             spec = {**self.default_spec(), **({"budget": "score"} if arm == "nobudget" else {})}
             run = self.pir(noise, seed, arm, **spec)
             return {**self._result(run, noise, seed, arm), "spec": spec}
-        elif arm in ("random", *SHORT_OF) and not self.cells.has(
-                f"arm/{name_of(noise)}/seed{seed}/{SHORT_OF.get(arm, 'default')}"):
-            raise NotReady(f"{arm} needs the {SHORT_OF.get(arm, 'default')} arm of {name_of(noise)} seed {seed}")
+        elif arm == "checked":
+            flipped, m = self.noisy(noise, seed)[2]["flipped"].astype(bool), self.a.checked
+            params = {"confident": {"rate": checked_rate(flipped, m, np.random.default_rng([seed, m]))}}
+            run = self.pir(noise, seed, arm, params, **self.default_spec())
+            return {**self._result(run, noise, seed, arm), "spec": self.default_spec(), "params": params, "checked": m}
+        elif arm in CONTROL_OF and not self.cells.has(f"arm/{name_of(noise)}/seed{seed}/{CONTROL_OF[arm]}"):
+            raise NotReady(f"{arm} needs the {CONTROL_OF[arm]} arm of {name_of(noise)} seed {seed}")
+        elif arm == "cleaned_random":
+            return self.random_retrain_arm(noise, seed)
         elif arm == "random":
             m = self._manifest(noise, seed, "default")
             kept_observed = m["n_kept"] - len(m["unobserved"])
@@ -235,7 +248,7 @@ class Experiment:
                            ratio=(m["n_observed"] - kept_observed) / m["n_observed"], policy=RUN_DEFAULTS.policy)
         elif arm in SHORT_OF:
             pruned = self.cells.get(f"arm/{name_of(noise)}/seed{seed}/{SHORT_OF[arm]}")
-            n = pruned["epoch_samples"][0]
+            n = len(build_dataset(self.a.dataset, self.root)[0].labels)  # the full data's samples per epoch
             run = train(self.config(noise, seed, arm, epochs=max(1, round(pruned["cost"] / n)), record="off"))
         elif arm in ("score", "relabel", "paper", "dual"):
             spec = {"method": "dual" if arm == "dual" else "entropy", "ratio": RUN_DEFAULTS.ratio, "budget": "score",
@@ -354,6 +367,19 @@ class Experiment:
         out.update(cost=run.cost + record_cost, retrain_cost=run.cost)
         return out
 
+    def random_retrain_arm(self, noise, seed) -> dict:
+        """As many samples as ``cleaned`` keeps, drawn at random, E epochs from scratch (nothing recorded)."""
+        _, store, truth = self.noisy(noise, seed)
+        n_kept = self.cells.get(f"arm/{name_of(noise)}/seed{seed}/cleaned")["n_kept"]
+        kept = np.random.default_rng([seed, 0xC1]).choice(store.n_samples, n_kept, replace=False)
+        removed = np.setdiff1d(np.arange(store.n_samples), kept)
+        manifest = self.a.work / name_of(noise) / f"seed{seed}" / "cleaned_random-manifest.json"
+        custom_manifest(manifest, store, kept=kept, labels=store.labels, removed=removed,
+                        reason="removed at random, as many as the cleaned arm removes")
+        run = train(self.config(noise, seed, "cleaned_random", record="off", manifest=str(manifest)))
+        return {**self._result(run, noise, seed, "cleaned_random"), "n_kept": n_kept,
+                "kept_noise": float(truth["flipped"][np.sort(kept)].mean())}
+
     # ------------------------------------------------------------------------------ detection
     def detect_cell(self, noise, seed) -> dict:
         """dprune's detectors at every T of ``--detect-T`` against cleanlab's every rule."""
@@ -437,7 +463,7 @@ def main(argv=None) -> str:
     torch.set_num_threads(1)
     config = {k: v for k, v in vars(a).items()
               if k not in ("work", "results_dir", "report_only", "data_root", "only", "noise", "seeds", "arms",
-                           "rest_seeds", "parts")}
+                           "rest_seeds", "parts", "checked")}  # the checked arm's cells record theirs
     cells = Cells(a.results_dir, config)
     if not a.report_only:
         cells.note_run({"machine": machine(), "command": " ".join(["python", "benchmarks/noisy_method.py",

@@ -30,7 +30,17 @@ ARM_TITLES = {
     "cleanlab": "cleanlab 5-fold, flagged removed, then E epochs",
     "protocol": "paper's protocol with the defaults (record T, retrain E)",
     "cleaned": "the default detector's flags removed, then E epochs (record T, retrain E)",
+    "cleaned_random": "control: as many as the row above kept at random, then E epochs",
+    "cleaned_short": "control: full noisy data, the cost of the cleaned row",
+    "checked": "the defaults with `confident.rate` from checked labels (prune-in-run)",
 }
+# Each arm's random control and same-cost run (the columns "Δ vs random" and "Δ vs short"); None:
+# no such comparison (nobudget keeps another count than the random control; a control is set
+# against the other control of its arm).
+CONTROLS_OF = {"nobudget": (None, "nobudget_short"), "cleaned": ("cleaned_random", "cleaned_short"),
+               "cleanlab": (None, "short"), "random": (None, "short"), "short": ("random", None),
+               "nobudget_short": (None, None), "cleaned_random": (None, "cleaned_short"),
+               "cleaned_short": ("cleaned_random", None)}
 
 
 FIGURE = "fig_cost_accuracy.png"
@@ -107,7 +117,6 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
         lines.append("")
     lines += ["| way | seeds | top-1 (mean ± std) | × full cost | kept | noise among kept | Δ vs noisy | "
               "Δ vs random | Δ vs short |", "|---|---|---|---|---|---|---|---|---|"]
-    controls = {name: by_arm.get(name, {}) for name in ("noisy", "random", "short", "nobudget_short")}
     for arm, title in ARM_TITLES.items():
         runs = by_arm.get(arm)
         if not runs:
@@ -121,20 +130,16 @@ def _setting_section(setting: str, arms: dict, clean: dict, E: int) -> list[str]
         kept = np.mean([v.get("n_kept", np.nan) for v in runs.values()])
         noise = np.mean([v.get("kept_noise", np.nan) for v in runs.values()])
         cells = []
-        # Δ vs short: against the same-cost run of this arm's own cost where it has one.
-        for ref in ("noisy", "random", "nobudget_short" if arm == "nobudget" else "short"):
-            # The random control keeps as many as the defaults: no comparison for nobudget.
-            # Nor for the retrained-on-cleaned-labels arms, which keep another count.
-            if arm == ref or (arm.startswith("nobudget") and ref == "random") or (
-                    arm in ("cleaned", "cleanlab") and ref == "random") or (
-                    arm == "nobudget_short" and ref != "noisy") or not controls[ref]:
+        for ref in ("noisy", *CONTROLS_OF.get(arm, ("random", "short"))):
+            control = by_arm.get(ref, {}) if ref and ref != arm else {}
+            seeds = sorted(set(runs) & set(control))
+            d = [(runs[s]["acc"] - control[s]["acc"]) * 100 for s in seeds]
+            if not d:
                 cells.append("")
                 continue
-            seeds = sorted(set(runs) & set(controls[ref]))
-            d = [(runs[s]["acc"] - controls[ref][s]["acc"]) * 100 for s in seeds]
             v, p = verdict(d)
             cells.append(f"{np.mean(d):+.2f} ({v}{'' if math.isnan(p) else f', p={p:.3f}'}; "
-                         + " ".join(f"{x:+.2f}" for x in d) + ")" if d else "")
+                         + " ".join(f"{x:+.2f}" for x in d) + ")")
         std = f" ± {acc.std(ddof=1) * 100:.2f}" if len(acc) > 1 else ""
         lines.append(f"| {title} | {len(acc)} | {acc.mean() * 100:.2f}{std} | {cost:.2f} | "
                      f"{'' if math.isnan(kept) else f'{kept:,.0f}'} | {'' if math.isnan(noise) else f'{noise:.3f}'} | "

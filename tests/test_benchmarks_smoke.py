@@ -98,7 +98,8 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     argv = ["--dataset", "digits", "--epochs", "20", "--batch-size", "256", "--folds", "2", "--cv-epochs", "1",
             "--instance-epochs", "1", "--noise", "instance:0.2", "--seeds", "0", "--detect-T", "1", "4",
             "--arms", "noisy", "default", "random", "short", "nobudget", "nobudget_short", "cleanlab", "protocol",
-            "cleaned", "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")]
+            "cleaned", "cleaned_random", "cleaned_short", "checked", "--checked", "300",
+            "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "res")]
     text = nm.main(argv)
     cell = lambda key: json.loads((tmp_path / "res" / "cells" / f"{key}.json").read_text())  # noqa: E731
     default, random = cell("arm__instance0.2__seed0__default"), cell("arm__instance0.2__seed0__random")
@@ -122,12 +123,24 @@ def test_noisy_method_runs_its_arms_and_controls(tmp_path):
     cleaned = cell("arm__instance0.2__seed0__cleaned")
     assert cleaned["n_kept"] == 1437 - cleaned["removed"] and cleaned["removed"] == default["removed"] > 0
     assert cleaned["cost"] == cleaned["retrain_cost"] + 2 * 1437 and cleaned["retrain_cost"] == 20 * cleaned["n_kept"]
+    # Its controls: as many kept at random; the full noisy data at its cost.
+    cleaned_random = cell("arm__instance0.2__seed0__cleaned_random")
+    assert cleaned_random["n_kept"] == cleaned["n_kept"] and cleaned_random["cost"] == 20 * cleaned["n_kept"]
+    assert cell("arm__instance0.2__seed0__cleaned_short")["epochs"] == round(cleaned["cost"] / 1437)
+    # The defaults with the rate of 300 checked labels: as many flags as the rate says, inside the budget.
+    checked = cell("arm__instance0.2__seed0__checked")
+    rate = checked["params"]["confident"]["rate"]
+    assert 0.1 < rate < 0.3 and checked["removed"] == round(rate * 1437) != default["removed"]
+    assert checked["n_kept"] == 1437 - max(round(0.3 * 1437), checked["removed"])
     det = cell("detect__instance0.2__seed0")
     assert set(det["dprune"]) == {"T1", "T4"} and set(det["cleanlab"]["2x1"]["rules"]) == set(nm.CLEANLAB_FILTERS)
     flips = np.load(tmp_path / "work" / "instance0.2" / "seed0" / "labels.npy")
     assert det["n_flipped"] == round(0.2 * 1437) == int((flips != nm.build_dataset("digits")[0].labels).sum())
     assert "## instance0.2" in text and "Label cleaning" in text and "H-budget: " in text
     assert "retrained on dprune's cleaning − retrained on cleanlab's: " in text
+    # The cleaned row is judged against its own controls (made from it), not the defaults'.
+    row = next(r for r in text.splitlines() if r.startswith("| the default detector's flags removed"))
+    assert all(c.strip() for c in row.split("|")[7:10]), row
     # cleanlab's 2 x 1 folds cost 1,437 sample-epochs: compared with dprune at T1 (1,437), not T4
     assert re.search(r"\| 2x1: [\d.]+ \(\w+\) \| T1: [\d.]+ \| [+-]", text)
     assert "![cost against accuracy](fig_cost_accuracy.png)" in text
