@@ -245,6 +245,19 @@ def inspect_cmd(run_dir, as_json):
 
 
 # ---------------------------------------------------------------------------- check-labels
+def _check_images(run_dir: Path, store):
+    """The training images of ``store`` for the sheet's page, or (None, why not)."""
+    from .report.images import ImageSource, training_config
+
+    cfg, source = training_config(Path(run_dir), _store_dir(Path(run_dir)))
+    if cfg is None:
+        return None, f"No pictures: {source}. The tiles show sample ids only."
+    try:
+        return ImageSource.from_config(cfg, store.sample_ids), None
+    except (ValueError, OSError) as e:
+        return None, f"No pictures: the training images could not be read ({e}). The tiles show sample ids only."
+
+
 @click.command("check-labels")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--draw", type=click.IntRange(min=1), metavar="M",
@@ -257,8 +270,9 @@ def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
     """Measure the noise rate of RUN_DIR's labels on a sample checked by hand.
 
     First `--draw 500 --out sheet.csv` writes 500 uniformly drawn samples (sample_id,
-    given_label, checked_label); a person fills checked_label with the class each image really
-    shows (rows left empty are not counted).  Then `--checked sheet.csv` prints the share of
+    given_label, checked_label) and sheet.html, their pictures in the sheet's order with the
+    class names; a person fills checked_label with the class each image really shows (rows left
+    empty are not counted).  Then `--checked sheet.csv` prints the share of
     wrong labels with its 95% interval, and `--param confident.rate=R` for `dprune score`,
     `prune`, `run` and `train --prune-at`: the detector then flags that share of the samples it
     judges (observed, finite, not threshold samples), those with the lowest label margin.  Why:
@@ -266,6 +280,7 @@ def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
     (benchmarks/RESULTS.md); a checked sample does not.
     """
     from .checked import draw_sample, read_sheet, write_sheet, wrong_rate
+    from .report.html import write_check_page
     from .threshold import data_labels
 
     if (draw is None) == (sheet is None):
@@ -278,12 +293,17 @@ def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
     if draw is not None:
         if out_path is None:
             raise click.UsageError("--draw needs --out SHEET.csv")
-        check_new_output(out_path, "sheet")  # never over a run's own files
-        if out_path.exists():  # nor over a sheet someone may have filled
-            raise ValueError(f"sheet {out_path} exists; choose another name (or delete it)")
-        write_sheet(out_path, store.sample_ids, labels, draw_sample(store.n_samples, draw, seed))
-        click.echo(f"wrote {draw} samples to check -> {out_path}; fill checked_label, then "
-                   f"dprune check-labels {run_dir} --checked {out_path}")
+        page = out_path.with_suffix(".html")
+        for path, what in ((out_path, "sheet"), (page, "sheet's page")):
+            check_new_output(path, what)  # never over a run's own files
+            if path.exists():  # nor over a sheet someone may have filled
+                raise ValueError(f"{what} {path} exists; choose another name (or delete it)")
+        idx = draw_sample(store.n_samples, draw, seed)
+        write_sheet(out_path, store.sample_ids, labels, idx)
+        images, note = _check_images(run_dir, store)
+        write_check_page(page, store.sample_ids, labels, idx, images, note)
+        click.echo(f"wrote {draw} samples to check -> {out_path} (their pictures: {page}); fill checked_label, "
+                   f"then dprune check-labels {run_dir} --checked {out_path}")
         return
     given, checked = read_sheet(sheet, store.sample_ids, labels, n_classes)
     rate, lo, hi = wrong_rate(given, checked)

@@ -187,6 +187,12 @@ def test_commands_accept_a_train_out_folder_for_its_trajectory(tmp_path):
     assert (tmp_path / "r" / "trajectory" / "scores.npz").exists()
     assert json.loads(run("inspect", tmp_path / "r", "--json").output)["n_samples"] == 1437
     run("prune", tmp_path / "r", "-r", 0.2, "-o", tmp_path / "m.json", "-q")
+    # The sheet's page shows each drawn sample's picture, in the sheet's order, with its class name.
+    run("check-labels", tmp_path / "r", "--draw", 12, "--out", tmp_path / "sheet.csv")
+    page = (tmp_path / "sheet.html").read_text()
+    ids = [row[0] for row in csv.reader((tmp_path / "sheet.csv").open())][1:]
+    assert re.findall(r"<b>row \d+</b><br>([^<]+)<br>", page) == ids and page.count('src="data:image/png;') == 12
+    assert "No pictures" not in page and re.search(r"given \d</figcaption>", page)  # digits' names are their indices
 
 
 def test_check_labels_draws_a_sheet_and_turns_the_checked_rows_into_the_detectors_rate(tmp_path, traj):
@@ -200,6 +206,12 @@ def test_check_labels_draws_a_sheet_and_turns_the_checked_rows_into_the_detector
                                     tmp_path / "run" / "meta.json", ok=False).output
     rows = list(csv.reader(sheet.open()))
     assert rows[0] == ["sample_id", "given_label", "checked_label"] and len(rows) == 121
+    # An imported trajectory has no dataset to take pictures from: its page says so and lists the ids.
+    page = (tmp_path / "sheet.html").read_text()
+    assert "No pictures" in page and re.findall(r"<b>row \d+</b><br>([^<]+)<br>", page) == [r[0] for r in rows[1:]]
+    sheet.rename(tmp_path / "kept.csv")  # a page someone may be reading is not overwritten either
+    assert "sheet's page" in run("check-labels", tmp_path / "run", "--draw", 5, "--out", sheet, ok=False).output
+    (tmp_path / "kept.csv").rename(sheet)
     ids = [int(r[0]) for r in rows[1:]]
     assert len(set(ids)) == 120 and all(int(r[1]) == t["labels"][int(r[0])] and r[2] == "" for r in rows[1:])
     # The person fills 100 rows with the true class and leaves 20 empty: the rate is the sample's.

@@ -1,6 +1,7 @@
 """The visual report (dprune report, and report.html of dprune run): structure, content, PNG sheets, a browser."""
 import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -252,3 +253,23 @@ def test_the_page_as_a_browser_shows_it(digits_run, tmp_path):
     target = os.environ.get("DPRUNE_REPORT_SCREENSHOT")
     if target:  # the README's picture: docs/report.png, made by this test
         Image.open(shot).convert("RGB").crop((0, 0, 1280, 1500)).save(target, optimize=True)
+
+
+def test_the_check_page_names_classes_and_says_which_pictures_could_not_be_read(tmp_path):
+    from dprune.report.html import write_check_page
+
+    class Source:  # an ImageSource with class names, one image unreadable
+        class_names = ["cat", "dog", "owl"]
+
+        def thumbnail(self, i):
+            if i == 3:
+                raise OSError("truncated file")
+            return Image.new("L", (8, 8), 40 * i)
+
+    labels = np.array([0, 2, 1, 2, 0])
+    page = write_check_page(tmp_path / "s.html", [f"img{i}" for i in range(5)], labels, np.array([4, 3, 1]),
+                            Source()).read_text()
+    assert "<b>0</b> cat, <b>1</b> dog, <b>2</b> owl" in page
+    tiles = re.findall(r"<b>row (\d)</b><br>(\w+)<br>given ([^<]+)</figcaption>", page)
+    assert tiles == [("1", "img4", "0 (cat)"), ("2", "img3", "2 (owl)"), ("3", "img1", "2 (owl)")]
+    assert page.count("<img class=") == 2 and "1 images could not be read, e.g. #3: truncated file" in page

@@ -217,3 +217,47 @@ def write_contact_sheets(content: ReportContent, prefix) -> list[Path]:
             for x in content.extremes]
     paths.append(contact_sheet("Per class: easiest pruned | hardest kept", rows, f"{prefix}_extremes.png"))
     return paths
+
+
+def write_check_page(path, sample_ids: list[str], labels_N, idx_M, images, note: str | None = None) -> Path:
+    """The page beside a ``dprune check-labels`` sheet: row k of the sheet as sample ``idx_M[k]``'s picture,
+    its id and its given label (with the class name where the dataset has names).
+
+    ``images``: a :class:`dprune.report.images.ImageSource`, or None (no pictures; ``note`` says why).
+    Self-contained like ``report.html``: it opens from disk with no server and no network.
+    """
+    from .images import data_uri, is_tiny
+
+    names = images.class_names if images is not None and images.class_names else None
+    if names and all(n == str(c) for c, n in enumerate(names)):
+        names = None  # the names are the indices (digits): nothing to add
+    name = (lambda c: f"{c} ({names[c]})") if names else str
+    title = f"Labels to check: {len(idx_M)} samples drawn uniformly"
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>",
+             '<p class="note">Tile k is row k of the sheet (the CSV beside this page). Fill its checked_label '
+             "with the class index the picture really shows; leave a row empty when you cannot tell (empty rows "
+             "are not counted). Check the tiles in order: the first rows of a half-filled sheet are still a "
+             "uniform sample.</p>"]
+    if names:
+        parts.append("<p>Classes: " + ", ".join(f"<b>{c}</b> {_e(n)}" for c, n in enumerate(names)) + "</p>")
+    if note:
+        parts.append(f'<p class="warn">{_e(note)}</p>')
+    tiles, failed = [], []
+    for k, i in enumerate(idx_M, start=1):
+        i = int(i)
+        thumb = '<div class="thumb">no picture</div>'
+        if images is not None:
+            try:
+                img = images.thumbnail(i)
+                thumb = f'<img class="thumb{" px" if is_tiny(img) else ""}" src="{data_uri(img)}" alt="#{i}">'
+            except (ValueError, OSError) as e:
+                failed.append(f"#{i}: {e}")
+        tiles.append(f'<figure class="item" data-index="{i}">{thumb}<figcaption><b>row {k}</b><br>'
+                     f"{_e(sample_ids[i])}<br>given {_e(name(int(labels_N[i])))}</figcaption></figure>")
+    if failed:
+        parts.append(f'<p class="warn">{len(failed)} images could not be read, e.g. {_e(failed[0])}</p>')
+    parts.append(f'<div class="gallery">{"".join(tiles)}</div></body></html>\n')
+    path = Path(path)
+    atomic_write_text(path, "".join(parts))
+    return path
