@@ -13,6 +13,7 @@ image really shows.  Rows left empty are not counted.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 
@@ -30,12 +31,15 @@ def draw_sample(n_samples: int, m: int, seed: int = 0) -> np.ndarray:
 
 
 def write_sheet(path, sample_ids, labels_N: np.ndarray, idx: np.ndarray) -> None:
-    """The CSV sheet of the drawn samples ``idx``, their checked label empty."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(HEADER)
-        for i in idx:
-            w.writerow([sample_ids[i], int(labels_N[i]), ""])
+    """The CSV sheet of the drawn samples ``idx``, their checked label empty (written atomically)."""
+    from .fileio import atomic_write_text
+
+    out = io.StringIO(newline="")
+    w = csv.writer(out)
+    w.writerow(HEADER)
+    for i in idx:
+        w.writerow([sample_ids[i], int(labels_N[i]), ""])
+    atomic_write_text(path, out.getvalue())
 
 
 def read_sheet(path, sample_ids, labels_N: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -280,7 +280,8 @@ def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
     (benchmarks/RESULTS.md); a checked sample does not.
     """
     from .checked import draw_sample, read_sheet, write_sheet, wrong_rate
-    from .report.html import write_check_page
+    from .fileio import atomic_write_text
+    from .report.html import render_check_page
     from .threshold import data_labels
 
     if (draw is None) == (sheet is None):
@@ -293,15 +294,22 @@ def check_labels_cmd(run_dir, draw, seed, out_path, sheet):
     if draw is not None:
         if out_path is None:
             raise click.UsageError("--draw needs --out SHEET.csv")
+        if out_path.suffix.lower() == ".html":
+            raise ValueError(f"--out {out_path} is the CSV sheet (its pictures go beside it as .html): "
+                             "give a name ending in .csv")
         page = out_path.with_suffix(".html")
         for path, what in ((out_path, "sheet"), (page, "sheet's page")):
             check_new_output(path, what)  # never over a run's own files
             if path.exists():  # nor over a sheet someone may have filled
                 raise ValueError(f"{what} {path} exists; choose another name (or delete it)")
         idx = draw_sample(store.n_samples, draw, seed)
+        html = render_check_page(store.sample_ids, labels, idx, *_check_images(run_dir, store))
         write_sheet(out_path, store.sample_ids, labels, idx)
-        images, note = _check_images(run_dir, store)
-        write_check_page(page, store.sample_ids, labels, idx, images, note)
+        try:
+            atomic_write_text(page, html)
+        except BaseException:  # no sheet without its page: a rerun would be refused
+            out_path.unlink(missing_ok=True)
+            raise
         click.echo(f"wrote {draw} samples to check -> {out_path} (their pictures: {page}); fill checked_label, "
                    f"then dprune check-labels {run_dir} --checked {out_path}")
         return

@@ -212,6 +212,10 @@ def test_check_labels_draws_a_sheet_and_turns_the_checked_rows_into_the_detector
     sheet.rename(tmp_path / "kept.csv")  # a page someone may be reading is not overwritten either
     assert "sheet's page" in run("check-labels", tmp_path / "run", "--draw", 5, "--out", sheet, ok=False).output
     (tmp_path / "kept.csv").rename(sheet)
+    # A sheet named like its page would be overwritten by it: refused in one line.
+    out = run("check-labels", tmp_path / "run", "--draw", 5, "--out", tmp_path / "s.HTML", ok=False).output
+    assert "give a name ending in .csv" in out and len(out.strip().splitlines()) == 1
+    assert not (tmp_path / "s.HTML").exists()
     ids = [int(r[0]) for r in rows[1:]]
     assert len(set(ids)) == 120 and all(int(r[1]) == t["labels"][int(r[0])] and r[2] == "" for r in rows[1:])
     # The person fills 100 rows with the true class and leaves 20 empty: the rate is the sample's.
@@ -227,6 +231,27 @@ def test_check_labels_draws_a_sheet_and_turns_the_checked_rows_into_the_detector
     run("score", tmp_path / "run", "-m", "entropy,confident", "--param", f"confident.rate={rate}")
     scores, _ = load_scores(tmp_path / "run" / "scores.npz")
     assert scores["confident"].sum() == round(float(rate) * 300)
+
+
+def test_check_labels_leaves_no_sheet_behind_when_its_page_cannot_be_written(tmp_path, traj, monkeypatch):
+    import dprune.fileio
+
+    src, _ = traj
+    run("import", src, "-o", tmp_path / "run")
+    real = dprune.fileio.atomic_write_text
+
+    def full_disk(path, text):
+        if str(path).endswith(".html"):
+            raise OSError(28, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(dprune.fileio, "atomic_write_text", full_disk)
+    assert "No space left" in run("check-labels", tmp_path / "run", "--draw", 5, "--out", tmp_path / "s.csv",
+                                  ok=False).output
+    assert not (tmp_path / "s.csv").exists()  # so the same command can be run again
+    monkeypatch.setattr(dprune.fileio, "atomic_write_text", real)
+    run("check-labels", tmp_path / "run", "--draw", 5, "--out", tmp_path / "s.csv")
+    assert (tmp_path / "s.csv").exists() and (tmp_path / "s.html").exists()
 
 
 @pytest.mark.parametrize("line, message", [

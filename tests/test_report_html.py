@@ -256,20 +256,22 @@ def test_the_page_as_a_browser_shows_it(digits_run, tmp_path):
 
 
 def test_the_check_page_names_classes_and_says_which_pictures_could_not_be_read(tmp_path):
-    from dprune.report.html import write_check_page
+    from dprune.report.html import render_check_page
 
-    class Source:  # an ImageSource with class names, one image unreadable
+    class Source:  # an ImageSource with class names; two images unreadable, one of them not by an OSError
         class_names = ["cat", "dog", "owl"]
 
         def thumbnail(self, i):
             if i == 3:
                 raise OSError("truncated file")
+            if i == 0:
+                raise RuntimeError("decompression bomb")
             return Image.new("L", (8, 8), 40 * i)
 
-    labels = np.array([0, 2, 1, 2, 0])
-    page = write_check_page(tmp_path / "s.html", [f"img{i}" for i in range(5)], labels, np.array([4, 3, 1]),
-                            Source()).read_text()
+    labels = np.array([0, 2, 1, 2, 0, 7])  # 7: a class without a name
+    page = render_check_page([f"img{i}" for i in range(6)], labels, np.array([4, 3, 1, 0, 5]), Source())
     assert "<b>0</b> cat, <b>1</b> dog, <b>2</b> owl" in page
     tiles = re.findall(r"<b>row (\d)</b><br>(\w+)<br>given ([^<]+)</figcaption>", page)
-    assert tiles == [("1", "img4", "0 (cat)"), ("2", "img3", "2 (owl)"), ("3", "img1", "2 (owl)")]
-    assert page.count("<img class=") == 2 and "1 images could not be read, e.g. #3: truncated file" in page
+    assert tiles == [("1", "img4", "0 (cat)"), ("2", "img3", "2 (owl)"), ("3", "img1", "2 (owl)"),
+                     ("4", "img0", "0 (cat)"), ("5", "img5", "7")]
+    assert page.count("<img class=") == 3 and "2 images could not be read, e.g. #3: truncated file" in page

@@ -219,19 +219,23 @@ def write_contact_sheets(content: ReportContent, prefix) -> list[Path]:
     return paths
 
 
-def write_check_page(path, sample_ids: list[str], labels_N, idx_M, images, note: str | None = None) -> Path:
+def render_check_page(sample_ids: list[str], labels_N, idx_M, images, note: str | None = None) -> str:
     """The page beside a ``dprune check-labels`` sheet: row k of the sheet as sample ``idx_M[k]``'s picture,
     its id and its given label (with the class name where the dataset has names).
 
     ``images``: a :class:`dprune.report.images.ImageSource`, or None (no pictures; ``note`` says why).
-    Self-contained like ``report.html``: it opens from disk with no server and no network.
+    Self-contained like ``report.html``: it opens from disk with no server and no network.  An image
+    that cannot be read becomes a tile without a picture, and the page says how many.
     """
     from .images import data_uri, is_tiny
 
     names = images.class_names if images is not None and images.class_names else None
     if names and all(n == str(c) for c, n in enumerate(names)):
         names = None  # the names are the indices (digits): nothing to add
-    name = (lambda c: f"{c} ({names[c]})") if names else str
+
+    def name(c: int) -> str:
+        return f"{c} ({names[c]})" if names and 0 <= c < len(names) else str(c)
+
     title = f"Labels to check: {len(idx_M)} samples drawn uniformly"
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>",
@@ -251,13 +255,11 @@ def write_check_page(path, sample_ids: list[str], labels_N, idx_M, images, note:
             try:
                 img = images.thumbnail(i)
                 thumb = f'<img class="thumb{" px" if is_tiny(img) else ""}" src="{data_uri(img)}" alt="#{i}">'
-            except (ValueError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - any unreadable image (PIL's decompression bomb too) is a tile without it
                 failed.append(f"#{i}: {e}")
         tiles.append(f'<figure class="item" data-index="{i}">{thumb}<figcaption><b>row {k}</b><br>'
                      f"{_e(sample_ids[i])}<br>given {_e(name(int(labels_N[i])))}</figcaption></figure>")
     if failed:
         parts.append(f'<p class="warn">{len(failed)} images could not be read, e.g. {_e(failed[0])}</p>')
     parts.append(f'<div class="gallery">{"".join(tiles)}</div></body></html>\n')
-    path = Path(path)
-    atomic_write_text(path, "".join(parts))
-    return path
+    return "".join(parts)
