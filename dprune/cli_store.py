@@ -247,15 +247,10 @@ def inspect_cmd(run_dir, as_json):
 # ---------------------------------------------------------------------------- check-labels
 def _check_images(run_dir: Path, store):
     """The training images of ``store`` for the sheet's page, or (None, why not)."""
-    from .report.images import ImageSource, training_config
+    from .report.images import open_images, training_config
 
-    cfg, source = training_config(Path(run_dir), _store_dir(Path(run_dir)))
-    if cfg is None:
-        return None, f"No pictures: {source}. The tiles show sample ids only."
-    try:
-        return ImageSource.from_config(cfg, store.sample_ids), None
-    except (ValueError, OSError) as e:
-        return None, f"No pictures: the training images could not be read ({e}). The tiles show sample ids only."
+    images, why = open_images(*training_config(Path(run_dir), _store_dir(Path(run_dir))), store.sample_ids)
+    return images, None if images is not None else f"No pictures: {why}. The tiles show sample ids only."
 
 
 @click.command("check-labels")

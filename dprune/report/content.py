@@ -177,7 +177,7 @@ def collect(path) -> ReportContent:
     from ..scoring import SCORES_FILE, load_scores
     from ..store import open_store
     from ..threshold import data_labels
-    from .images import ImageSource, training_config
+    from .images import open_images, training_config
 
     manifest_path, store_dir = locate(path)
     run_dir = manifest_path.parent
@@ -200,15 +200,9 @@ def collect(path) -> ReportContent:
         notes.append(f"no {scores_path}: no confidences or scores to show")
 
     cfg, cfg_source = training_config(run_dir, store_dir)
-    images = None
-    if cfg is None:
-        notes.insert(0, f"No thumbnails: {cfg_source}. Samples are shown by their ids.")
-    else:
-        try:
-            images = ImageSource.from_config(cfg, store.sample_ids)
-        except (ValueError, OSError) as e:
-            notes.insert(0, f"No thumbnails: the training images could not be read ({e}). Samples are shown by their "
-                            f"ids.")
+    images, why = open_images(cfg, cfg_source, store.sample_ids)
+    if images is None:
+        notes.insert(0, f"No thumbnails: {why}. Samples are shown by their ids.")
     task = (cfg or {}).get("task", "classification")
     class_names = images.class_names if images is not None and images.class_names else None
 

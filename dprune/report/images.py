@@ -50,6 +50,17 @@ def training_config(manifest_dir: Path, store_dir: Path) -> tuple[dict | None, s
                   f"trajectory: there is no dataset to take images from")
 
 
+def open_images(cfg: dict | None, cfg_source: str, sample_ids: list[str]):
+    """``(images, why)``: the :class:`ImageSource` of the configuration ``training_config`` found, or
+    None and why there is none (``cfg_source``'s reason, or why the images could not be read)."""
+    if cfg is None:
+        return None, cfg_source
+    try:
+        return ImageSource.from_config(cfg, sample_ids), None
+    except (ValueError, OSError) as e:
+        return None, f"the training images could not be read ({e})"
+
+
 class ImageSource:
     """The training images of a store, by sample index, and the names of its classes.
 
