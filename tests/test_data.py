@@ -728,3 +728,12 @@ def test_class_dependent_noise_custom_transition():
 def test_noise_validation(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_an_image_too_large_to_decode_is_one_unreadable_image(tmp_path, monkeypatch):
+    from dprune.data.base import read_rgb
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 > 2 x 100: PIL refuses it as a bomb
+    with pytest.raises(ValueError, match=r"cannot read image .*big\.png \(sample 'b'\): .*decompression bomb"):
+        read_rgb(tmp_path / "big.png", "b")

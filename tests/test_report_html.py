@@ -258,14 +258,14 @@ def test_the_page_as_a_browser_shows_it(digits_run, tmp_path):
 def test_the_check_page_names_classes_and_says_which_pictures_could_not_be_read(tmp_path):
     from dprune.report.html import render_check_page
 
-    class Source:  # an ImageSource with class names; two images unreadable, one of them not by an OSError
+    class Source:  # an ImageSource with class names; two images unreadable (the reader's two errors)
         class_names = ["cat", "dog", "owl"]
 
         def thumbnail(self, i):
             if i == 3:
                 raise OSError("truncated file")
             if i == 0:
-                raise RuntimeError("decompression bomb")
+                raise ValueError("cannot read image: decompression bomb")
             return Image.new("L", (8, 8), 40 * i)
 
     labels = np.array([0, 2, 1, 2, 0, 7])  # 7: a class without a name

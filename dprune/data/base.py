@@ -216,7 +216,7 @@ def read_rgb(path: Path, sample_id: str) -> Image.Image:
             # Grey and palette images occur in CUB, ReID sets and scraped folders; the models
             # expect a fixed channel count, so everything becomes RGB.
             return im.convert("RGB")
-    except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+    except (OSError, Image.DecompressionBombError) as e:  # PIL's UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read image {path} (sample {sample_id!r}): {e}") from e
 
 

@@ -83,10 +83,10 @@ def _table(rows: list[dict], cls: str, *, headers: dict | None = None, bar_key: 
     return f'<table class="{cls}"><tr>{head}</tr>{"".join(body)}</table>'
 
 
-def _thumb_html(content: ReportContent, i: int, thumbs: dict[int, tuple[str, bool] | None]) -> str:
+def _thumb_html(sample_ids: list[str], i: int, thumbs: dict[int, tuple[str, bool] | None]) -> str:
     t = thumbs.get(i)
     if t is None:
-        return f'<div class="thumb">#{i}<br>{_e(content.sample_ids[i])}</div>'
+        return f'<div class="thumb">#{i}<br>{_e(sample_ids[i])}</div>'
     uri, tiny = t
     return f'<img class="thumb{" px" if tiny else ""}" src="{uri}" alt="#{i}">'
 
@@ -94,7 +94,7 @@ def _thumb_html(content: ReportContent, i: int, thumbs: dict[int, tuple[str, boo
 def _item_html(content: ReportContent, it: Item, thumbs) -> str:
     lines = "".join(f"<br>{_e(line)}" for line in it.lines)
     tone = f" {it.tone}" if it.tone else ""
-    return (f'<figure class="item{tone}" data-index="{it.index}">{_thumb_html(content, it.index, thumbs)}'
+    return (f'<figure class="item{tone}" data-index="{it.index}">{_thumb_html(content.sample_ids, it.index, thumbs)}'
             f"<figcaption><b>{_e(it.title)}</b>{lines}</figcaption></figure>")
 
 
@@ -105,20 +105,19 @@ def _gallery_html(content: ReportContent, g: Gallery, thumbs) -> str:
             f'<div class="gallery">{body}</div></section>')
 
 
-def _thumbnails(content: ReportContent) -> tuple[dict[int, tuple[str, bool] | None], list[str]]:
-    """Index -> (data URI, tiny) for every sample the page shows (None where no image could be read), and a
-    note on the images that could not be read."""
+def _thumbnails(images, indices) -> tuple[dict[int, tuple[str, bool] | None], list[str]]:
+    """Index -> (data URI, tiny) for each of ``indices`` (None where no image could be read; nothing when
+    ``images``, an :class:`~dprune.report.images.ImageSource`, is None), and a note on the images that
+    could not be read."""
     from .images import data_uri, is_tiny
 
-    indices = {it.index for g in content.galleries for it in g.items}
-    indices |= {it.index for x in content.extremes for it in x.easiest_pruned + x.hardest_kept}
     out: dict[int, tuple[str, bool] | None] = {}
-    if content.images is None:
+    if images is None:
         return out, []
     failed = []
-    for i in sorted(indices):
+    for i in indices:
         try:
-            img = content.images.thumbnail(i)
+            img = images.thumbnail(i)
             out[i] = (data_uri(img), is_tiny(img))
         except (ValueError, OSError) as e:
             out[i] = None
@@ -128,7 +127,9 @@ def _thumbnails(content: ReportContent) -> tuple[dict[int, tuple[str, bool] | No
 
 def render_html(content: ReportContent) -> str:
     """The whole page as one string (images embedded)."""
-    thumbs, unread = _thumbnails(content)
+    shown = {it.index for g in content.galleries for it in g.items}
+    shown |= {it.index for x in content.extremes for it in x.easiest_pruned + x.hardest_kept}
+    thumbs, unread = _thumbnails(content.images, sorted(shown))
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(content.title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{_e(content.title)}</h1>"]
     parts.append('<table class="sources">' + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
@@ -225,10 +226,8 @@ def render_check_page(sample_ids: list[str], labels_N, idx_M, images, note: str 
 
     ``images``: a :class:`dprune.report.images.ImageSource`, or None (no pictures; ``note`` says why).
     Self-contained like ``report.html``: it opens from disk with no server and no network.  An image
-    that cannot be read becomes a tile without a picture, and the page says how many.
+    that cannot be read becomes a tile without a picture, as in the report, and the page says how many.
     """
-    from .images import data_uri, is_tiny
-
     names = images.class_names if images is not None and images.class_names else None
     if names and all(n == str(c) for c, n in enumerate(names)):
         names = None  # the names are the indices (digits): nothing to add
@@ -245,21 +244,11 @@ def render_check_page(sample_ids: list[str], labels_N, idx_M, images, note: str 
              "uniform sample.</p>"]
     if names:
         parts.append("<p>Classes: " + ", ".join(f"<b>{c}</b> {_e(n)}" for c, n in enumerate(names)) + "</p>")
-    if note:
-        parts.append(f'<p class="warn">{_e(note)}</p>')
-    tiles, failed = [], []
-    for k, i in enumerate(idx_M, start=1):
-        i = int(i)
-        thumb = '<div class="thumb">no picture</div>'
-        if images is not None:
-            try:
-                img = images.thumbnail(i)
-                thumb = f'<img class="thumb{" px" if is_tiny(img) else ""}" src="{data_uri(img)}" alt="#{i}">'
-            except Exception as e:  # noqa: BLE001 - any unreadable image (PIL's decompression bomb too) is a tile without it
-                failed.append(f"#{i}: {e}")
-        tiles.append(f'<figure class="item" data-index="{i}">{thumb}<figcaption><b>row {k}</b><br>'
-                     f"{_e(sample_ids[i])}<br>given {_e(name(int(labels_N[i])))}</figcaption></figure>")
-    if failed:
-        parts.append(f'<p class="warn">{len(failed)} images could not be read, e.g. {_e(failed[0])}</p>')
+    idx = [int(i) for i in idx_M]
+    thumbs, unread = _thumbnails(images, idx)
+    parts += [f'<p class="warn">{_e(n)}</p>' for n in ([note] if note else []) + unread]
+    tiles = [f'<figure class="item" data-index="{i}">{_thumb_html(sample_ids, i, thumbs)}<figcaption><b>row {k}'
+             f"</b><br>{_e(sample_ids[i])}<br>given {_e(name(int(labels_N[i])))}</figcaption></figure>"
+             for k, i in enumerate(idx, start=1)]
     parts.append(f'<div class="gallery">{"".join(tiles)}</div></body></html>\n')
     return "".join(parts)
