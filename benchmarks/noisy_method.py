@@ -248,7 +248,7 @@ class Experiment:
                            ratio=(m["n_observed"] - kept_observed) / m["n_observed"], policy=RUN_DEFAULTS.policy)
         elif arm in SHORT_OF:
             pruned = self.cells.get(f"arm/{name_of(noise)}/seed{seed}/{SHORT_OF[arm]}")
-            n = len(build_dataset(self.a.dataset, self.root)[0].labels)  # the full data's samples per epoch
+            n = self.data_desc["n_train"]  # the full data's samples per epoch
             run = train(self.config(noise, seed, arm, epochs=max(1, round(pruned["cost"] / n)), record="off"))
         elif arm in ("score", "relabel", "paper", "dual"):
             spec = {"method": "dual" if arm == "dual" else "entropy", "ratio": RUN_DEFAULTS.ratio, "budget": "score",
